@@ -1,0 +1,1 @@
+"""Training code for the shipped polyp segmentation models (needs the `train` extra: torch)."""

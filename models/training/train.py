@@ -1,0 +1,304 @@
+"""Train a U-Net polyp segmenter from scratch on Kvasir-SEG and export it to ONNX.
+
+    python -m models.training.train --cache .cache/kvasir-256.npz --preset fast --out models/
+
+The validation set is a fixed, seeded part of train.txt; test.txt is never read here
+(measure it afterwards with `polypstream eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from models.training.cache import load_cache
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    size: int
+    widths: tuple[int, ...]
+    epochs: int
+    batch: int
+    lr: float
+
+
+PRESETS = {
+    "fast": Preset("polyp-unet-fast", 192, (16, 32, 64, 128, 192), 60, 16, 3e-3),
+    "accurate": Preset("polyp-unet-accurate", 352, (32, 64, 128, 256, 512), 150, 16, 2e-3),
+}
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Plain U-Net: max-pool down, bilinear up, skip concatenation; one logit channel."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        cin = 3
+        for w in widths:
+            self.down.append(conv_block(cin, w))
+            cin = w
+        self.up = nn.ModuleList(
+            conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+        )
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+class Exported(nn.Module):
+    """The shipped graph: normalised RGB NCHW float in, polyp probability N×1×H×W out."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation, scale, shift, flips (one affine warp) and colour/gamma/blur jitter."""
+    n, dev = images.shape[0], images.device
+
+    def rand(lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev)
+
+    angle = rand(-math.pi, math.pi)
+    scale = rand(0.7, 1.3)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, rand(-0.15, 0.15)], 1), torch.stack([sin * flip, cos, rand(-0.15, 0.15)], 1)], 1
+    )
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    brightness = rand(0.7, 1.3).view(n, 1, 1, 1)
+    contrast = rand(0.7, 1.3).view(n, 1, 1, 1)
+    channel = (torch.rand(n, 3, 1, 1, generator=gen) * 0.2 + 0.9).to(dev)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = ((images - mean) * contrast + mean) * brightness * channel
+    gamma = rand(0.7, 1.4).view(n, 1, 1, 1)
+    images = images.clamp(0, 1) ** gamma
+    blur = (torch.rand(n, generator=gen) < 0.2).to(dev).view(n, 1, 1, 1)
+    blurred = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    images = torch.where(blur, blurred, images)
+    return images, (masks > 0.5).float()
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def to_tensor(images_bgr: np.ndarray, masks: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rgb = torch.from_numpy(np.ascontiguousarray(images_bgr[..., ::-1])).permute(0, 3, 1, 2)
+    return rgb.to(device).float() / 255.0, torch.from_numpy(masks).unsqueeze(1).to(device)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=(1, 2, 3))
+    union = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+    return (1 - (2 * inter + 1) / (union + 1)).mean()
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, size: int) -> float:
+    """Mean per-image Dice at model resolution, threshold 0.5."""
+    model.eval()
+    scores = []
+    for start in range(0, images.shape[0], 32):
+        x = F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear", align_corners=False)
+        y = F.interpolate(masks[start : start + 32], size=(size, size), mode="bilinear", align_corners=False) > 0.5
+        pred = model(normalise(x)) > 0
+        inter = (pred & y).sum(dim=(1, 2, 3)).float()
+        total = (pred.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3))).float()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+    model.train()
+    return float(torch.cat(scores).mean())
+
+
+def export_onnx(model: nn.Module, preset: Preset, path: Path, extra: dict[str, str]) -> None:
+    """ONNX with a dynamic batch axis, opset 17, IR 8 and the model contract as metadata."""
+    model = Exported(model).eval().cpu()
+    dummy = torch.zeros(1, 3, preset.size, preset.size)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=["probability"],
+        dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    proto.ir_version = 8
+    meta = {
+        "polypstream.name": preset.name,
+        "polypstream.version": extra.pop("version"),
+        "polypstream.input_size": f"{preset.size}x{preset.size}",
+        "polypstream.channel_order": "RGB",
+        "polypstream.scale": str(1 / 255),
+        "polypstream.mean": ",".join(str(v) for v in MEAN),
+        "polypstream.std": ",".join(str(v) for v in STD),
+        "polypstream.output": "probability",
+        "polypstream.threshold": "0.5",
+        **extra,
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, required=True, help=".npz from models.training.cache")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
+    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
+    parser.add_argument("--minutes", type=float, help="stop after the epoch that passes this much training time")
+    parser.add_argument("--size", type=int, help="override the preset's input size")
+    parser.add_argument("--widths", help="override the preset's widths, e.g. 8,16,32,64,128")
+    parser.add_argument("--batch", type=int, help="override the preset's batch size")
+    parser.add_argument("--out", type=Path, default=Path("models"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", type=int, default=80, help="images of train.txt held out for validation")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args()
+
+    preset = PRESETS[args.preset]
+    preset = replace(
+        preset,
+        size=args.size or preset.size,
+        widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else preset.widths,
+        batch=args.batch or preset.batch,
+    )
+    epochs = args.epochs or preset.epochs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    images, masks, ids = load_cache(args.cache, "train")
+    order = np.random.default_rng(args.seed).permutation(len(ids))
+    val_idx, train_idx = order[: args.val], order[args.val :]
+    x_train, y_train = to_tensor(images[train_idx], masks[train_idx], device)
+    x_val, y_val = to_tensor(images[val_idx], masks[val_idx], device)
+
+    model = UNet(preset.widths).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=1e-4)
+    steps_per_epoch = len(train_idx) // preset.batch
+    total_steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=preset.lr, total_steps=total_steps, pct_start=0.1)
+    use_amp = device.type == "cuda"
+    best, best_state, history = -1.0, None, []
+    started = time.perf_counter()
+    budget_s = args.minutes * 60 if args.minutes else math.inf
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.randperm(len(train_idx), generator=gen)
+        for b in range(steps_per_epoch):
+            idx = perm[b * preset.batch : (b + 1) * preset.batch].to(device)
+            x, y = augment(x_train[idx], y_train[idx], preset.size, gen)
+            x = normalise(x).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            logits = logits.float()
+            loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+        val_dice = validate(model, x_val, y_val, preset.size)
+        elapsed = time.perf_counter() - started
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(float(loss), 4),
+                "val_dice": round(val_dice, 4),
+                "seconds": round(elapsed, 1),
+            }
+        )
+        print(json.dumps(history[-1]), flush=True)
+        if val_dice > best:
+            best, best_state = val_dice, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if elapsed > budget_s:
+            print(f"time budget reached after epoch {epoch + 1}", flush=True)
+            break
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = args.out / f"{args.preset}.onnx"
+    record = {
+        "preset": asdict(preset),
+        "epochs_run": len(history),
+        "seed": args.seed,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "best_val_dice": round(best, 4),
+        "history": history,
+    }
+    export_onnx(
+        model,
+        preset,
+        onnx_path,
+        {
+            "version": args.version,
+            "polypstream.training": f"seed={args.seed} epochs={len(history)} val_dice={best:.4f}",
+        },
+    )
+    (args.out / f"{args.preset}.training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {onnx_path}; best validation Dice {best:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Deadline-aware dynamic batching shared by every stream.
+
+A batch launches when it is full, when its oldest frame has waited `max_wait_s`, or when
+waiting for one more frame would make the earliest deadline unreachable. Frames that can
+no longer meet their deadline (and did not ask for no-drop) are answered DROPPED_LATE;
+a batch whose processing raises answers every frame in it with FAILED. No frame submitted
+is ever left without an answer, including at shutdown (the queue is drained).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.frames import Frame, Result, Status, Timing
+
+logger = logging.getLogger(__name__)
+
+ResultCallback = Callable[[Result], None]
+
+
+class QueueFullError(RuntimeError):
+    """The batcher holds `capacity` frames already."""
+
+
+class BatcherStoppedError(RuntimeError):
+    """The batcher no longer accepts frames."""
+
+
+@dataclass(frozen=True, eq=False)
+class Queued:
+    frame: Frame
+    on_done: ResultCallback
+    enqueued_at: float
+
+
+ProcessBatch = Callable[[list[Queued], float], list[Result]]
+
+
+class ServiceTimeEstimator:
+    """Moving average of batch processing time per batch size, interpolated in between."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._seconds: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, batch_size: int, seconds: float) -> None:
+        with self._lock:
+            old = self._seconds.get(batch_size)
+            self._seconds[batch_size] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def estimate(self, batch_size: int) -> float:
+        with self._lock:
+            known = self._seconds
+            if not known:
+                return 0.0
+            if batch_size in known:
+                return known[batch_size]
+            lower = [s for s in known if s < batch_size]
+            upper = [s for s in known if s > batch_size]
+            if lower and upper:
+                lo, hi = max(lower), min(upper)
+                t = (batch_size - lo) / (hi - lo)
+                return known[lo] + t * (known[hi] - known[lo])
+            nearest = max(lower) if lower else min(upper)
+            return known[nearest] * batch_size / nearest
+
+
+def dropped_result(queued: Queued, now: float) -> Result:
+    frame = queued.frame
+    queue_s = now - queued.enqueued_at
+    return Result(
+        stream_id=frame.stream_id,
+        index=frame.index,
+        status=Status.DROPPED_LATE,
+        error=f"missed its deadline by {max(0.0, now - frame.deadline) * 1e3:.1f} ms before inference",
+        width=frame.image.shape[1],
+        height=frame.image.shape[0],
+        timing=Timing(decode_s=frame.decode_s, queue_s=queue_s, server_s=now - frame.received_at),
+        client_time_ns=frame.client_time_ns,
+    )
+
+
+def failed_result(queued: Queued, now: float, message: str) -> Result:
+    frame = queued.frame
+    return Result(
+        stream_id=frame.stream_id,
+        index=frame.index,
+        status=Status.FAILED,
+        error=message,
+        width=frame.image.shape[1],
+        height=frame.image.shape[0],
+        timing=Timing(decode_s=frame.decode_s, queue_s=now - queued.enqueued_at, server_s=now - frame.received_at),
+        client_time_ns=frame.client_time_ns,
+    )
+
+
+class Batcher:
+    """A bounded queue of frames and the one worker thread that batches and processes them."""
+
+    def __init__(
+        self,
+        process: ProcessBatch,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        capacity: int,
+        estimator: ServiceTimeEstimator | None = None,
+        launch_margin_s: float = 0.002,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch < 1 or capacity < 1:
+            raise ValueError("max_batch and capacity must be at least 1")
+        self._process = process
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.capacity = capacity
+        self.estimator = estimator or ServiceTimeEstimator()
+        # Launch this much before the last moment, so that thread wake-up jitter does not
+        # turn a frame that could just make its deadline into a dropped one.
+        self.launch_margin_s = launch_margin_s
+        self._clock = clock
+        self._queue: deque[Queued] = deque()
+        self._cond = threading.Condition()
+        self._accepting = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        with self._cond:
+            self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="polypstream-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new frames, answer every queued one, then end the worker thread."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, frame: Frame, on_done: ResultCallback) -> None:
+        """Queue a frame; `on_done` is called exactly once, from the worker thread."""
+        with self._cond:
+            if not self._accepting:
+                raise BatcherStoppedError("the server is shutting down")
+            if len(self._queue) >= self.capacity:
+                raise QueueFullError(f"inference queue full ({self.capacity} frames)")
+            self._queue.append(Queued(frame, on_done, self._clock()))
+            self._cond.notify()
+
+    def _launch_time(self) -> float:
+        """When the batch at the head of the queue must start, given what is queued now."""
+        oldest = self._queue[0].enqueued_at
+        earliest_deadline = min(q.frame.deadline for q in self._queue)
+        grown = min(self.max_batch, len(self._queue) + 1)
+        last_moment = earliest_deadline - self.estimator.estimate(grown) - self.launch_margin_s
+        return min(oldest + self.max_wait_s, last_moment)
+
+    def _next_batch(self) -> tuple[list[Queued], list[Queued]] | None:
+        """Block until a batch is due; returns (batch, late frames) or None when stopped and empty."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if not self._accepting:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = self._clock()
+                if len(self._queue) < self.max_batch and self._accepting:
+                    wait = self._launch_time() - now
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                one = self.estimator.estimate(1)
+                late: list[Queued] = []
+                batch: list[Queued] = []
+                while self._queue and len(batch) < self.max_batch:
+                    queued = self._queue.popleft()
+                    if not queued.frame.options.no_drop and now + one > queued.frame.deadline:
+                        late.append(queued)
+                    else:
+                        batch.append(queued)
+                return batch, late
+
+    def _run(self) -> None:
+        while (work := self._next_batch()) is not None:
+            batch, late = work
+            now = self._clock()
+            for queued in late:
+                self._answer(queued, dropped_result(queued, now))
+            if not batch:
+                continue
+            started = self._clock()
+            try:
+                results = self._process(batch, started)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
+            except Exception as exc:
+                logger.exception("batch of %d frames failed", len(batch))
+                end = self._clock()
+                results = [failed_result(q, end, f"inference failed: {exc}") for q in batch]
+            else:
+                self.estimator.observe(len(batch), self._clock() - started)
+            for queued, result in zip(batch, results, strict=True):
+                self._answer(queued, result)
+
+    def _answer(self, queued: Queued, result: Result) -> None:
+        try:
+            queued.on_done(result)
+        except Exception:
+            logger.exception("result callback failed for %s#%d", result.stream_id, result.index)

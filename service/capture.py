@@ -1,0 +1,142 @@
+"""The capture stage: turning client bytes, video files, streams and devices into pixels.
+
+Client frames arrive as JPEG/PNG bytes or raw pixels; `decode_encoded` and `decode_raw`
+check them and say precisely what is wrong. `VideoSource` reads anything OpenCV/FFmpeg
+opens (a file, an RTSP/HTTP URL, a capture device index).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+class InvalidFrameError(ValueError):
+    """A client frame that cannot be turned into pixels; the message says why."""
+
+
+class PixelFormat(enum.Enum):
+    BGR8 = "BGR8"
+    RGB8 = "RGB8"
+    GRAY8 = "GRAY8"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self is PixelFormat.GRAY8 else 3
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidFrameError(f"image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidFrameError(f"image {width}x{height} exceeds the limit of {max_pixels} pixels")
+
+
+def decode_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes → HWC uint8 BGR. Raises InvalidFrameError for empty, unknown or broken data."""
+    if not data:
+        raise InvalidFrameError("empty frame: no image bytes")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # Read the header first so a huge image is refused before it is decoded.
+    if data[:3] == b"\xff\xd8\xff":
+        kind = "JPEG"
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise InvalidFrameError("truncated JPEG: no end-of-image marker")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        kind = "PNG"
+        if len(data) >= 24:
+            _check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), max_pixels)
+    else:
+        raise InvalidFrameError("bytes are not a JPEG or PNG image")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidFrameError(f"corrupt {kind}: cannot decode")
+    _check_size(image.shape[1], image.shape[0], max_pixels)
+    return image
+
+
+def decode_raw(
+    data: bytes, width: int, height: int, fmt: PixelFormat | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Raw row-major pixels → HWC uint8 BGR, after checking size, format and length."""
+    if fmt is None:
+        raise InvalidFrameError("raw image has an unknown or unspecified pixel format")
+    _check_size(width, height, max_pixels)
+    expected = width * height * fmt.channels
+    if len(data) != expected:
+        raise InvalidFrameError(f"raw {fmt.name} image {width}x{height} needs {expected} bytes, got {len(data)}")
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, fmt.channels)
+    if fmt is PixelFormat.GRAY8:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if fmt is PixelFormat.RGB8:
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    return pixels.copy()
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    index: int
+    image: np.ndarray
+    pts_s: float  # presentation time from the start of the source
+
+
+def _capture_target(uri: str) -> str | int:
+    return int(uri) if uri.isdigit() else uri
+
+
+def is_live(uri: str) -> bool:
+    """Network streams and capture devices are live; files are replayed."""
+    return uri.isdigit() or ("://" in uri and not uri.startswith("file://"))
+
+
+class VideoSource:
+    """Frames of a video file, stream URL or device index, decoded with OpenCV/FFmpeg.
+
+    `realtime=True` paces a file at its own frame rate, as a live feed would arrive.
+    """
+
+    def __init__(self, uri: str, *, realtime: bool = False) -> None:
+        self.uri = uri
+        self.realtime = realtime
+        if not is_live(uri) and not Path(uri).exists():
+            raise SourceError(f"{uri}: no such file")
+        self._cap = cv2.VideoCapture(_capture_target(uri))
+        if not self._cap.isOpened():
+            raise SourceError(f"{uri}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else 25.0
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 else None
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        started = time.monotonic()
+        index = 0
+        try:
+            while True:
+                ok, image = self._cap.read()
+                if not ok or image is None:
+                    return
+                pts = index / self.fps
+                if self.realtime:
+                    delay = started + pts - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                yield CapturedFrame(index, image, pts)
+                index += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._cap.release()

@@ -1,0 +1,353 @@
+"""`polypstream serve | stream | demo`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, start_http_server
+
+from service.capture import CapturedFrame, SourceError, VideoSource, is_live
+from service.client import SegmenterClient
+from service.config import EngineConfig, ServerConfig, env_default
+from service.frames import FrameOptions
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.runner import ModelError, Runner, resolve_model
+from service.server import serve_in_thread, start_server
+
+logger = logging.getLogger("polypstream")
+SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument(
+        "--model",
+        default=env_default("MODEL", "") or None,
+        help="fast, accurate or an ONNX path (default: accurate on CUDA, else fast)",
+    )
+    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default=env_default("DEVICE", "auto"))
+    g.add_argument("--max-batch", type=int, default=int(env_default("MAX_BATCH", "8")), help="largest inference batch")
+    g.add_argument(
+        "--budget-ms", type=float, default=float(env_default("BUDGET_MS", "40")), help="per-frame latency budget"
+    )
+    g.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=float(env_default("MAX_WAIT_MS", "2")),
+        help="longest a frame waits for a batch to fill",
+    )
+    g.add_argument(
+        "--threads", type=int, default=int(env_default("THREADS", "0")), help="onnxruntime threads (0: default)"
+    )
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        device=args.device,
+        max_batch=args.max_batch,
+        budget_ms=args.budget_ms,
+        max_wait_ms=args.max_wait_ms,
+        threads=args.threads,
+    )
+
+
+def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipeline:
+    path = resolve_model(config.model)
+    runner = Runner(path, device=config.device, max_batch=config.max_batch, threads=config.threads)
+    logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, runner.provider)
+    return Pipeline(runner, config, Metrics(registry))
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server_config = ServerConfig(
+        address=args.address, metrics_address=args.metrics_address, max_streams=args.max_streams, grace_s=args.grace
+    )
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(engine_config(args), registry)
+    pipeline.start()
+    if server_config.metrics_address:
+        host, _, port = server_config.metrics_address.rpartition(":")
+        try:
+            start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        except (OSError, ValueError) as exc:
+            pipeline.stop()
+            raise CliError(f"cannot serve metrics on {server_config.metrics_address}: {exc}") from exc
+    try:
+        asyncio.run(_serve(pipeline, server_config))
+    finally:
+        pipeline.stop()
+    logger.info("stopped")
+    return 0
+
+
+async def _serve(pipeline: Pipeline, config: ServerConfig) -> None:
+    try:
+        running = await start_server(pipeline, config)
+    except (OSError, RuntimeError) as exc:
+        raise CliError(f"cannot listen on {config.address}: {exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = f", metrics on http://{config.metrics_address}/metrics" if config.metrics_address else ""
+    logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
+    print(f"polypstream serving on {running.address}{metrics}", flush=True)
+    await stop.wait()
+    logger.info("shutting down: finishing accepted frames (grace %.0f s)", config.grace_s)
+    await running.shutdown(config.grace_s)
+
+
+# --- stream ------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamSummary:
+    frames: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    frames_with_polyps: int = 0
+    detections: int = 0
+    tracks: set[int] = field(default_factory=set)
+    latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        def pct(values: list[float], q: float) -> float | None:
+            return round(float(np.percentile(values, q)), 2) if values else None
+
+        return {
+            "frames": self.frames,
+            "statuses": self.statuses,
+            "frames_with_polyps": self.frames_with_polyps,
+            "polyp_detections": self.detections,
+            "tracks": len(self.tracks),
+            "latency_ms": {"p50": pct(self.latencies_ms, 50), "p99": pct(self.latencies_ms, 99)},
+            "server_ms": {"p50": pct(self.server_ms, 50), "p99": pct(self.server_ms, 99)},
+            "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
+        }
+
+    def line(self) -> str:
+        d = self.as_dict()
+        lat, srv = d["latency_ms"], d["server_ms"]
+        assert isinstance(lat, dict) and isinstance(srv, dict)
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        return (
+            f"{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
+            f"{self.detections} detections, {len(self.tracks)} tracks; latency p50 {lat['p50']} ms, "
+            f"p99 {lat['p99']} ms (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
+        )
+
+
+def stream_video(
+    client: SegmenterClient,
+    source: VideoSource,
+    jsonl_path: Path,
+    overlay_path: Path | None,
+    *,
+    stream_id: str,
+    no_drop: bool,
+) -> StreamSummary:
+    """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay video."""
+    options = FrameOptions(return_overlay=overlay_path is not None, no_drop=no_drop)
+    originals: dict[int, np.ndarray] = {}
+    writer: cv2.VideoWriter | None = None
+
+    def frames() -> Iterator[CapturedFrame]:
+        for captured in source:
+            if overlay_path is not None:
+                originals[captured.index] = captured.image
+            yield captured
+
+    summary = StreamSummary()
+    started = time.perf_counter()
+    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with jsonl_path.open("w") as out:
+            for answer in client.segment_video(frames(), stream_id, options):
+                line = answer.to_json()
+                out.write(json.dumps(line) + "\n")
+                summary.frames += 1
+                summary.statuses[answer.status] = summary.statuses.get(answer.status, 0) + 1
+                r = answer.result
+                if answer.status == "OK":
+                    summary.latencies_ms.append(answer.latency_s * 1e3)
+                    summary.server_ms.append(r.timing.server_ms)
+                    summary.detections += len(r.polyps)
+                    summary.frames_with_polyps += bool(r.polyps)
+                    summary.tracks.update(p.track_id for p in r.polyps)
+                if overlay_path is not None:
+                    original = originals.pop(r.index, None)
+                    picture = (
+                        cv2.imdecode(np.frombuffer(r.overlay_jpeg, np.uint8), cv2.IMREAD_COLOR)
+                        if r.overlay_jpeg
+                        else original
+                    )
+                    if picture is None:
+                        continue
+                    if writer is None:
+                        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+                        fourcc = cv2.VideoWriter.fourcc(*("MJPG" if overlay_path.suffix.lower() == ".avi" else "mp4v"))
+                        writer = cv2.VideoWriter(
+                            str(overlay_path), fourcc, source.fps, (picture.shape[1], picture.shape[0])
+                        )
+                    writer.write(picture)
+    finally:
+        if writer is not None:
+            writer.release()
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def open_source(uri: str, realtime: bool) -> VideoSource:
+    try:
+        return VideoSource(uri, realtime=realtime)
+    except SourceError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    source = open_source(args.source, realtime=args.realtime)
+    no_drop = not (args.live or is_live(args.source))
+    with SegmenterClient(args.server) as client:
+        try:
+            client.wait_ready(args.connect_timeout)
+        except grpc.FutureTimeoutError as exc:
+            raise CliError(f"cannot reach polypstream server at {args.server}") from exc
+        summary = stream_video(
+            client,
+            source,
+            args.jsonl,
+            args.overlay,
+            stream_id=args.stream_id or Path(args.source).stem,
+            no_drop=no_drop,
+        )
+    print(summary.line())
+    return 0
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    source_uri = str(args.source or SAMPLE_CLIP)
+    source = open_source(source_uri, realtime=False)
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(engine_config(args), registry)
+    pipeline.start()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="polypstream-") as tmp:
+            config = ServerConfig(address=f"unix:{tmp}/segmenter.sock", metrics_address="")
+            with serve_in_thread(pipeline, config) as running, SegmenterClient(running.address) as client:
+                info = client.model_info()
+                print(f"model {info.name} {info.version} ({info.input_width}x{info.input_height}) on {info.provider}")
+                summary = stream_video(
+                    client,
+                    source,
+                    args.out / "results.jsonl",
+                    args.out / "overlay.mp4",
+                    stream_id=Path(source_uri).stem,
+                    no_drop=True,
+                )
+    finally:
+        pipeline.stop()
+    (args.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=1) + "\n")
+    print(summary.line())
+    print(f"wrote {args.out / 'results.jsonl'} and {args.out / 'overlay.mp4'}")
+    return 0
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
+    )
+    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server and the metrics endpoint")
+    serve.add_argument("--address", default=env_default("ADDRESS", ServerConfig.address), help="host:port or unix:PATH")
+    serve.add_argument(
+        "--metrics-address",
+        default=env_default("METRICS_ADDRESS", ServerConfig.metrics_address),
+        help="host:port; empty for none",
+    )
+    serve.add_argument(
+        "--max-streams", type=int, default=int(env_default("MAX_STREAMS", str(ServerConfig.max_streams)))
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=float(env_default("GRACE_S", str(ServerConfig.grace_s))),
+        help="seconds to finish accepted frames on SIGTERM",
+    )
+    add_engine_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    stream = sub.add_parser("stream", help="send a video file, stream URL or device to a server")
+    stream.add_argument("source", help="video file, rtsp:// / http:// URL, or capture device index")
+    stream.add_argument("--server", default=env_default("SERVER", ServerConfig.address))
+    stream.add_argument("--jsonl", type=Path, required=True, help="one JSON line per frame")
+    stream.add_argument("--overlay", type=Path, help="write a video with mask and boxes drawn")
+    stream.add_argument("--stream-id", help="default: the source's file name")
+    stream.add_argument(
+        "--live", action="store_true", help="let the server drop late frames (default for URLs and devices)"
+    )
+    stream.add_argument("--realtime", action="store_true", help="send a file at its own frame rate")
+    stream.add_argument("--connect-timeout", type=float, default=10.0)
+    stream.set_defaults(func=cmd_stream)
+
+    demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
+    demo.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, overlay.mp4, summary.json")
+    demo.add_argument("--source", type=Path, help="another video instead of the bundled sample")
+    add_engine_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (CliError, ModelError, ValueError) as exc:
+        print(f"polypstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"polypstream {args.command}: error: server answered {code}: {details}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,134 @@
+"""Typed Python client of polypstream.v1.Segmenter, used by the CLI, tests and benchmarks."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from service.capture import CapturedFrame
+from service.frames import FrameOptions
+
+STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One FrameResult with the client-side round trip (send → receive) in seconds."""
+
+    result: pb.FrameResult
+    latency_s: float
+
+    @property
+    def status(self) -> str:
+        return STATUS_NAMES.get(self.result.status, str(self.result.status))
+
+    def to_json(self) -> dict[str, object]:
+        """The JSONL line the CLI writes: FrameResult in snake_case, boxes as [x, y, w, h]."""
+        r = self.result
+        line: dict[str, object] = {
+            "stream_id": r.stream_id,
+            "index": r.index,
+            "status": self.status,
+            "polyps": [
+                {
+                    "box": [p.box.x, p.box.y, p.box.width, p.box.height],
+                    "score": round(p.score, 4),
+                    "area": p.area,
+                    "track_id": p.track_id,
+                }
+                for p in r.polyps
+            ],
+            "latency_ms": round(self.latency_s * 1e3, 3),
+            "timing_ms": {
+                "decode": round(r.timing.decode_ms, 3),
+                "queue": round(r.timing.queue_ms, 3),
+                "inference": round(r.timing.inference_ms, 3),
+                "postprocess": round(r.timing.postprocess_ms, 3),
+                "server": round(r.timing.server_ms, 3),
+            },
+            "batch_size": r.timing.batch_size,
+            "width": r.width,
+            "height": r.height,
+        }
+        if r.error:
+            line["error"] = r.error
+        return line
+
+
+def encode_frame(
+    image: np.ndarray, stream_id: str, index: int, options: FrameOptions, *, jpeg_quality: int = 90
+) -> pb.Frame:
+    """A protobuf Frame carrying a BGR image as JPEG."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise ValueError("cannot JPEG-encode frame")
+    return pb.Frame(
+        stream_id=stream_id,
+        index=index,
+        encoded=data.tobytes(),
+        client_time_ns=time.time_ns(),
+        options=pb.FrameOptions(
+            return_mask=options.return_mask, return_overlay=options.return_overlay, no_drop=options.no_drop
+        ),
+    )
+
+
+class SegmenterClient:
+    """A blocking client over one channel; `segment` streams frames and yields answers in order."""
+
+    def __init__(self, address: str, *, max_message_bytes: int = 32 * 1024 * 1024) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def model_info(self) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest())
+
+    def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
+        """Send decoded frames (JPEG-encoded here) on one stream; yield answers in order."""
+        return self.segment(encode_frame(f.image, stream_id, f.index, options) for f in frames)
+
+    def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+        """Send every frame on one Segment stream; yield one Answer per frame, in order."""
+        sent: queue.SimpleQueue[float] = queue.SimpleQueue()
+        error: list[BaseException] = []
+
+        def requests() -> Iterator[pb.Frame]:
+            try:
+                for frame in frames:
+                    sent.put(time.perf_counter())
+                    yield frame
+            except BaseException as exc:  # surfaced to the caller below, not lost in gRPC's thread
+                error.append(exc)
+                raise
+
+        for result in self.stub.Segment(requests()):
+            yield Answer(result, time.perf_counter() - sent.get())
+        if error:
+            raise error[0]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SegmenterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

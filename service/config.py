@@ -1,0 +1,53 @@
+"""Configuration, one frozen dataclass per stage; filled from CLI flags, which default to
+POLYPSTREAM_* environment variables. Nothing is read at import time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from service.capture import DEFAULT_MAX_PIXELS
+
+
+def env_default(name: str, fallback: str) -> str:
+    """The value of POLYPSTREAM_<NAME>, else `fallback` (used for CLI flag defaults)."""
+    return os.environ.get(f"POLYPSTREAM_{name}", fallback)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Model, batching and post-processing settings."""
+
+    model: str | None = None  # fast | accurate | path; None: accurate on CUDA, else fast
+    device: str = "auto"  # auto | cuda | cpu
+    max_batch: int = 8
+    budget_ms: float = 40.0
+    max_wait_ms: float = 2.0
+    threads: int = 0  # onnxruntime intra-op threads; 0: its default
+    min_area_fraction: float = 0.001  # regions smaller than this share of the frame are noise
+    decode_workers: int = 0  # 0: one per CPU core
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network-facing settings of `polypstream serve`."""
+
+    address: str = "127.0.0.1:50051"
+    metrics_address: str = "127.0.0.1:8000"  # empty: no metrics endpoint
+    max_streams: int = 64
+    inflight_per_stream: int = 16
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1 or self.inflight_per_stream < 1:
+            raise ValueError("max_streams and inflight_per_stream must be at least 1")

@@ -1,0 +1,81 @@
+"""The values that flow between stages: Frame in, Result out (frozen, no behaviour)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(enum.Enum):
+    """How a frame was answered; mirrors polypstream.v1.FrameStatus."""
+
+    OK = "OK"
+    INVALID_FRAME = "INVALID_FRAME"
+    DROPPED_LATE = "DROPPED_LATE"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    return_mask: bool = False
+    return_overlay: bool = False
+    no_drop: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """A decoded frame: HWC uint8 BGR pixels plus where it came from and when it is due.
+
+    `received_at` and `deadline` are `time.monotonic()` seconds; `stream_key` identifies
+    one stream inside the server (per RPC or per source), `stream_id` is the client's name.
+    """
+
+    stream_key: str
+    stream_id: str
+    index: int
+    image: np.ndarray
+    received_at: float
+    deadline: float
+    options: FrameOptions = FrameOptions()
+    client_time_ns: int = 0
+    decode_s: float = 0.0
+    tensor: np.ndarray | None = None  # the model input (CHW float32), filled by the decode stage
+
+
+@dataclass(frozen=True)
+class Polyp:
+    """One connected polyp region: box (x, y, w, h) in original pixels."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    area: int
+    track_id: int = 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    decode_s: float = 0.0
+    queue_s: float = 0.0
+    batch_size: int = 0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    server_s: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The answer to one Frame. `mask` is HW bool at the frame's resolution when kept."""
+
+    stream_id: str
+    index: int
+    status: Status
+    error: str = ""
+    polyps: tuple[Polyp, ...] = ()
+    width: int = 0
+    height: int = 0
+    timing: Timing = field(default_factory=Timing)
+    mask: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    client_time_ns: int = 0

@@ -1,0 +1,52 @@
+"""Every Prometheus metric of polypstream, defined in one place against one registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Per-frame stages take milliseconds: the client library's default buckets start at 5 ms.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04,
+    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+STAGES = ("decode", "queue", "inference", "postprocess", "server")
+
+
+class Metrics:
+    """The service's metrics; tests pass a fresh CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.frames = Counter(
+            "polypstream_frames",
+            "Frames answered, by status and by origin (grpc for client streams, else the source name).",
+            ["status", "source"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "polypstream_stage_seconds",
+            "Time a frame spends in each server stage (server = receipt to result).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "polypstream_batch_size", "Frames per inference batch.", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.batches = Counter(
+            "polypstream_batches", "Inference batches run, by outcome.", ["outcome"], registry=registry
+        )
+        self.queue_depth = Gauge("polypstream_queue_depth", "Frames waiting for a batch.", registry=registry)
+        self.active_streams = Gauge("polypstream_active_streams", "Open Segment streams.", registry=registry)
+        self.model = Info("polypstream_model", "The model being served.", registry=registry)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        self.batches.labels("ok")
+        self.batches.labels("failed")
+
+    def track_queue_depth(self, depth: Callable[[], float]) -> None:
+        """Read the batcher's queue depth at scrape time."""
+        self.queue_depth.set_function(depth)

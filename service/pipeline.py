@@ -1,0 +1,199 @@
+"""Wires the stages: decode/preprocess → batcher → runner → post-processing → results.
+
+The Pipeline owns the batcher thread and the per-stream trackers; callers hand it decoded
+frames and get exactly one Result per frame through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.batcher import Batcher, Queued, ResultCallback, ServiceTimeEstimator
+from service.config import EngineConfig
+from service.frames import Frame, FrameOptions, Result, Status, Timing
+from service.metrics import Metrics
+from service.postprocess import IouTracker, draw_overlay, find_polyps, probability_to_mask
+from service.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """The engine behind every RPC: one runner, one batcher, trackers per stream."""
+
+    def __init__(self, runner: Runner, config: EngineConfig, metrics: Metrics, *, capacity: int = 1024) -> None:
+        self.runner = runner
+        self.config = config
+        self.metrics = metrics
+        self.budget_s = config.budget_ms / 1e3
+        self.batcher = Batcher(
+            self._process,
+            max_batch=min(config.max_batch, runner.max_batch),
+            max_wait_s=config.max_wait_ms / 1e3,
+            capacity=capacity,
+            estimator=ServiceTimeEstimator(),
+        )
+        workers = config.decode_workers or os.cpu_count() or 2
+        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-decode")
+        self._trackers: dict[str, IouTracker] = {}
+        self._lock = threading.Lock()
+        metrics.track_queue_depth(lambda: self.batcher.depth)
+        c = runner.contract
+        metrics.model.info(
+            {
+                "name": c.name,
+                "version": c.version,
+                "provider": runner.provider,
+                "input": f"{c.input_width}x{c.input_height}",
+            }
+        )
+
+    def start(self) -> None:
+        """Warm the model up (seeding the batcher's time estimates), then accept frames."""
+        for size, seconds in self.runner.warm_up().items():
+            self.batcher.estimator.observe(size, seconds)
+        one = self.batcher.estimator.estimate(1)
+        if one > self.budget_s:
+            logger.warning(
+                "one frame takes %.1f ms on %s, over the %.1f ms budget: live frames will be dropped; "
+                "raise --budget-ms or use a faster model",
+                one * 1e3, self.runner.provider, self.config.budget_ms,
+            )  # fmt: skip
+        self.batcher.start()
+
+    def stop(self) -> None:
+        """Answer every accepted frame, then stop the worker threads."""
+        self.batcher.stop()
+        self.decode_pool.shutdown(wait=True)
+
+    def make_frame(
+        self,
+        stream_key: str,
+        stream_id: str,
+        index: int,
+        image: np.ndarray,
+        received_at: float,
+        *,
+        options: FrameOptions = FrameOptions(),
+        client_time_ns: int = 0,
+        decode_s: float = 0.0,
+    ) -> Frame:
+        """A Frame with its model input computed (call from a decode worker, not the event loop)."""
+        start = time.perf_counter()
+        tensor = self.runner.preprocess(image)
+        decode_s += time.perf_counter() - start
+        self.metrics.stage_seconds.labels("decode").observe(decode_s)
+        return Frame(
+            stream_key=stream_key,
+            stream_id=stream_id,
+            index=index,
+            image=image,
+            received_at=received_at,
+            deadline=received_at + self.budget_s,
+            options=options,
+            client_time_ns=client_time_ns,
+            decode_s=decode_s,
+            tensor=tensor,
+        )
+
+    def submit(self, frame: Frame, on_done: ResultCallback, *, origin: str = "grpc") -> None:
+        """Queue a frame; `on_done` gets its Result exactly once (from a worker thread).
+
+        Raises batcher.QueueFullError / BatcherStoppedError when the frame is not accepted.
+        """
+
+        def finish(result: Result) -> None:
+            self.record(result, origin)
+            on_done(result)
+
+        self.batcher.submit(frame, finish)
+
+    def record(self, result: Result, origin: str) -> None:
+        """Count a result and observe its timings (also for results made outside the batcher)."""
+        m = self.metrics
+        m.frames.labels(result.status.value, origin).inc()
+        if result.status is Status.OK:
+            t = result.timing
+            m.stage_seconds.labels("queue").observe(t.queue_s)
+            m.stage_seconds.labels("inference").observe(t.inference_s)
+            m.stage_seconds.labels("postprocess").observe(t.postprocess_s)
+        m.stage_seconds.labels("server").observe(result.timing.server_s)
+
+    def close_stream(self, stream_key: str) -> None:
+        """Forget a finished stream's tracker."""
+        with self._lock:
+            self._trackers.pop(stream_key, None)
+
+    def _tracker(self, stream_key: str) -> IouTracker:
+        with self._lock:
+            tracker = self._trackers.get(stream_key)
+            if tracker is None:
+                tracker = self._trackers[stream_key] = IouTracker()
+            return tracker
+
+    def _process(self, batch: list[Queued], launched_at: float) -> list[Result]:
+        start = time.perf_counter()
+        tensors = [q.frame.tensor for q in batch]
+        if any(t is None for t in tensors):
+            raise RuntimeError("frame queued without a model input")
+        try:
+            probs = self.runner.run([t for t in tensors if t is not None])
+        except Exception:
+            self.metrics.batches.labels("failed").inc()
+            raise
+        inference_s = time.perf_counter() - start
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batches.labels("ok").inc()
+        return [
+            self._postprocess(q, prob, launched_at, inference_s, len(batch))
+            for q, prob in zip(batch, probs, strict=True)
+        ]
+
+    def _postprocess(
+        self, queued: Queued, prob: np.ndarray, launched_at: float, inference_s: float, size: int
+    ) -> Result:
+        frame = queued.frame
+        start = time.perf_counter()
+        height, width = frame.image.shape[:2]
+        mask, full_prob = probability_to_mask(prob, width, height, self.runner.contract.threshold)
+        min_area = max(1, int(self.config.min_area_fraction * width * height))
+        polyps = tuple(self._tracker(frame.stream_key).update(find_polyps(mask, full_prob, min_area)))
+        overlay = draw_overlay(frame.image, mask, polyps) if frame.options.return_overlay else None
+        done = time.monotonic()
+        return Result(
+            stream_id=frame.stream_id,
+            index=frame.index,
+            status=Status.OK,
+            polyps=polyps,
+            width=width,
+            height=height,
+            timing=Timing(
+                decode_s=frame.decode_s,
+                queue_s=launched_at - queued.enqueued_at,
+                batch_size=size,
+                inference_s=inference_s,
+                postprocess_s=time.perf_counter() - start,
+                server_s=done - frame.received_at,
+            ),
+            mask=mask if frame.options.return_mask else None,
+            overlay=overlay,
+            client_time_ns=frame.client_time_ns,
+        )
+
+
+def invalid_result(stream_id: str, index: int, message: str, received_at: float, client_time_ns: int = 0) -> Result:
+    """The answer to a frame that could not be decoded."""
+    return Result(
+        stream_id=stream_id,
+        index=index,
+        status=Status.INVALID_FRAME,
+        error=message,
+        timing=Timing(server_s=time.monotonic() - received_at),
+        client_time_ns=client_time_ns,
+    )

@@ -1,0 +1,120 @@
+"""Probabilities → mask → polyp regions with boxes and scores; IoU tracking; overlays.
+
+Pure numpy/OpenCV: no model, no protobuf, no threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from service.frames import Polyp
+
+MASK_COLOUR = (0, 255, 0)  # BGR
+BOX_COLOUR = (0, 255, 255)
+
+
+def probability_to_mask(prob: np.ndarray, width: int, height: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a model-resolution probability map to the frame and threshold it: (mask, prob)."""
+    if prob.shape != (height, width):
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    return prob > threshold, prob
+
+
+def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1) -> list[Polyp]:
+    """One Polyp per 8-connected region of `mask` with at least `min_area` pixels.
+
+    Boxes are (x, y, width, height) in mask pixels, inclusive of every region pixel;
+    the score is the mean probability over the region. Sorted by area, largest first.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return []
+    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count)
+    polyps = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area < min_area:
+            continue
+        polyps.append(Polyp(box=(x, y, w, h), score=float(sums[label] / area), area=area))
+    polyps.sort(key=lambda p: p.area, reverse=True)
+    return polyps
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """IoU of two (x, y, w, h) boxes."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: tuple[int, int, int, int]
+    missed: int = 0
+
+
+class IouTracker:
+    """Greedy IoU matching of one stream's polyps to the previous frames' tracks.
+
+    A track survives `max_missed` frames without a match, so a polyp that flickers out
+    for a frame keeps its id. Ids start at 1 and are never reused within a stream.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5) -> None:
+        self.iou_threshold = iou_threshold
+        self.max_missed = max_missed
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+
+    def update(self, polyps: list[Polyp]) -> list[Polyp]:
+        pairs = sorted(
+            ((box_iou(t.box, p.box), ti, pi) for ti, t in enumerate(self._tracks) for pi, p in enumerate(polyps)),
+            reverse=True,
+        )
+        track_for: dict[int, int] = {}
+        used_tracks: set[int] = set()
+        for iou, ti, pi in pairs:
+            if iou < self.iou_threshold:
+                break
+            if ti in used_tracks or pi in track_for:
+                continue
+            used_tracks.add(ti)
+            track_for[pi] = ti
+        out = []
+        for pi, polyp in enumerate(polyps):
+            if pi in track_for:
+                track = self._tracks[track_for[pi]]
+                track.box, track.missed = polyp.box, 0
+            else:
+                track = _Track(self._next_id, polyp.box)
+                self._next_id += 1
+                self._tracks.append(track)
+                used_tracks.add(len(self._tracks) - 1)
+            out.append(replace(polyp, track_id=track.track_id))
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_tracks:
+                track.missed += 1
+        self._tracks = [t for t in self._tracks if t.missed <= self.max_missed]
+        return out
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp, ...] | list[Polyp]) -> np.ndarray:
+    """A copy of the BGR frame with the mask tinted, its outline, and labelled boxes."""
+    out = image.copy()
+    if mask is not None and mask.any():
+        tint = out[mask].astype(np.float32) * 0.6 + np.array(MASK_COLOUR, np.float32) * 0.4
+        out[mask] = tint.astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, MASK_COLOUR, 2)
+    for polyp in polyps:
+        x, y, w, h = polyp.box
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), BOX_COLOUR, 2)
+        label = f"#{polyp.track_id} {polyp.score:.2f}"
+        cv2.putText(out, label, (x + 2, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, BOX_COLOUR, 1, cv2.LINE_AA)
+    return out

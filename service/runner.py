@@ -1,0 +1,199 @@
+"""The ONNX Runtime stage: the model contract, provider choice, warm-up and batched runs.
+
+This is the only module that imports onnxruntime. The contract (input size, channel
+order, scaling, mean/std, threshold) is read from the model's ONNX metadata, so a new
+model needs no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+META_PREFIX = "polypstream."
+MODELS_DIR_ENV = "POLYPSTREAM_MODELS_DIR"
+NAMED_MODELS = ("fast", "accurate")
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable, or breaks the polypstream contract."""
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What the service must know about a model, read from its ONNX metadata."""
+
+    name: str
+    version: str
+    input_width: int
+    input_height: int
+    channel_order: str  # "RGB" or "BGR"
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str  # "probability" (sigmoid applied) or "logit"
+    threshold: float
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
+        def get(key: str) -> str:
+            value = meta.get(META_PREFIX + key)
+            if value is None:
+                raise ModelError(f"{source}: ONNX metadata lacks '{META_PREFIX}{key}'")
+            return value
+
+        def triple(key: str) -> tuple[float, float, float]:
+            parts = [float(v) for v in get(key).split(",")]
+            if len(parts) != 3:
+                raise ModelError(f"{source}: '{META_PREFIX}{key}' must have 3 values, got {len(parts)}")
+            return parts[0], parts[1], parts[2]
+
+        try:
+            width, height = (int(v) for v in get("input_size").lower().split("x"))
+            contract = cls(
+                name=get("name"),
+                version=get("version"),
+                input_width=width,
+                input_height=height,
+                channel_order=get("channel_order").upper(),
+                scale=float(get("scale")),
+                mean=triple("mean"),
+                std=triple("std"),
+                output=get("output"),
+                threshold=float(get("threshold")),
+            )
+        except ValueError as exc:
+            raise ModelError(f"{source}: malformed polypstream metadata ({exc})") from exc
+        if contract.channel_order not in ("RGB", "BGR"):
+            raise ModelError(f"{source}: channel_order must be RGB or BGR, not {contract.channel_order}")
+        if contract.output not in ("probability", "logit"):
+            raise ModelError(f"{source}: output must be 'probability' or 'logit', not {contract.output}")
+        return contract
+
+
+def models_dir() -> Path:
+    """Where the named models live: $POLYPSTREAM_MODELS_DIR, else the checkout's models/."""
+    override = os.environ.get(MODELS_DIR_ENV)
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def resolve_model(spec: str | None) -> Path:
+    """A model path from `fast`, `accurate`, a file path, or None (accurate on CUDA, else fast)."""
+    if spec is None:
+        candidates = ["accurate", "fast"] if cuda_available() else ["fast", "accurate"]
+        for name in candidates:
+            path = models_dir() / f"{name}.onnx"
+            if path.is_file():
+                return path
+        raise ModelError(f"{models_dir()}: no fast.onnx or accurate.onnx (pass --model PATH)")
+    path = models_dir() / f"{spec}.onnx" if spec in NAMED_MODELS else Path(spec)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    return path
+
+
+def _providers(device: str) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if not cuda_available():
+            raise ModelError("CUDAExecutionProvider requested but this onnxruntime build has no CUDA")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_available() else ["CPUExecutionProvider"]
+    raise ModelError(f"unknown device '{device}' (auto, cuda or cpu)")
+
+
+class Runner:
+    """One ONNX Runtime session with a fixed input buffer of `max_batch` frames."""
+
+    def __init__(self, model_path: Path, *, device: str = "auto", max_batch: int = 8, threads: int = 0) -> None:
+        self.path = model_path
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{model_path}: cannot load ONNX model ({first_line})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.contract = ModelContract.from_metadata(meta, str(model_path))
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise ModelError(f"{model_path}: CUDA requested but onnxruntime fell back to {self.provider}")
+        self._check_io(model_path)
+        self.max_batch = max_batch
+        c = self.contract
+        self._input = np.empty((max_batch, 3, c.input_height, c.input_width), dtype=np.float32)
+        self._scale = np.float32(c.scale)
+        self._mean = np.array(c.mean, dtype=np.float32).reshape(1, 1, 3)
+        self._inv_std = (1.0 / np.array(c.std, dtype=np.float32)).reshape(1, 1, 3)
+
+    def _check_io(self, model_path: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelError(f"{model_path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+        shape = inputs[0].shape
+        c = self.contract
+        expected = [3, c.input_height, c.input_width]
+        if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != expected:
+            raise ModelError(f"{model_path}: input shape {shape} does not match N×{'×'.join(map(str, expected))}")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise ModelError(f"{model_path}: batch axis must be dynamic (got {shape[0]})")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.fixed_batch_one = isinstance(shape[0], int)
+
+    def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
+        """HWC uint8 BGR frame → CHW float32 model input (resize, channel order, normalise)."""
+        c = self.contract
+        resized = cv2.resize(image_bgr, (c.input_width, c.input_height), interpolation=cv2.INTER_AREA)
+        if c.channel_order == "RGB":
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        normalised = (resized.astype(np.float32) * self._scale - self._mean) * self._inv_std
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+    def run(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """Polyp probabilities (N×H×W float32 at model resolution) for up to max_batch inputs."""
+        n = len(tensors)
+        if not 0 < n <= self.max_batch:
+            raise ValueError(f"batch of {n} frames (1..{self.max_batch} allowed)")
+        for i, tensor in enumerate(tensors):
+            self._input[i] = tensor
+        if self.fixed_batch_one:
+            outs = [
+                self.session.run([self.output_name], {self.input_name: self._input[i : i + 1]})[0] for i in range(n)
+            ]
+            out = np.concatenate(outs)
+        else:
+            out = self.session.run([self.output_name], {self.input_name: self._input[:n]})[0]
+        probs = out.reshape(n, self.contract.input_height, self.contract.input_width)
+        if self.contract.output == "logit":
+            probs = 1.0 / (1.0 + np.exp(-probs))
+        return probs.astype(np.float32, copy=False)
+
+    def warm_up(self, rounds: int = 2) -> dict[int, float]:
+        """Run batch 1 and max_batch a few times; returns seconds per batch size (last run)."""
+        c = self.contract
+        blank = np.zeros((3, c.input_height, c.input_width), dtype=np.float32)
+        timings: dict[int, float] = {}
+        for size in sorted({1, self.max_batch}):
+            for _ in range(rounds):
+                start = time.perf_counter()
+                self.run([blank] * size)
+                timings[size] = time.perf_counter() - start
+        return timings

@@ -1,0 +1,309 @@
+"""The gRPC layer: translates protobuf to Frames and Results to protobuf, streams, health.
+
+It holds no model logic; everything between a decoded frame and its Result is the
+Pipeline's. Every frame received on a Segment stream is answered exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio re-exports
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from service.batcher import BatcherStoppedError, QueueFullError
+from service.capture import InvalidFrameError, PixelFormat, decode_encoded, decode_raw
+from service.config import ServerConfig
+from service.frames import Frame, FrameOptions, Result, Status
+from service.pipeline import Pipeline, invalid_result
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmenter"].full_name
+_STATUS_TO_PB = {
+    Status.OK: pb.FRAME_STATUS_OK,
+    Status.INVALID_FRAME: pb.FRAME_STATUS_INVALID_FRAME,
+    Status.DROPPED_LATE: pb.FRAME_STATUS_DROPPED_LATE,
+    Status.FAILED: pb.FRAME_STATUS_FAILED,
+}
+_PIXEL_FORMATS = {
+    pb.PIXEL_FORMAT_BGR8: PixelFormat.BGR8,
+    pb.PIXEL_FORMAT_RGB8: PixelFormat.RGB8,
+    pb.PIXEL_FORMAT_GRAY8: PixelFormat.GRAY8,
+}
+
+
+def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
+    return FrameOptions(return_mask=options.return_mask, return_overlay=options.return_overlay, no_drop=options.no_drop)
+
+
+def decode_frame_image(message: pb.Frame, max_pixels: int) -> np.ndarray:
+    """The pixels of a protobuf Frame; raises InvalidFrameError saying what is wrong."""
+    which = message.WhichOneof("image")
+    if which == "encoded":
+        return decode_encoded(message.encoded, max_pixels)
+    if which == "raw":
+        raw = message.raw
+        return decode_raw(raw.data, raw.width, raw.height, _PIXEL_FORMATS.get(raw.format), max_pixels)
+    raise InvalidFrameError("empty frame: neither encoded bytes nor raw pixels")
+
+
+def result_to_proto(result: Result) -> pb.FrameResult:
+    """Protobuf for a Result; encodes the mask as PNG and the overlay as JPEG when present."""
+    t = result.timing
+    message = pb.FrameResult(
+        stream_id=result.stream_id,
+        index=result.index,
+        status=_STATUS_TO_PB[result.status],
+        error=result.error,
+        width=result.width,
+        height=result.height,
+        client_time_ns=result.client_time_ns,
+        timing=pb.Timing(
+            decode_ms=t.decode_s * 1e3,
+            queue_ms=t.queue_s * 1e3,
+            batch_size=t.batch_size,
+            inference_ms=t.inference_s * 1e3,
+            postprocess_ms=t.postprocess_s * 1e3,
+            server_ms=t.server_s * 1e3,
+        ),
+    )
+    for polyp in result.polyps:
+        x, y, w, h = polyp.box
+        message.polyps.add(
+            box=pb.Box(x=x, y=y, width=w, height=h), score=polyp.score, area=polyp.area, track_id=polyp.track_id
+        )
+    if result.mask is not None:
+        message.mask_png = cv2.imencode(".png", result.mask.astype("uint8") * 255)[1].tobytes()
+    if result.overlay is not None:
+        message.overlay_jpeg = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    return message
+
+
+class SegmenterServicer(pb_grpc.SegmenterServicer):
+    """polypstream.v1.Segmenter on top of a running Pipeline."""
+
+    def __init__(self, pipeline: Pipeline, config: ServerConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.active_streams = 0
+        self.draining = False
+        self._tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
+
+    async def Segment(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.active_streams >= self.config.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent streams (limit {self.config.max_streams})",
+            )
+        self.active_streams += 1
+        self.pipeline.metrics.active_streams.inc()
+        stream_key = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        # Bounded: when a stream has this many frames in flight the server stops reading it,
+        # which is the back-pressure a no-drop (offline) client gets.
+        pending: asyncio.Queue[asyncio.Future[Result] | None] = asyncio.Queue(self.config.inflight_per_stream)
+
+        async def read() -> None:
+            submitted: asyncio.Future[None] | None = None
+            try:
+                async for message in request_iterator:
+                    answer: asyncio.Future[Result] = loop.create_future()
+                    await pending.put(answer)
+                    submitted = self._start(message, stream_key, answer, submitted)
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await pending.get()) is not None:
+                result = await answer
+                if result.mask is not None or result.overlay is not None:
+                    yield await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
+                else:
+                    yield result_to_proto(result)
+            await reader
+        finally:
+            reader.cancel()
+            self.pipeline.close_stream(stream_key)
+            self.active_streams -= 1
+            self.pipeline.metrics.active_streams.dec()
+
+    def _start(
+        self,
+        message: pb.Frame,
+        stream_key: str,
+        answer: asyncio.Future[Result],
+        previous: asyncio.Future[None] | None,
+    ) -> asyncio.Future[None]:
+        """Decode off the event loop, then submit in stream order; returns 'submitted'."""
+        loop = asyncio.get_running_loop()
+        received_at = time.monotonic()
+        submitted: asyncio.Future[None] = loop.create_future()
+
+        def deliver(result: Result) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        def deliver_threadsafe(result: Result) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
+                loop.call_soon_threadsafe(deliver, result)
+
+        async def run() -> None:
+            try:
+                frame = await loop.run_in_executor(
+                    self.pipeline.decode_pool, self._decode, message, stream_key, received_at
+                )
+            except InvalidFrameError as exc:
+                frame = None
+                result = invalid_result(message.stream_id, message.index, str(exc), received_at, message.client_time_ns)
+            except Exception as exc:
+                logger.exception("decoding frame %s#%d failed", message.stream_id, message.index)
+                frame = None
+                result = invalid_result(message.stream_id, message.index, f"cannot read frame: {exc}", received_at)
+            if previous is not None:
+                await previous
+            try:
+                if frame is None:
+                    self.pipeline.record(result, "grpc")
+                    deliver(result)
+                else:
+                    self._submit(frame, deliver, deliver_threadsafe)
+            finally:
+                submitted.set_result(None)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return submitted
+
+    def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
+        start = time.perf_counter()
+        image = decode_frame_image(message, self.config.max_pixels)
+        return self.pipeline.make_frame(
+            stream_key,
+            message.stream_id,
+            message.index,
+            image,
+            received_at,
+            options=options_from_proto(message.options),
+            client_time_ns=message.client_time_ns,
+            decode_s=time.perf_counter() - start,
+        )
+
+    def _submit(
+        self, frame: Frame, deliver: Callable[[Result], None], deliver_threadsafe: Callable[[Result], None]
+    ) -> None:
+        try:
+            self.pipeline.submit(frame, deliver_threadsafe)
+        except (QueueFullError, BatcherStoppedError) as exc:
+            result = Result(
+                stream_id=frame.stream_id,
+                index=frame.index,
+                status=Status.FAILED,
+                error=str(exc),
+                client_time_ns=frame.client_time_ns,
+            )
+            self.pipeline.record(result, "grpc")
+            deliver(result)
+
+    async def Watch(  # noqa: N802
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
+        yield pb.FrameResult()  # pragma: no cover (abort raises)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        runner = self.pipeline.runner
+        c = runner.contract
+        return pb.ModelInfo(
+            name=c.name,
+            version=c.version,
+            input_width=c.input_width,
+            input_height=c.input_height,
+            provider=runner.provider,
+            threshold=c.threshold,
+            max_batch=self.pipeline.batcher.max_batch,
+            budget_ms=self.pipeline.config.budget_ms,
+            path=str(runner.path),
+        )
+
+    async def ListSources(  # noqa: N802
+        self, request: pb.ListSourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSourcesResponse:
+        return pb.ListSourcesResponse()
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server: its bound address, servicer and health servicer."""
+
+    server: grpc.aio.Server
+    address: str
+    servicer: SegmenterServicer
+    health: HealthServicer
+
+    async def shutdown(self, grace: float) -> None:
+        """Health NOT_SERVING, refuse new streams, finish accepted frames, stop."""
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(pipeline: Pipeline, config: ServerConfig) -> RunningServer:
+    """Bind, start and report SERVING. `config.address` may use port 0 or `unix:PATH`."""
+    limits = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=limits)
+    servicer = SegmenterServicer(pipeline, config)
+    pb_grpc.add_SegmenterServicer_to_server(servicer, server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(config.address)
+    if port == 0 and not config.address.startswith("unix:"):
+        raise OSError(f"cannot bind {config.address}")
+    address = config.address if config.address.startswith("unix:") else f"{config.address.rsplit(':', 1)[0]}:{port}"
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, address, servicer, health_servicer)
+
+
+@contextlib.contextmanager
+def serve_in_thread(pipeline: Pipeline, config: ServerConfig) -> Iterator[RunningServer]:
+    """Run the server on an event loop in a background thread (tests, `demo`, benchmarks)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="polypstream-grpc", daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(start_server(pipeline, config), loop).result()
+    try:
+        yield running
+    finally:
+        asyncio.run_coroutine_threadsafe(running.shutdown(config.grace_s), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.config import EngineConfig
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.runner import Runner
+from tests.tiny_model import build_tiny_model
+
+DATA = Path(__file__).parent / "data"
+KVASIR_FIXTURES = DATA / "kvasir"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def pipeline(tiny_model: Path, registry: CollectorRegistry) -> Iterator[Pipeline]:
+    config = EngineConfig(max_batch=4, budget_ms=10_000, max_wait_ms=2, decode_workers=2)
+    pipe = Pipeline(Runner(tiny_model, device="cpu", max_batch=4), config, Metrics(registry))
+    pipe.start()
+    yield pipe
+    pipe.stop()
+
+
+def square_image(width: int = 96, height: int = 80, box: tuple[int, int, int, int] = (16, 24, 32, 24)) -> np.ndarray:
+    """Black BGR frame with one white rectangle (x, y, w, h): the tiny model's 'polyp'."""
+    image = np.zeros((height, width, 3), np.uint8)
+    x, y, w, h = box
+    image[y : y + h, x : x + w] = 255
+    return image
+
+
+def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (96, 80), fps: float = 10.0) -> Path:
+    """A small MJPG .avi with a white square moving right by 2 px per frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(square_image(size[0], size[1], (8 + 2 * i, 24, 32, 24)))
+    writer.release()
+    return path

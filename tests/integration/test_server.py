@@ -1,0 +1,199 @@
+"""A real grpc.aio server in-process on port 0, with the tiny brightness model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service.client import SegmenterClient, encode_frame
+from service.config import ServerConfig
+from service.frames import FrameOptions
+from service.pipeline import Pipeline
+from service.server import RunningServer, serve_in_thread
+from tests.conftest import square_image
+
+SQUARE = (16, 24, 32, 24)
+
+
+@pytest.fixture
+def server(pipeline: Pipeline) -> Iterator[RunningServer]:
+    with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", metrics_address="", max_streams=4)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[SegmenterClient]:
+    with SegmenterClient(server.address) as c:
+        c.wait_ready()
+        yield c
+
+
+def frames(n: int, stream_id: str = "s", options: FrameOptions = FrameOptions(no_drop=True)) -> Iterator[pb.Frame]:
+    for i in range(n):
+        yield encode_frame(square_image(box=SQUARE), stream_id, i, options, jpeg_quality=100)
+
+
+def test_every_frame_is_answered_once_in_order_with_the_polyp_box(client: SegmenterClient) -> None:
+    answers = list(client.segment(frames(20)))
+    assert [a.result.index for a in answers] == list(range(20))
+    assert {a.status for a in answers} == {"OK"}
+    first = answers[0].result
+    assert (first.width, first.height, len(first.polyps)) == (96, 80, 1)
+    box = first.polyps[0].box
+    # Down to 64×64 and back up: the white square's edges move by at most 2 px.
+    assert np.allclose([box.x, box.y, box.width, box.height], SQUARE, atol=2)
+    assert first.polyps[0].score > 0.9
+    assert {a.result.polyps[0].track_id for a in answers} == {1}  # one polyp, one track
+    assert all(a.result.timing.batch_size >= 1 and a.result.timing.server_ms > 0 for a in answers)
+
+
+def test_invalid_frames_are_answered_and_the_stream_goes_on(client: SegmenterClient) -> None:
+    def mixed() -> Iterator[pb.Frame]:
+        good = list(frames(3))
+        yield good[0]
+        yield pb.Frame(stream_id="s", index=1, encoded=b"definitely not a jpeg")
+        yield pb.Frame(stream_id="s", index=2)  # no image at all
+        yield pb.Frame(
+            stream_id="s", index=3, raw=pb.RawImage(width=4, height=4, format=pb.PIXEL_FORMAT_BGR8, data=b"123")
+        )
+        yield good[2]
+
+    answers = list(client.segment(mixed()))
+    assert [a.status for a in answers] == ["OK", "INVALID_FRAME", "INVALID_FRAME", "INVALID_FRAME", "OK"]
+    assert "not a JPEG or PNG" in answers[1].result.error
+    assert "empty frame" in answers[2].result.error
+    assert "needs 48 bytes, got 3" in answers[3].result.error
+
+
+def test_raw_frames_are_segmented(client: SegmenterClient) -> None:
+    image = square_image(box=SQUARE)
+    raw = pb.RawImage(width=96, height=80, format=pb.PIXEL_FORMAT_BGR8, data=image.tobytes())
+    (answer,) = client.segment(iter([pb.Frame(stream_id="raw", index=7, raw=raw)]))
+    assert answer.status == "OK" and answer.result.index == 7 and len(answer.result.polyps) == 1
+
+
+def test_mask_and_overlay_come_back_at_frame_resolution(client: SegmenterClient) -> None:
+    (answer,) = client.segment(frames(1, options=FrameOptions(return_mask=True, return_overlay=True)))
+    mask = cv2.imdecode(np.frombuffer(answer.result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    overlay = cv2.imdecode(np.frombuffer(answer.result.overlay_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert mask.shape == (80, 96) and overlay.shape == (80, 96, 3)
+    x, y, w, h = SQUARE
+    assert mask[y + h // 2, x + w // 2] == 255 and mask[2, 90] == 0
+
+
+def test_two_concurrent_streams_each_get_their_own_answers(server: RunningServer) -> None:
+    results: dict[str, list[pb.FrameResult]] = {}
+
+    def run(stream_id: str) -> None:
+        with SegmenterClient(server.address) as c:
+            results[stream_id] = [a.result for a in c.segment(frames(15, stream_id))]
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for name in ("a", "b"):
+        assert [r.index for r in results[name]] == list(range(15))
+        assert {r.stream_id for r in results[name]} == {name}
+        assert {p.track_id for r in results[name] for p in r.polyps} == {1}  # trackers are per stream
+
+
+def test_health_model_info_and_sources(server: RunningServer, client: SegmenterClient) -> None:
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for name in ("", "polypstream.v1.Segmenter"):
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+        )
+    info = client.model_info()
+    assert (info.name, info.input_width, info.provider, info.max_batch) == (
+        "tiny-brightness",
+        64,
+        "CPUExecutionProvider",
+        4,
+    )
+    assert list(client.stub.ListSources(pb.ListSourcesRequest()).sources) == []
+    with pytest.raises(grpc.RpcError) as err:
+        next(iter(client.stub.Watch(pb.WatchRequest(source="nope"))))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_after_a_stream(client: SegmenterClient, registry: CollectorRegistry) -> None:
+    def mixed() -> Iterator[pb.Frame]:
+        yield from frames(6)
+        yield pb.Frame(stream_id="s", index=6, encoded=b"junk")
+
+    list(client.segment(mixed()))
+    value = registry.get_sample_value
+    assert value("polypstream_frames_total", {"status": "OK", "source": "grpc"}) == 6
+    assert value("polypstream_frames_total", {"status": "INVALID_FRAME", "source": "grpc"}) == 1
+    assert value("polypstream_stage_seconds_count", {"stage": "inference"}) == 6
+    assert value("polypstream_stage_seconds_count", {"stage": "server"}) == 7
+    assert value("polypstream_batch_size_sum") == 6  # warm-up batches are not counted
+    assert value("polypstream_active_streams") == 0
+    assert (
+        value(
+            "polypstream_model_info",
+            {"name": "tiny-brightness", "version": "test", "provider": "CPUExecutionProvider", "input": "64x64"},
+        )
+        == 1
+    )
+
+
+def test_stream_limit_refuses_the_extra_stream(pipeline: Pipeline) -> None:
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_streams=1)
+    release = threading.Event()
+
+    def held() -> Iterator[pb.Frame]:
+        yield from frames(1)
+        release.wait(20)
+
+    with (
+        serve_in_thread(pipeline, config) as running,
+        SegmenterClient(running.address) as first,
+        SegmenterClient(running.address) as second,
+    ):
+        stream = first.segment(held())
+        assert next(stream).status == "OK"  # the first stream is open and being served
+        with pytest.raises(grpc.RpcError) as err:
+            list(second.segment(frames(1)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many concurrent streams" in (err.value.details() or "")
+        release.set()
+        assert list(stream) == []
+
+
+def test_oversized_message_is_refused_and_the_server_stays_up(pipeline: Pipeline) -> None:
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_message_bytes=64 * 1024)
+    with serve_in_thread(pipeline, config) as running, SegmenterClient(running.address) as client:
+        big = pb.Frame(stream_id="big", index=0, encoded=b"\xff\xd8\xff" + b"\x00" * 100_000)
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.segment(iter([big])))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [a.status for a in client.segment(frames(2))] == ["OK", "OK"]
+
+
+def test_an_inference_error_fails_only_its_batch(
+    client: SegmenterClient, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_run = pipeline.runner.run
+    calls = {"n": 0}
+
+    def flaky(tensors: list[np.ndarray]) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", flaky)
+    first = list(client.segment(frames(1)))
+    assert first[0].status == "FAILED" and "CUDA out of memory (simulated)" in first[0].result.error
+    assert [a.status for a in client.segment(frames(3))] == ["OK", "OK", "OK"]

@@ -1,0 +1,58 @@
+"""A tiny ONNX 'brightness' segmenter built with onnx.helper (no torch), for tests.
+
+probability = sigmoid(gain * (mean over channels of pixel/255) - gain/2): white pixels are
+'polyp' (≈1), black ones background (≈0). So a white shape on black gives a known mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+GAIN = 20.0
+
+
+def build_tiny_model(
+    path: Path,
+    *,
+    size: int = 64,
+    metadata: dict[str, str] | None = None,
+    drop_metadata: tuple[str, ...] = (),
+    batch_dim: int | str = "batch",
+    channels: int = 3,
+) -> Path:
+    weight = numpy_helper.from_array(np.full((1, channels, 1, 1), GAIN / channels, np.float32), "w")
+    bias = numpy_helper.from_array(np.array([-GAIN / 2], np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w", "b"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["probability"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, channels, size, size])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [batch_dim, 1, size, size])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "polypstream.name": "tiny-brightness",
+        "polypstream.version": "test",
+        "polypstream.input_size": f"{size}x{size}",
+        "polypstream.channel_order": "RGB",
+        "polypstream.scale": str(1 / 255),
+        "polypstream.mean": "0,0,0",
+        "polypstream.std": "1,1,1",
+        "polypstream.output": "probability",
+        "polypstream.threshold": "0.5",
+        **(metadata or {}),
+    }
+    for key, value in meta.items():
+        if key not in drop_metadata:
+            model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

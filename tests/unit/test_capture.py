@@ -1,0 +1,100 @@
+"""Client-frame decoding errors and video sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service.capture import (
+    InvalidFrameError,
+    PixelFormat,
+    SourceError,
+    VideoSource,
+    decode_encoded,
+    decode_raw,
+    is_live,
+)
+from tests.conftest import square_image, write_clip
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_jpeg_and_png_decode_to_bgr() -> None:
+    image = square_image()
+    assert decode_encoded(jpeg(image)).shape == image.shape
+    png = cv2.imencode(".png", image)[1].tobytes()
+    assert np.array_equal(decode_encoded(png), image)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty frame"),
+        (b"hello, not an image", "not a JPEG or PNG"),
+        (jpeg(square_image())[:200], "truncated JPEG"),
+        (cv2.imencode(".png", square_image())[1].tobytes()[:60] + b"\x00" * 40, "corrupt PNG"),
+    ],
+)
+def test_bad_encoded_frames_say_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidFrameError, match=message):
+        decode_encoded(data)
+
+
+def test_huge_png_is_refused_from_its_header() -> None:
+    png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+    with pytest.raises(InvalidFrameError, match="exceeds the limit"):
+        decode_encoded(png, max_pixels=1000)
+
+
+def test_raw_pixels_in_every_format() -> None:
+    bgr = square_image(8, 6)
+    assert np.array_equal(decode_raw(bgr.tobytes(), 8, 6, PixelFormat.BGR8), bgr)
+    rgb = bgr[..., ::-1].copy()
+    assert np.array_equal(decode_raw(rgb.tobytes(), 8, 6, PixelFormat.RGB8), bgr)
+    gray = bgr[..., 0].copy()
+    assert decode_raw(gray.tobytes(), 8, 6, PixelFormat.GRAY8).shape == (6, 8, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "width", "height", "fmt", "message"),
+    [
+        (b"\x00" * 10, 2, 2, PixelFormat.BGR8, "needs 12 bytes, got 10"),
+        (b"", 0, 5, PixelFormat.BGR8, "zero size"),
+        (b"\x00" * 12, 2, 2, None, "unknown or unspecified pixel format"),
+        (b"", 5000, 5000, PixelFormat.GRAY8, "exceeds the limit"),
+    ],
+)
+def test_bad_raw_frames_say_what_is_wrong(
+    data: bytes, width: int, height: int, fmt: PixelFormat | None, message: str
+) -> None:
+    with pytest.raises(InvalidFrameError, match=message):
+        decode_raw(data, width, height, fmt, max_pixels=4096 * 4096)
+
+
+def test_video_file_source_reads_every_frame(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10)
+    source = VideoSource(str(clip))
+    frames = list(source)
+    assert [f.index for f in frames] == list(range(12))
+    assert frames[0].image.shape == (80, 96, 3)
+    assert source.fps == pytest.approx(10)
+    assert frames[5].pts_s == pytest.approx(0.5)
+
+
+def test_missing_and_undecodable_sources_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such file"):
+        VideoSource(str(tmp_path / "missing.mp4"))
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(SourceError, match="cannot open"):
+        VideoSource(str(junk))
+
+
+def test_live_uris() -> None:
+    assert is_live("rtsp://host/stream") and is_live("http://host/x.mjpg") and is_live("0")
+    assert not is_live("video.avi") and not is_live("file:///data/video.avi")

@@ -1,0 +1,87 @@
+"""Post-processing on hand-made masks: exact boxes, scores, tracking, overlay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.frames import Polyp
+from service.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, probability_to_mask
+
+
+def test_boxes_are_exact_for_known_regions() -> None:
+    mask = np.zeros((50, 60), bool)
+    mask[5:15, 10:30] = True  # 20 wide, 10 high at (10, 5)
+    mask[30:41, 40:43] = True  # 3 wide, 11 high at (40, 30)
+    prob = np.where(mask, 0.9, 0.1).astype(np.float32)
+    polyps = find_polyps(mask, prob)
+    assert [(p.box, p.area) for p in polyps] == [((10, 5, 20, 10), 200), ((40, 30, 3, 11), 33)]
+    assert polyps[0].score == pytest.approx(0.9)
+
+
+def test_score_is_mean_probability_inside_region() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:4, 2:4] = True
+    prob = np.zeros((10, 10), np.float32)
+    prob[2:4, 2:4] = [[0.6, 0.8], [0.7, 0.9]]
+    assert find_polyps(mask, prob)[0].score == pytest.approx(0.75)
+
+
+def test_diagonal_pixels_are_one_region_and_small_regions_are_dropped() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[1, 1] = mask[2, 2] = True  # 8-connected: one region of 2
+    mask[7, 7] = True  # one pixel alone
+    prob = mask.astype(np.float32)
+    assert [p.box for p in find_polyps(mask, prob)] == [(1, 1, 2, 2), (7, 7, 1, 1)]
+    assert [p.box for p in find_polyps(mask, prob, min_area=2)] == [(1, 1, 2, 2)]
+
+
+def test_empty_mask_has_no_polyps() -> None:
+    mask = np.zeros((8, 8), bool)
+    assert find_polyps(mask, mask.astype(np.float32)) == []
+
+
+def test_probability_is_resized_to_the_frame_before_thresholding() -> None:
+    prob = np.zeros((4, 4), np.float32)
+    prob[:2, :2] = 1.0
+    mask, full = probability_to_mask(prob, 8, 8, 0.5)
+    assert mask.shape == full.shape == (8, 8)
+    assert mask[:3, :3].all() and not mask[5:, :].any() and not mask[:, 5:].any()
+
+
+def test_box_iou() -> None:
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+
+
+def polyp(x: int, y: int, w: int = 10, h: int = 10) -> Polyp:
+    return Polyp(box=(x, y, w, h), score=0.9, area=w * h)
+
+
+def test_tracker_keeps_ids_for_moving_polyps_and_numbers_new_ones() -> None:
+    tracker = IouTracker(iou_threshold=0.3, max_missed=1)
+    first = tracker.update([polyp(0, 0), polyp(50, 50)])
+    assert [p.track_id for p in first] == [1, 2]
+    moved = tracker.update([polyp(52, 51), polyp(1, 1), polyp(100, 0)])
+    assert [p.track_id for p in moved] == [2, 1, 3]
+
+
+def test_tracker_survives_short_gaps_and_forgets_long_ones() -> None:
+    tracker = IouTracker(iou_threshold=0.3, max_missed=1)
+    tracker.update([polyp(0, 0)])
+    tracker.update([])  # missed once: kept
+    assert tracker.update([polyp(0, 0)])[0].track_id == 1
+    tracker.update([])
+    tracker.update([])  # missed twice: forgotten
+    assert tracker.update([polyp(0, 0)])[0].track_id == 2
+
+
+def test_overlay_marks_mask_and_box_without_touching_the_input() -> None:
+    image = np.zeros((40, 40, 3), np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    out = draw_overlay(image, mask, [Polyp((10, 10, 10, 10), 0.9, 100, 1)])
+    assert out.shape == image.shape and not image.any()
+    assert out[15, 15, 1] > 0  # tinted green inside the mask
+    assert out[30, 30].sum() == 0  # untouched far away

@@ -1,0 +1,120 @@
+"""The model contract read from ONNX metadata, provider choice and batched runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.runner import ModelContract, ModelError, Runner, resolve_model
+from tests.conftest import square_image
+from tests.tiny_model import build_tiny_model
+
+
+def test_contract_comes_from_onnx_metadata(tiny_model: Path) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=2)
+    c = runner.contract
+    assert (c.name, c.version, c.input_width, c.input_height) == ("tiny-brightness", "test", 64, 64)
+    assert (c.channel_order, c.output, c.threshold) == ("RGB", "probability", 0.5)
+    assert runner.provider == "CPUExecutionProvider"
+
+
+def test_preprocess_resizes_and_normalises(tiny_model: Path) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=2)
+    white = np.full((100, 200, 3), 255, np.uint8)
+    tensor = runner.preprocess(white)
+    assert tensor.shape == (3, 64, 64) and tensor.dtype == np.float32
+    assert np.allclose(tensor, 1.0)
+
+
+def test_preprocess_channel_order_follows_the_contract(tmp_path: Path) -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = 255  # blue in BGR
+    rgb = Runner(build_tiny_model(tmp_path / "rgb.onnx"), device="cpu").preprocess(image)
+    bgr = Runner(build_tiny_model(tmp_path / "bgr.onnx", metadata={"polypstream.channel_order": "BGR"}), device="cpu")
+    assert rgb[2].mean() == pytest.approx(1.0) and bgr.preprocess(image)[0].mean() == pytest.approx(1.0)
+
+
+def test_batched_run_gives_probabilities_per_frame(tiny_model: Path) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=4)
+    inputs = [
+        runner.preprocess(square_image(64, 64, (8, 8, 16, 16))),
+        runner.preprocess(np.zeros((64, 64, 3), np.uint8)),
+    ]
+    probs = runner.run(inputs)
+    assert probs.shape == (2, 64, 64)
+    assert probs[0, 10, 10] > 0.99 and probs[0, 40, 40] < 0.01 and probs[1].max() < 0.01
+    with pytest.raises(ValueError, match="batch of 5"):
+        runner.run(inputs * 2 + inputs[:1])
+
+
+def test_warm_up_times_batch_one_and_max(tiny_model: Path) -> None:
+    timings = Runner(tiny_model, device="cpu", max_batch=4).warm_up(rounds=1)
+    assert set(timings) == {1, 4} and all(t > 0 for t in timings.values())
+
+
+def test_missing_metadata_is_named(tmp_path: Path) -> None:
+    path = build_tiny_model(tmp_path / "m.onnx", drop_metadata=("polypstream.threshold",))
+    with pytest.raises(ModelError, match=r"lacks 'polypstream.threshold'"):
+        Runner(path, device="cpu")
+
+
+def test_malformed_metadata_is_named() -> None:
+    meta = {f"polypstream.{k}": v for k, v in {
+        "name": "m", "version": "1", "input_size": "64x64", "channel_order": "RGB", "scale": "1",
+        "mean": "0,0", "std": "1,1,1", "output": "probability", "threshold": "0.5",
+    }.items()}  # fmt: skip
+    with pytest.raises(ModelError, match=r"'polypstream\.mean' must have 3 values"):
+        ModelContract.from_metadata(meta, "m.onnx")
+    meta["polypstream.mean"] = "0,0,0"
+    meta["polypstream.channel_order"] = "YUV"
+    with pytest.raises(ModelError, match="channel_order must be RGB or BGR"):
+        ModelContract.from_metadata(meta, "m.onnx")
+
+
+def test_wrong_input_shape_and_corrupt_files_are_refused(tmp_path: Path) -> None:
+    mismatched = build_tiny_model(tmp_path / "m.onnx", metadata={"polypstream.input_size": "32x32"})
+    with pytest.raises(ModelError, match="does not match"):
+        Runner(mismatched, device="cpu")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(ModelError, match="cannot load ONNX model"):
+        Runner(corrupt, device="cpu")
+
+
+def test_fixed_batch_of_one_still_runs_batches(tmp_path: Path) -> None:
+    runner = Runner(build_tiny_model(tmp_path / "b1.onnx", batch_dim=1), device="cpu", max_batch=3)
+    assert runner.run([np.zeros((3, 64, 64), np.float32)] * 3).shape == (3, 64, 64)
+
+
+def test_resolve_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    monkeypatch.setenv("POLYPSTREAM_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelError, match=r"no fast\.onnx or accurate\.onnx"):
+        resolve_model(None)
+    (tmp_path / "fast.onnx").write_bytes(tiny_model.read_bytes())
+    assert resolve_model(None) == tmp_path / "fast.onnx"
+    assert resolve_model("fast") == tmp_path / "fast.onnx"
+    assert resolve_model(str(tiny_model)) == tiny_model
+    with pytest.raises(ModelError, match=r"accurate\.onnx: model file not found"):
+        resolve_model("accurate")
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tiny_model: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ModelError, match="no CUDA"):
+        Runner(tiny_model, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_provider_is_chosen_when_usable(tiny_model: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA in this onnxruntime")
+    runner = Runner(tiny_model, device="auto")
+    assert runner.provider == "CUDAExecutionProvider"
+    assert runner.run([np.zeros((3, 64, 64), np.float32)]).shape == (1, 64, 64)
