@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from service.capture import CapturedFrame, SourceError, VideoSource, is_live
 from service.client import SegmenterClient
 from service.config import EngineConfig, ServerConfig, env_default
+from service.dataset import DatasetError
+from service.evaluate import evaluate
 from service.frames import FrameOptions
 from service.metrics import Metrics
 from service.pipeline import Pipeline
@@ -88,22 +90,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
     pipeline.start()
+    metrics_url = ""
     if server_config.metrics_address:
         host, _, port = server_config.metrics_address.rpartition(":")
         try:
-            start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+            http_server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
         except (OSError, ValueError) as exc:
             pipeline.stop()
             raise CliError(f"cannot serve metrics on {server_config.metrics_address}: {exc}") from exc
+        metrics_url = f"http://{host or '127.0.0.1'}:{http_server.server_port}/metrics"
     try:
-        asyncio.run(_serve(pipeline, server_config))
+        asyncio.run(_serve(pipeline, server_config, metrics_url))
     finally:
         pipeline.stop()
     logger.info("stopped")
     return 0
 
 
-async def _serve(pipeline: Pipeline, config: ServerConfig) -> None:
+async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str) -> None:
     try:
         running = await start_server(pipeline, config)
     except (OSError, RuntimeError) as exc:
@@ -112,7 +116,7 @@ async def _serve(pipeline: Pipeline, config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    metrics = f", metrics on http://{config.metrics_address}/metrics" if config.metrics_address else ""
+    metrics = f", metrics on {metrics_url}" if metrics_url else ""
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
     print(f"polypstream serving on {running.address}{metrics}", flush=True)
     await stop.wait()
@@ -280,6 +284,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- eval --------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    path = resolve_model(args.model)
+    runner = Runner(path, device=args.device, max_batch=args.batch)
+    try:
+        scores = evaluate(runner, args.data, args.split)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps({**scores, "model": runner.contract.name, "version": runner.contract.version}))
+    else:
+        c = runner.contract
+        print(f"{c.name} {c.version} on {scores['images']} images of {args.split or args.data}:")
+        for key in ("dice", "iou", "precision", "recall", "box_precision", "box_recall"):
+            print(f"  {key:<14} {scores[key]:.4f}")
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -327,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--source", type=Path, help="another video instead of the bundled sample")
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
+    evaluate_ = sub.add_parser("eval", help="Dice/IoU/precision/recall and box metrics on a Kvasir-SEG folder")
+    evaluate_.add_argument("--data", type=Path, required=True, help="folder with images/, masks/, kavsir_bboxes.json")
+    evaluate_.add_argument("--split", type=Path, help="file of image ids, one per line (default: every image)")
+    evaluate_.add_argument("--model", default=env_default("MODEL", "") or None, help="fast, accurate or an ONNX path")
+    evaluate_.add_argument("--device", choices=["auto", "cuda", "cpu"], default=env_default("DEVICE", "auto"))
+    evaluate_.add_argument("--batch", type=int, default=8)
+    evaluate_.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate_.set_defaults(func=cmd_eval)
     return parser
 
 

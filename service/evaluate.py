@@ -1,0 +1,106 @@
+"""Segmentation and box metrics of a model on a Kvasir-SEG-layout folder, at the original
+image resolution, through the same runner and post-processing the service uses.
+
+Per image: Dice 2|P∩G|/(|P|+|G|), IoU |P∩G|/|P∪G|, precision |P∩G|/|P|, recall |P∩G|/|G|;
+each is 1 when both masks are empty, and 0 when exactly one is (for precision: P empty
+and G not; for recall: G empty and P not). Reported as means over images, as in the
+Kvasir-SEG papers. Boxes: predicted regions matched one-to-one (greedy, highest IoU first)
+to ground-truth boxes at IoU ≥ 0.5; precision and recall are pooled over all images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.dataset import Sample, load_split, read_image, read_mask
+from service.postprocess import box_iou, find_polyps, probability_to_mask
+from service.runner import Runner
+
+BOX_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class MaskScores:
+    dice: float
+    iou: float
+    precision: float
+    recall: float
+
+
+def _ratio(numerator: int, denominator: int, *, both_empty: bool) -> float:
+    if denominator == 0:
+        return 1.0 if both_empty else 0.0
+    return numerator / denominator
+
+
+def mask_scores(pred: np.ndarray, truth: np.ndarray) -> MaskScores:
+    """Dice, IoU, precision and recall of two boolean masks of the same shape."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    inter = int(np.count_nonzero(pred & truth))
+    p, t = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
+    both_empty = p == 0 and t == 0
+    return MaskScores(
+        dice=_ratio(2 * inter, p + t, both_empty=both_empty),
+        iou=_ratio(inter, p + t - inter, both_empty=both_empty),
+        precision=_ratio(inter, p, both_empty=t == 0),
+        recall=_ratio(inter, t, both_empty=p == 0),
+    )
+
+
+def match_boxes(
+    predicted: list[tuple[int, int, int, int]], truth: list[tuple[int, int, int, int]], threshold: float = BOX_IOU
+) -> int:
+    """True positives: one-to-one greedy matches of (x, y, w, h) boxes at IoU ≥ threshold."""
+    pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth)), reverse=True)
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < threshold:
+            break
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    return len(used_p)
+
+
+def _truth_boxes(sample: Sample) -> list[tuple[int, int, int, int]]:
+    return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in sample.boxes]
+
+
+def evaluate(
+    runner: Runner, data_dir: Path, split_file: Path | None = None, *, min_area_fraction: float = 0.001
+) -> dict[str, float | int]:
+    """Mean per-image mask metrics and pooled box precision/recall over a split."""
+    samples = [s for s in load_split(data_dir, split_file) if s.mask_path is not None]
+    if not samples:
+        raise ValueError(f"{data_dir}: no images with masks to evaluate")
+    scores: list[MaskScores] = []
+    tp = n_pred = n_truth = 0
+    for start in range(0, len(samples), runner.max_batch):
+        chunk = samples[start : start + runner.max_batch]
+        images = [read_image(s.image_path) for s in chunk]
+        probs = runner.run([runner.preprocess(image) for image in images])
+        for sample, image, prob in zip(chunk, images, probs, strict=True):
+            assert sample.mask_path is not None
+            height, width = image.shape[:2]
+            pred, full = probability_to_mask(prob, width, height, runner.contract.threshold)
+            scores.append(mask_scores(pred, read_mask(sample.mask_path)))
+            min_area = max(1, int(min_area_fraction * width * height))
+            boxes = [p.box for p in find_polyps(pred, full, min_area)]
+            truth = _truth_boxes(sample)
+            tp += match_boxes(boxes, truth)
+            n_pred += len(boxes)
+            n_truth += len(truth)
+    return {
+        "dice": float(np.mean([s.dice for s in scores])),
+        "iou": float(np.mean([s.iou for s in scores])),
+        "precision": float(np.mean([s.precision for s in scores])),
+        "recall": float(np.mean([s.recall for s in scores])),
+        "box_precision": tp / n_pred if n_pred else 0.0,
+        "box_recall": tp / n_truth if n_truth else 0.0,
+        "images": len(scores),
+    }

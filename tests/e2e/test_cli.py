@@ -1,0 +1,128 @@
+"""The CLI end to end, as a user runs it: real processes, real ports, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.conftest import write_clip
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def polypstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def server(tiny_model: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """`polypstream serve` on free ports; yields (process, gRPC address, metrics URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
+         "--metrics-address", "127.0.0.1:0", "--grace", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"serving on (\S+), metrics on (\S+)", line)
+    assert match, f"unexpected first line {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+    yield proc, match.group(1), match.group(2)
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=20)  # reaps the process and closes its pipes
+
+
+def test_demo_writes_results_overlay_and_summary(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "demo"
+    done = polypstream("demo", "--out", str(out), "--model", str(tiny_model))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(64))
+    assert {line["status"] for line in lines} == {"OK"}
+    assert all({"box", "score", "track_id"} <= set(p) for line in lines for p in line["polyps"])
+    video = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 64
+    assert "64 frames (OK 64)" in done.stdout and "latency p50" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 64
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "fast.onnx").is_file(), reason="no shipped model yet")
+def test_demo_runs_on_the_shipped_default_model(tmp_path: Path) -> None:
+    done = polypstream("demo", "--out", str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "polyp-unet" in done.stdout
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 64
+    # The clip is made of four polyp images: a real model finds polyps in most frames.
+    found = sum(bool(json.loads(line)["polyps"]) for line in lines)
+    assert found >= 32, f"polyps found in only {found} of 64 frames"
+
+
+def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
+    proc, address, metrics_url = server
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    done = polypstream("stream", str(clip), "--server", address, "--jsonl", str(tmp_path / "out.jsonl"),
+                       "--overlay", str(tmp_path / "overlay.avi"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(12))
+    assert all(line["status"] == "OK" and len(line["polyps"]) == 1 for line in lines)
+    assert lines[0]["latency_ms"] > 0 and lines[0]["stream_id"] == "clip"
+    assert int(cv2.VideoCapture(str(tmp_path / "overlay.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+
+    metrics = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    assert 'polypstream_frames_total{source="grpc",status="OK"} 12.0' in metrics
+    assert "polypstream_stage_seconds_bucket" in metrics
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
+    _, address, _ = server
+    missing = polypstream(
+        "stream", str(tmp_path / "nope.mp4"), "--server", address, "--jsonl", str(tmp_path / "o.jsonl")
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"polypstream stream: error: {tmp_path / 'nope.mp4'}: no such file"]
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    unreachable = polypstream("stream", str(clip), "--server", "127.0.0.1:1", "--jsonl", str(tmp_path / "o.jsonl"),
+                              "--connect-timeout", "1")  # fmt: skip
+    assert unreachable.returncode == 2
+    assert "cannot reach polypstream server at 127.0.0.1:1" in unreachable.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "wrong-shape"])
+def test_serve_refuses_a_bad_model_with_one_line(tmp_path: Path, problem: str) -> None:
+    from tests.tiny_model import build_tiny_model
+
+    path = tmp_path / "model.onnx"
+    if problem == "corrupt":
+        path.write_bytes(b"this is not onnx")
+    elif problem == "wrong-shape":
+        build_tiny_model(path, metadata={"polypstream.input_size": "128x128"})
+    done = polypstream("serve", "--model", str(path), "--address", "127.0.0.1:0", "--metrics-address", "")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"polypstream serve: error: {path}")
+
+
+def test_help_lists_the_commands() -> None:
+    done = polypstream("--help")
+    assert done.returncode == 0
+    for command in ("serve", "stream", "demo"):
+        assert command in done.stdout
+    assert os.access(sys.executable, os.X_OK)
