@@ -30,6 +30,7 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.runner import ModelError, Runner, resolve_model
 from service.server import serve_in_thread, start_server
+from service.sources import SourceHub
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -87,9 +88,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_config = ServerConfig(
         address=args.address, metrics_address=args.metrics_address, max_streams=args.max_streams, grace_s=args.grace
     )
+    named = parse_sources(args.source)
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
+    sources = {
+        name: SourceHub(name, uri, pipeline, realtime=args.source_pacing == "realtime") for name, uri in named.items()
+    }
     pipeline.start()
+    for hub in sources.values():
+        if hub.live:
+            hub.start()  # live feeds run whether or not anyone watches; files play per first subscriber
     metrics_url = ""
     if server_config.metrics_address:
         host, _, port = server_config.metrics_address.rpartition(":")
@@ -100,16 +108,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(f"cannot serve metrics on {server_config.metrics_address}: {exc}") from exc
         metrics_url = f"http://{host or '127.0.0.1'}:{http_server.server_port}/metrics"
     try:
-        asyncio.run(_serve(pipeline, server_config, metrics_url))
+        asyncio.run(_serve(pipeline, server_config, metrics_url, sources))
     finally:
+        for hub in sources.values():
+            hub.stop()
         pipeline.stop()
     logger.info("stopped")
     return 0
 
 
-async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str) -> None:
+def parse_sources(specs: list[str]) -> dict[str, str]:
+    """NAME=URI pairs; file sources are opened once here so a bad path fails at start."""
+    sources: dict[str, str] = {}
+    for spec in specs:
+        name, sep, uri = spec.partition("=")
+        if not sep or not name or not uri:
+            raise CliError(f"--source expects NAME=URI, got '{spec}'")
+        if name in sources:
+            raise CliError(f"--source name '{name}' given twice")
+        if not is_live(uri):
+            open_source(uri, realtime=False).close()
+        sources[name] = uri
+    return sources
+
+
+async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sources: dict[str, SourceHub]) -> None:
     try:
-        running = await start_server(pipeline, config)
+        running = await start_server(pipeline, config, sources)
     except (OSError, RuntimeError) as exc:
         raise CliError(f"cannot listen on {config.address}: {exc}") from exc
     stop = asyncio.Event()
@@ -323,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-streams", type=int, default=int(env_default("MAX_STREAMS", str(ServerConfig.max_streams)))
+    )
+    serve.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="a video file, URL or device to Watch; repeatable",
+    )
+    serve.add_argument(
+        "--source-pacing",
+        choices=["realtime", "fast"],
+        default="realtime",
+        help="file sources: own frame rate or flat out",
     )
     serve.add_argument(
         "--grace",

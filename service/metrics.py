@@ -41,6 +41,19 @@ class Metrics:
         )
         self.queue_depth = Gauge("polypstream_queue_depth", "Frames waiting for a batch.", registry=registry)
         self.active_streams = Gauge("polypstream_active_streams", "Open Segment streams.", registry=registry)
+        self.subscribers = Gauge("polypstream_subscribers", "Open Watch subscriptions.", registry=registry)
+        self.subscriber_dropped = Counter(
+            "polypstream_subscriber_dropped_results",
+            "Results a slow Watch subscriber lost (its queue was full), by source.",
+            ["source"],
+            registry=registry,
+        )
+        self.source_skipped = Counter(
+            "polypstream_source_skipped_frames",
+            "Frames a live source skipped because the pipeline was behind (latest frame wins).",
+            ["source"],
+            registry=registry,
+        )
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import grpc
@@ -29,6 +29,7 @@ from service.capture import InvalidFrameError, PixelFormat, decode_encoded, deco
 from service.config import ServerConfig
 from service.frames import Frame, FrameOptions, Result, Status
 from service.pipeline import Pipeline, invalid_result
+from service.sources import SourceHub
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ def result_to_proto(result: Result) -> pb.FrameResult:
 class SegmenterServicer(pb_grpc.SegmenterServicer):
     """polypstream.v1.Segmenter on top of a running Pipeline."""
 
-    def __init__(self, pipeline: Pipeline, config: ServerConfig) -> None:
+    def __init__(self, pipeline: Pipeline, config: ServerConfig, sources: dict[str, SourceHub] | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
+        self.sources = sources or {}
         self.active_streams = 0
         self.draining = False
         self._tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
@@ -227,8 +229,28 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def Watch(  # noqa: N802
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
-        yield pb.FrameResult()  # pragma: no cover (abort raises)
+        hub = self.sources.get(request.source)
+        if hub is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
+            return
+        wanted = options_from_proto(request.options)
+        subscription = hub.subscribe(asyncio.get_running_loop(), wanted)
+        loop = asyncio.get_running_loop()
+        try:
+            while (result := await subscription.queue.get()) is not None:
+                trimmed = replace(
+                    result,
+                    mask=result.mask if wanted.return_mask else None,
+                    overlay=result.overlay if wanted.return_overlay else None,
+                )
+                if trimmed.mask is not None or trimmed.overlay is not None:
+                    yield await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, trimmed)
+                else:
+                    yield result_to_proto(trimmed)
+        finally:
+            hub.unsubscribe(subscription)
+        if hub.state == "failed":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"source '{hub.name}' failed: {hub.error}")
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -250,7 +272,12 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def ListSources(  # noqa: N802
         self, request: pb.ListSourcesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSourcesResponse:
-        return pb.ListSourcesResponse()
+        return pb.ListSourcesResponse(
+            sources=[
+                pb.SourceInfo(name=h.name, uri=h.uri, state=h.state, frames=h.frames, subscribers=h.subscriber_count)
+                for h in self.sources.values()
+            ]
+        )
 
 
 @dataclass
@@ -269,14 +296,16 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_server(pipeline: Pipeline, config: ServerConfig) -> RunningServer:
+async def start_server(
+    pipeline: Pipeline, config: ServerConfig, sources: dict[str, SourceHub] | None = None
+) -> RunningServer:
     """Bind, start and report SERVING. `config.address` may use port 0 or `unix:PATH`."""
     limits = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=limits)
-    servicer = SegmenterServicer(pipeline, config)
+    servicer = SegmenterServicer(pipeline, config, sources)
     pb_grpc.add_SegmenterServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -294,12 +323,14 @@ async def start_server(pipeline: Pipeline, config: ServerConfig) -> RunningServe
 
 
 @contextlib.contextmanager
-def serve_in_thread(pipeline: Pipeline, config: ServerConfig) -> Iterator[RunningServer]:
+def serve_in_thread(
+    pipeline: Pipeline, config: ServerConfig, sources: dict[str, SourceHub] | None = None
+) -> Iterator[RunningServer]:
     """Run the server on an event loop in a background thread (tests, `demo`, benchmarks)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="polypstream-grpc", daemon=True)
     thread.start()
-    running = asyncio.run_coroutine_threadsafe(start_server(pipeline, config), loop).result()
+    running = asyncio.run_coroutine_threadsafe(start_server(pipeline, config, sources), loop).result()
     try:
         yield running
     finally:

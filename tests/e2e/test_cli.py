@@ -120,6 +120,13 @@ def test_serve_refuses_a_bad_model_with_one_line(tmp_path: Path, problem: str) -
     assert line.startswith(f"polypstream serve: error: {path}")
 
 
+def test_serve_refuses_a_source_that_cannot_open(tmp_path: Path, tiny_model: Path) -> None:
+    missing = tmp_path / "gone.avi"
+    done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={missing}", "--metrics-address", "")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"polypstream serve: error: {missing}: no such file"]
+
+
 def test_help_lists_the_commands() -> None:
     done = polypstream("--help")
     assert done.returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import grpc
@@ -18,7 +19,8 @@ from service.config import ServerConfig
 from service.frames import FrameOptions
 from service.pipeline import Pipeline
 from service.server import RunningServer, serve_in_thread
-from tests.conftest import square_image
+from service.sources import SourceHub
+from tests.conftest import square_image, write_clip
 
 SQUARE = (16, 24, 32, 24)
 
@@ -197,3 +199,30 @@ def test_an_inference_error_fails_only_its_batch(
     first = list(client.segment(frames(1)))
     assert first[0].status == "FAILED" and "CUDA out of memory (simulated)" in first[0].result.error
     assert [a.status for a in client.segment(frames(3))] == ["OK", "OK", "OK"]
+
+
+def test_watch_shares_a_file_source_and_ends_with_it(pipeline: Pipeline, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=10)
+    hub = SourceHub("scope1", str(clip), pipeline, realtime=False)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"scope1": hub}) as running, SegmenterClient(running.address) as client:
+        (info,) = client.stub.ListSources(pb.ListSourcesRequest()).sources
+        assert (info.name, info.state) == ("scope1", "idle")
+        watched = list(client.stub.Watch(pb.WatchRequest(source="scope1", options=pb.FrameOptions(return_mask=True))))
+        assert [r.index for r in watched] == list(range(10))  # a file source never skips
+        assert all(r.status == pb.FRAME_STATUS_OK and len(r.polyps) == 1 and r.mask_png for r in watched)
+        (info,) = client.stub.ListSources(pb.ListSourcesRequest()).sources
+        assert (info.state, info.frames, info.subscribers) == ("ended", 10, 0)
+        assert list(client.stub.Watch(pb.WatchRequest(source="scope1"))) == []  # ended: the stream ends at once
+
+
+def test_watch_of_a_source_that_cannot_open_is_unavailable(pipeline: Pipeline, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"not a video")
+    hub = SourceHub("broken", str(junk), pipeline, realtime=False)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"broken": hub}) as running, SegmenterClient(running.address) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.stub.Watch(pb.WatchRequest(source="broken")))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot open" in (err.value.details() or "")

@@ -1,0 +1,172 @@
+"""Server-side sources (`serve --source NAME=URI`) and the fan-out of their results.
+
+One capture thread per source reads frames, submits them to the pipeline (each frame is
+decoded and segmented once, whoever watches) and publishes every Result to the Watch
+subscribers. Each subscriber has a bounded queue: a slow one loses its oldest results
+(counted), never stalls the source or the other subscribers.
+
+Back-pressure: at most `inflight` frames of a source are in the pipeline at once. A file
+source waits for a free slot (never skips); a live source (URL, device) skips the frame it
+just read instead, so the pipeline always works on the freshest frames (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from service.batcher import BatcherStoppedError, QueueFullError
+from service.capture import SourceError, VideoSource, is_live
+from service.frames import FrameOptions, Result
+from service.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A Watch call's bounded queue of results; None marks the end of the source."""
+
+    loop: asyncio.AbstractEventLoop
+    options: FrameOptions
+    queue: asyncio.Queue[Result | None] = field(default_factory=lambda: asyncio.Queue(64))
+    dropped: int = 0
+
+    def offer(self, item: Result | None) -> None:
+        """Called on the subscriber's loop: enqueue, dropping the oldest result when full."""
+        while self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(item)
+
+
+class SourceHub:
+    """One server-side source: its capture thread and its subscribers."""
+
+    def __init__(self, name: str, uri: str, pipeline: Pipeline, *, realtime: bool = True, inflight: int = 4) -> None:
+        self.name = name
+        self.uri = uri
+        self.pipeline = pipeline
+        self.realtime = realtime
+        self.live = is_live(uri)
+        self.state = "idle"
+        self.frames = 0
+        self.skipped = 0
+        self.error = ""
+        self.inflight = inflight
+        self._slots = threading.BoundedSemaphore(inflight)
+        self._subscribers: set[Subscription] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._metrics = pipeline.metrics
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self.state = "starting"
+            self._thread = threading.Thread(target=self._run, name=f"polypstream-source-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop, options: FrameOptions) -> Subscription:
+        """A new subscriber; a file source starts playing with its first subscriber."""
+        subscription = Subscription(loop, options)
+        with self._lock:
+            ended = self.state in ("ended", "failed")
+            if not ended:
+                self._subscribers.add(subscription)
+                self._metrics.subscribers.inc()
+        if ended:
+            subscription.offer(None)
+        else:
+            self.start()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscribers:
+                self._subscribers.discard(subscription)
+                self._metrics.subscribers.dec()
+        if subscription.dropped:
+            self._metrics.subscriber_dropped.labels(self.name).inc(subscription.dropped)
+
+    def _wanted_options(self) -> FrameOptions:
+        with self._lock:
+            subs = list(self._subscribers)
+        return FrameOptions(
+            return_mask=any(s.options.return_mask for s in subs),
+            return_overlay=any(s.options.return_overlay for s in subs),
+            no_drop=not self.live,
+        )
+
+    def _publish(self, item: Result | None) -> None:
+        with self._lock:
+            subs = list(self._subscribers)
+        for sub in subs:
+            with contextlib.suppress(RuntimeError):  # that subscriber's loop has closed
+                sub.loop.call_soon_threadsafe(sub.offer, item)
+
+    def _run(self) -> None:
+        try:
+            source = VideoSource(self.uri, realtime=self.realtime and not self.live)
+        except SourceError as exc:
+            logger.error("source %s: %s", self.name, exc)
+            self.error = str(exc)
+            self.state = "failed"
+            self._finish()
+            return
+        self.state = "running"
+        for captured in source:
+            if self._stop.is_set():
+                break
+            if self.live:
+                if not self._slots.acquire(blocking=False):
+                    self.skipped += 1
+                    self._metrics.source_skipped.labels(self.name).inc()
+                    continue
+            else:
+                while not self._slots.acquire(timeout=0.5):
+                    if self._stop.is_set():
+                        break
+                if self._stop.is_set():
+                    break
+            received = time.monotonic()
+            frame = self.pipeline.make_frame(
+                self.name, self.name, captured.index, captured.image, received, options=self._wanted_options()
+            )
+            try:
+                self.pipeline.submit(frame, self._on_result, origin=self.name)
+            except (QueueFullError, BatcherStoppedError) as exc:
+                self._slots.release()
+                logger.warning("source %s: frame %d not accepted: %s", self.name, captured.index, exc)
+                if isinstance(exc, BatcherStoppedError):
+                    break
+            self.frames += 1
+        source.close()
+        # Wait until every submitted frame has been answered before ending the streams.
+        for _ in range(self.inflight):
+            self._slots.acquire(timeout=30)
+        self.state = "ended"
+        self._finish()
+
+    def _on_result(self, result: Result) -> None:
+        self._slots.release()
+        self._publish(result)
+
+    def _finish(self) -> None:
+        self._publish(None)
+        self.pipeline.close_stream(self.name)
