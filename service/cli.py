@@ -282,7 +282,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     source_uri = str(args.source or SAMPLE_CLIP)
-    source = open_source(source_uri, realtime=False)
+    source = open_source(source_uri, realtime=not args.fast)
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
     pipeline.start()
@@ -307,6 +307,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary.line())
     print(f"wrote {args.out / 'results.jsonl'} and {args.out / 'overlay.mp4'}")
     return 0
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with SegmenterClient(args.server) as client:
+        status = client.health(timeout=args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 # --- eval --------------------------------------------------------------------------------
@@ -387,8 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
     demo.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, overlay.mp4, summary.json")
     demo.add_argument("--source", type=Path, help="another video instead of the bundled sample")
+    demo.add_argument(
+        "--fast",
+        action="store_true",
+        help="send frames as fast as the server takes them (default: at the clip's frame rate, as a live feed)",
+    )
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
+    health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
+    health.add_argument("--server", default=env_default("SERVER", ServerConfig.address))
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(func=cmd_health)
+
     evaluate_ = sub.add_parser("eval", help="Dice/IoU/precision/recall and box metrics on a Kvasir-SEG folder")
     evaluate_.add_argument("--data", type=Path, required=True, help="folder with images/, masks/, kavsir_bboxes.json")
     evaluate_.add_argument("--split", type=Path, help="file of image ids, one per line (default: every image)")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
@@ -97,6 +98,13 @@ class SegmenterClient:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def health(self, service: str = "polypstream.v1.Segmenter", timeout: float = 5.0) -> str:
+        """The grpc.health.v1 status name of `service` (SERVING, NOT_SERVING, ...)."""
+        response = health_pb2_grpc.HealthStub(self.channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def model_info(self) -> pb.ModelInfo:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest())

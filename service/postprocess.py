@@ -108,8 +108,9 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp
     """A copy of the BGR frame with the mask tinted, its outline, and labelled boxes."""
     out = image.copy()
     if mask is not None and mask.any():
-        tint = out[mask].astype(np.float32) * 0.6 + np.array(MASK_COLOUR, np.float32) * 0.4
-        out[mask] = tint.astype(np.uint8)
+        colour = np.empty_like(out)
+        colour[:] = MASK_COLOUR
+        np.copyto(out, cv2.addWeighted(out, 0.6, colour, 0.4, 0), where=mask[..., None])
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, MASK_COLOUR, 2)
     for polyp in polyps:

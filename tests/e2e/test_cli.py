@@ -87,6 +87,9 @@ def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], s
     assert 'polypstream_frames_total{source="grpc",status="OK"} 12.0' in metrics
     assert "polypstream_stage_seconds_bucket" in metrics
 
+    health = polypstream("health", "--server", address)
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
 

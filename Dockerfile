@@ -1,0 +1,33 @@
+# polypstream on an NVIDIA GPU. onnxruntime-gpu 1.31 on PyPI is built for CUDA 13 and
+# cuDNN 9, so the base is CUDA 13 with cuDNN; without a GPU the same image runs on CPU.
+#   docker build -t polypstream .
+#   docker run --gpus all -p 50051:50051 -p 8000:8000 polypstream
+# Ports: 50051 gRPC (polypstream.v1.Segmenter, grpc.health.v1, reflection), 8000 /metrics.
+FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY proto/ proto/
+COPY service/ service/
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[gpu]"
+# The models are baked in; the service finds them through POLYPSTREAM_MODELS_DIR.
+COPY models/*.onnx models/README.md /app/models/
+
+RUN useradd --create-home --uid 10001 polypstream
+USER polypstream
+
+ENV PATH=/opt/venv/bin:$PATH \
+    POLYPSTREAM_MODELS_DIR=/app/models \
+    POLYPSTREAM_ADDRESS=0.0.0.0:50051 \
+    POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000
+EXPOSE 50051 8000
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
+    CMD ["polypstream", "health", "--server", "127.0.0.1:50051"]
+ENTRYPOINT ["polypstream"]
+CMD ["serve"]
