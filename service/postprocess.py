@@ -29,16 +29,17 @@ def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1) -> list[P
     Boxes are (x, y, width, height) in mask pixels, inclusive of every region pixel;
     the score is the mean probability over the region. Sorted by area, largest first.
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    kept = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
+    if kept.size == 0:
         return []
-    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count)
     polyps = []
-    for label in range(1, count):
+    for label in kept:
         x, y, w, h, area = (int(v) for v in stats[label])
-        if area < min_area:
-            continue
-        polyps.append(Polyp(box=(x, y, w, h), score=float(sums[label] / area), area=area))
+        # Work inside the region's box only: a few polyps cover a small part of the frame.
+        inside = labels[y : y + h, x : x + w] == label
+        score = float(prob[y : y + h, x : x + w][inside].sum(dtype=np.float64) / area)
+        polyps.append(Polyp(box=(x, y, w, h), score=score, area=area))
     polyps.sort(key=lambda p: p.area, reverse=True)
     return polyps
 
@@ -108,10 +109,13 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp
     """A copy of the BGR frame with the mask tinted, its outline, and labelled boxes."""
     out = image.copy()
     if mask is not None and mask.any():
-        colour = np.empty_like(out)
+        mask_u8 = mask.astype(np.uint8)
+        x, y, w, h = cv2.boundingRect(mask_u8)
+        roi = out[y : y + h, x : x + w]  # a view: tinting it tints `out`
+        colour = np.empty_like(roi)
         colour[:] = MASK_COLOUR
-        np.copyto(out, cv2.addWeighted(out, 0.6, colour, 0.4, 0), where=mask[..., None])
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        np.copyto(roi, cv2.addWeighted(roi, 0.6, colour, 0.4, 0), where=mask[y : y + h, x : x + w, None])
+        contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, MASK_COLOUR, 2)
     for polyp in polyps:
         x, y, w, h = polyp.box

@@ -1,0 +1,96 @@
+"""The limit and the peer: raw batched onnxruntime throughput of a model, and a naive
+per-frame loop (decode JPEG, resize, session.run on one frame, post-process, draw).
+
+    python -m benchmarks.model_throughput [--model fast] [--batches 1,2,4,8] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import device_name, endoscopy_frames, jpeg, write_result
+from service.capture import decode_encoded
+from service.postprocess import draw_overlay, find_polyps, probability_to_mask
+from service.runner import Runner, resolve_model
+
+
+def time_batches(runner: Runner, batch: int, seconds: float) -> dict[str, float]:
+    """Median ms per batch and frames/s of session runs on a fixed random input."""
+    c = runner.contract
+    inputs = list(np.random.default_rng(0).standard_normal((batch, 3, c.input_height, c.input_width), np.float32))
+    for _ in range(3):
+        runner.run(inputs)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        runner.run(inputs)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"batch": batch, "ms_per_batch": round(median * 1e3, 3), "fps": round(batch / median, 1), "runs": len(times)}
+
+
+def naive_loop(runner: Runner, encoded: list[bytes], seconds: float) -> dict[str, float]:
+    """What a first script does: one frame at a time, every stage in sequence."""
+    times = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        image = decode_encoded(encoded[i % len(encoded)])
+        prob = runner.run([runner.preprocess(image)])[0]
+        mask, full = probability_to_mask(prob, image.shape[1], image.shape[0], runner.contract.threshold)
+        draw_overlay(image, mask, find_polyps(mask, full, 400))
+        times.append(time.perf_counter() - start)
+        i += 1
+    median = statistics.median(times)
+    return {"ms_per_frame": round(median * 1e3, 3), "fps": round(1 / median, 1), "frames": len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="fast, accurate or a path (default as serve)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per batch size")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    path = resolve_model(args.model)
+    runner = Runner(path, device=args.device, max_batch=max(batches), threads=args.threads)
+    frames = [jpeg(f) for f in endoscopy_frames(32)]
+    limit = [time_batches(runner, b, args.seconds) for b in batches]
+    naive = naive_loop(runner, frames, args.seconds * 2)
+    c = runner.contract
+    payload = {
+        "benchmark": "model_throughput",
+        "device": device_name(),
+        "provider": runner.provider,
+        "model": {
+            "name": c.name,
+            "version": c.version,
+            "input": f"{c.input_width}x{c.input_height}",
+            "path": str(path),
+        },
+        "frames": "720x576 JPEG q90 (simulated endoscope motion over Kvasir-SEG fixtures)",
+        "limit": limit,
+        "naive": naive,
+        "command": "python -m benchmarks.model_throughput "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+    }
+    out = write_result("model_throughput", payload, args.out)
+    print(f"{payload['device']} · {runner.provider} · {c.name} {c.input_width}x{c.input_height}")
+    for row in limit:
+        print(f"  batch {row['batch']:>3}: {row['ms_per_batch']:>9.3f} ms/batch {row['fps']:>9.1f} frames/s")
+    print(f"  naive per-frame loop: {naive['ms_per_frame']:.3f} ms/frame, {naive['fps']:.1f} frames/s")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

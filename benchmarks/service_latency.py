@@ -1,0 +1,138 @@
+"""Ours: the service under K concurrent client streams, end to end over gRPC on loopback.
+
+For each K: K streams send 720×576 JPEG frames at --fps each (a live feed: late frames
+may be dropped) for --seconds; the client measures send → result latency. Then one
+offline run (no-drop, unpaced) measures the most frames/s the service sustains.
+
+    python -m benchmarks.service_latency [--model fast] [--streams 1,2,4] [--fps 25] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from benchmarks.common import device_name, endoscopy_frames, jpeg, percentiles, write_result
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service.client import Answer, SegmenterClient
+from service.config import EngineConfig, ServerConfig
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.runner import Runner, resolve_model
+from service.server import serve_in_thread
+
+STAGES = ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "server_ms")
+
+
+def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int) -> dict[str, object]:
+    """K concurrent streams of `frames` frames each; paced at `fps` (live) or flat out (no-drop)."""
+    answers: list[list[Answer]] = [[] for _ in range(streams)]
+    errors: list[str] = []
+
+    def one(k: int) -> None:
+        def requests() -> Iterator[pb.Frame]:
+            start = time.perf_counter() + 0.05 * k / max(1, streams)  # spread the streams' phases
+            for i in range(frames):
+                if fps:
+                    delay = start + i / fps - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                yield pb.Frame(
+                    stream_id=f"s{k}", index=i, encoded=encoded[(i + k) % len(encoded)],
+                    options=pb.FrameOptions(no_drop=fps is None),
+                )  # fmt: skip
+
+        try:
+            with SegmenterClient(address) as client:
+                answers[k] = list(client.segment(requests()))
+        except Exception as exc:  # recorded in the JSON, not hidden
+            errors.append(f"stream {k}: {exc}")
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    flat = [a for per_stream in answers for a in per_stream]
+    ok = [a for a in flat if a.status == "OK"]
+    statuses: dict[str, int] = {}
+    for a in flat:
+        statuses[a.status] = statuses.get(a.status, 0) + 1
+    batch_sizes = [a.result.timing.batch_size for a in ok]
+    return {
+        "streams": streams,
+        "fps_per_stream": fps,
+        "frames_sent": streams * frames,
+        "answered": len(flat),
+        "statuses": statuses,
+        "lost": streams * frames - len(flat),
+        "throughput_fps": round(len(ok) / wall, 1),
+        "latency_ms": percentiles([a.latency_s * 1e3 for a in ok]),
+        "server_stages_ms": {s: percentiles([getattr(a.result.timing, s) for a in ok]) for s in STAGES},
+        "mean_batch": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="fast, accurate or a path (default as serve)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--streams", default="1,2,4", help="stream counts to sweep")
+    parser.add_argument("--fps", type=float, default=25.0, help="frames/s per live stream")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each live run")
+    parser.add_argument("--offline-frames", type=int, default=400, help="frames per stream in the no-drop run")
+    parser.add_argument("--offline-streams", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--budget-ms", type=float, default=40.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    engine = EngineConfig(model=args.model, device=args.device, max_batch=args.max_batch, budget_ms=args.budget_ms)
+    runner = Runner(resolve_model(args.model), device=args.device, max_batch=args.max_batch)
+    pipeline = Pipeline(runner, engine, Metrics(CollectorRegistry()))
+    pipeline.start()
+    encoded = [jpeg(f) for f in endoscopy_frames(48)]
+    frames = int(args.seconds * args.fps)
+    try:
+        with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", metrics_address="")) as server:
+            live = [
+                run_streams(server.address, encoded, k, args.fps, frames) for k in map(int, args.streams.split(","))
+            ]
+            offline = run_streams(server.address, encoded, args.offline_streams, None, args.offline_frames)
+    finally:
+        pipeline.stop()
+    c = runner.contract
+    payload = {
+        "benchmark": "service_latency",
+        "device": device_name(),
+        "provider": runner.provider,
+        "model": {"name": c.name, "version": c.version, "input": f"{c.input_width}x{c.input_height}"},
+        "engine": {"max_batch": args.max_batch, "budget_ms": args.budget_ms, "max_wait_ms": engine.max_wait_ms},
+        "frames": "720x576 JPEG q90, client and server in one process over loopback TCP",
+        "live": live,
+        "offline": offline,
+        "command": "python -m benchmarks.service_latency " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+    }
+    out = write_result("service_latency", payload, args.out)
+    print(f"{payload['device']} · {runner.provider} · {c.name} {c.input_width}x{c.input_height}")
+    for row in [*live, offline]:
+        lat = row["latency_ms"]
+        assert isinstance(lat, dict)
+        mode = f"{row['fps_per_stream']:.0f} fps" if row["fps_per_stream"] else "no-drop"
+        print(
+            f"  {row['streams']} streams @ {mode:>7}: {row['throughput_fps']:>7} frames/s  p50 {lat['p50']} ms  "
+            f"p99 {lat['p99']} ms  statuses {row['statuses']}  lost {row['lost']}  mean batch {row['mean_batch']}"
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
