@@ -29,6 +29,7 @@ from service.frames import FrameOptions
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.runner import ModelError, Runner, resolve_model
+from service.security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
 from service.server import serve_in_thread, start_server
 from service.sources import SourceHub
 
@@ -81,13 +82,53 @@ def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipelin
     return Pipeline(runner, config, Metrics(registry))
 
 
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return address.startswith("unix:") or host in ("127.0.0.1", "localhost", "::1")
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection")
+    g.add_argument("--server", default=env_default("SERVER", ServerConfig.address), help="host:port or unix:PATH")
+    g.add_argument("--tls-ca", type=Path, help="CA certificate to trust: connect with TLS")
+    g.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
+    g.add_argument("--tls-key", type=Path, help="client key (mTLS)")
+    g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
+
+
+def connect(args: argparse.Namespace) -> SegmenterClient:
+    credentials = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        credentials = client_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return SegmenterClient(args.server, credentials=credentials, token=load_token(args.token_file))
+
+
 # --- serve -------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise CliError("--tls-cert and --tls-key go together")
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+        tls.server_credentials()  # read the files now: a bad path fails at start, naming it
+    elif args.tls_client_ca:
+        raise CliError("--tls-client-ca needs --tls-cert and --tls-key")
     server_config = ServerConfig(
-        address=args.address, metrics_address=args.metrics_address, max_streams=args.max_streams, grace_s=args.grace
+        address=args.address,
+        metrics_address=args.metrics_address,
+        max_streams=args.max_streams,
+        grace_s=args.grace,
+        tls=tls,
+        token=load_token(args.token_file),
     )
+    if not is_loopback(server_config.address) and (tls is None or server_config.token is None):
+        logger.warning(
+            "listening on %s without %s: frames are patient data; use TLS and a token off loopback",
+            server_config.address,
+            "TLS or a token" if tls is None and server_config.token is None else "TLS" if tls is None else "a token",
+        )
     named = parse_sources(args.source)
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
@@ -260,7 +301,7 @@ def open_source(uri: str, realtime: bool) -> VideoSource:
 def cmd_stream(args: argparse.Namespace) -> int:
     source = open_source(args.source, realtime=args.realtime)
     no_drop = not (args.live or is_live(args.source))
-    with SegmenterClient(args.server) as client:
+    with connect(args) as client:
         try:
             client.wait_ready(args.connect_timeout)
         except grpc.FutureTimeoutError as exc:
@@ -313,7 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    with SegmenterClient(args.server) as client:
+    with connect(args) as client:
         status = client.health(timeout=args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
@@ -378,12 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env_default("GRACE_S", str(ServerConfig.grace_s))),
         help="seconds to finish accepted frames on SIGTERM",
     )
+    security = serve.add_argument_group("security")
+    security.add_argument("--tls-cert", type=Path, help="server certificate (PEM): serve TLS")
+    security.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    security.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mTLS")
+    security.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
     add_engine_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     stream = sub.add_parser("stream", help="send a video file, stream URL or device to a server")
     stream.add_argument("source", help="video file, rtsp:// / http:// URL, or capture device index")
-    stream.add_argument("--server", default=env_default("SERVER", ServerConfig.address))
+    add_client_flags(stream)
     stream.add_argument("--jsonl", type=Path, required=True, help="one JSON line per frame")
     stream.add_argument("--overlay", type=Path, help="write a video with mask and boxes drawn")
     stream.add_argument("--stream-id", help="default: the source's file name")
@@ -405,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
     health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
-    health.add_argument("--server", default=env_default("SERVER", ServerConfig.address))
+    add_client_flags(health)
     health.add_argument("--timeout", type=float, default=5.0)
     health.set_defaults(func=cmd_health)
 
@@ -426,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (CliError, ModelError, ValueError) as exc:
+    except (CliError, ModelError, SecurityConfigError, ValueError) as exc:
         print(f"polypstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

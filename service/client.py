@@ -85,16 +85,25 @@ def encode_frame(
 class SegmenterClient:
     """A blocking client over one channel; `segment` streams frames and yields answers in order."""
 
-    def __init__(self, address: str, *, max_message_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        max_message_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if credentials is not None:
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
@@ -107,7 +116,7 @@ class SegmenterClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def model_info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest())
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
 
     def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
         """Send decoded frames (JPEG-encoded here) on one stream; yield answers in order."""
@@ -127,7 +136,7 @@ class SegmenterClient:
                 error.append(exc)
                 raise
 
-        for result in self.stub.Segment(requests()):
+        for result in self.stub.Segment(requests(), metadata=self.metadata):
             yield Answer(result, time.perf_counter() - sent.get())
         if error:
             raise error[0]

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from service.capture import DEFAULT_MAX_PIXELS
+from service.security import TlsFiles
 
 
 def env_default(name: str, fallback: str) -> str:
@@ -47,6 +48,11 @@ class ServerConfig:
     max_message_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     grace_s: float = 10.0
+    tls: TlsFiles | None = None  # None: plaintext (keep the address on loopback then)
+    token: str | None = None  # bearer token every call but health must carry
+
+    def __repr__(self) -> str:  # never print the token
+        return f"ServerConfig(address={self.address!r}, tls={self.tls!r}, token={'***' if self.token else None})"
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.inflight_per_stream < 1:

@@ -54,6 +54,12 @@ class Metrics:
             ["source"],
             registry=registry,
         )
+        self.unauthenticated = Counter(
+            "polypstream_unauthenticated_requests",
+            "Calls refused for a missing or invalid bearer token, by RPC method.",
+            ["method"],
+            registry=registry,
+        )
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)

@@ -29,6 +29,7 @@ from service.capture import InvalidFrameError, PixelFormat, decode_encoded, deco
 from service.config import ServerConfig
 from service.frames import Frame, FrameOptions, Result, Status
 from service.pipeline import Pipeline, invalid_result
+from service.security import TokenAuthInterceptor
 from service.sources import SourceHub
 
 logger = logging.getLogger(__name__)
@@ -304,7 +305,11 @@ async def start_server(
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
-    server = grpc.aio.server(options=limits)
+    interceptors = []
+    if config.token:
+        known = frozenset(f"/{SERVICE_NAME}/{m.name}" for m in pb.DESCRIPTOR.services_by_name["Segmenter"].methods)
+        interceptors.append(TokenAuthInterceptor(config.token, pipeline.metrics.unauthenticated, known))
+    server = grpc.aio.server(options=limits, interceptors=interceptors)
     servicer = SegmenterServicer(pipeline, config, sources)
     pb_grpc.add_SegmenterServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
@@ -312,7 +317,10 @@ async def start_server(
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(config.address)
+    if config.tls is not None:
+        port = server.add_secure_port(config.address, config.tls.server_credentials())
+    else:
+        port = server.add_insecure_port(config.address)
     if port == 0 and not config.address.startswith("unix:"):
         raise OSError(f"cannot bind {config.address}")
     address = config.address if config.address.startswith("unix:") else f"{config.address.rsplit(':', 1)[0]}:{port}"

@@ -1,0 +1,138 @@
+"""TLS, mTLS and bearer tokens against a real in-process server (certificates made here)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+
+from service.client import SegmenterClient
+from service.config import ServerConfig
+from service.frames import FrameOptions
+from service.pipeline import Pipeline
+from service.security import SecurityConfigError, TlsFiles, client_credentials, load_token
+from service.server import serve_in_thread
+from tests.conftest import square_image
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def _write_pair(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def _issue(
+    subject: str, issuer: x509.Name | None, signer: ec.EllipticCurvePrivateKey | None, *, ca: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(signer or key, hashes.SHA256()), key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pki")
+    ca_cert, ca_key = _issue("polypstream test CA", None, None, ca=True)
+    server_cert, server_key = _issue("localhost", ca_cert.subject, ca_key)
+    client_cert, client_key = _issue("scope-client", ca_cert.subject, ca_key)
+    ca_path, _ = _write_pair(folder, "ca", ca_cert, ca_key)
+    s_cert, s_key = _write_pair(folder, "server", server_cert, server_key)
+    c_cert, c_key = _write_pair(folder, "client", client_cert, client_key)
+    return {"ca": ca_path, "server_cert": s_cert, "server_key": s_key, "client_cert": c_cert, "client_key": c_key}
+
+
+def _one_frame(client: SegmenterClient) -> str:
+    from service.client import encode_frame
+
+    frame = encode_frame(square_image(), "sec", 0, FrameOptions(no_drop=True))
+    return next(iter(client.segment(iter([frame])))).status
+
+
+def test_tls_serves_clients_that_trust_the_ca_only(pipeline: Pipeline, pki: dict[str, Path]) -> None:
+    config = ServerConfig(address="127.0.0.1:0", tls=TlsFiles(pki["server_cert"], pki["server_key"]))
+    with serve_in_thread(pipeline, config) as running:
+        with SegmenterClient(running.address, credentials=client_credentials(pki["ca"])) as client:
+            assert _one_frame(client) == "OK"
+        with SegmenterClient(running.address) as plaintext, pytest.raises(grpc.RpcError) as err:
+            plaintext.model_info()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_requires_a_client_certificate(pipeline: Pipeline, pki: dict[str, Path]) -> None:
+    tls = TlsFiles(pki["server_cert"], pki["server_key"], client_ca=pki["ca"])
+    with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", tls=tls)) as running:
+        with_cert = client_credentials(pki["ca"], pki["client_cert"], pki["client_key"])
+        with SegmenterClient(running.address, credentials=with_cert) as client:
+            assert client.model_info().name == "tiny-brightness"
+        with SegmenterClient(running.address, credentials=client_credentials(pki["ca"])) as anonymous:
+            with pytest.raises(grpc.RpcError) as err:
+                anonymous.model_info()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_token_is_required_except_for_health(pipeline: Pipeline, registry: CollectorRegistry) -> None:
+    with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", token=TOKEN)) as running:
+        for token in (None, "wrong-token"):
+            with SegmenterClient(running.address, token=token) as client:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.model_info()
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError) as err:
+                    _one_frame(client)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert client.health() == "SERVING"  # probes need no token
+        with SegmenterClient(running.address, token=TOKEN) as client:
+            assert _one_frame(client) == "OK"
+    refused = registry.get_sample_value
+    assert (
+        refused("polypstream_unauthenticated_requests_total", {"method": "/polypstream.v1.Segmenter/GetModelInfo"}) == 2
+    )
+    assert refused("polypstream_unauthenticated_requests_total", {"method": "/polypstream.v1.Segmenter/Segment"}) == 2
+
+
+def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POLYPSTREAM_TOKEN", raising=False)
+    assert load_token(None) is None
+    monkeypatch.setenv("POLYPSTREAM_TOKEN", "from-env")
+    assert load_token(None) == "from-env"
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    assert load_token(path) == "from-file"
+    path.write_text("\n")
+    with pytest.raises(SecurityConfigError, match="token file is empty"):
+        load_token(path)
+    with pytest.raises(SecurityConfigError, match="cannot read token file"):
+        load_token(tmp_path / "missing")
+
+
+def test_server_config_repr_hides_the_token() -> None:
+    assert TOKEN not in repr(ServerConfig(token=TOKEN))
