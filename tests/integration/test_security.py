@@ -93,9 +93,9 @@ def test_mtls_requires_a_client_certificate(pipeline: Pipeline, pki: dict[str, P
         with_cert = client_credentials(pki["ca"], pki["client_cert"], pki["client_key"])
         with SegmenterClient(running.address, credentials=with_cert) as client:
             assert client.model_info().name == "tiny-brightness"
-        with SegmenterClient(running.address, credentials=client_credentials(pki["ca"])) as anonymous:
-            with pytest.raises(grpc.RpcError) as err:
-                anonymous.model_info()
+        anonymous = SegmenterClient(running.address, credentials=client_credentials(pki["ca"]))
+        with anonymous, pytest.raises(grpc.RpcError) as err:
+            anonymous.model_info()
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
