@@ -1,10 +1,15 @@
-"""Every Prometheus metric of polypstream, defined in one place against one registry."""
+"""Every Prometheus metric of polypstream, defined in one place against one registry.
+
+Names follow Prometheus conventions: prefix `polypstream_`, seconds and bytes, `_total`
+for counters (the client library appends it), and only low-cardinality labels (status,
+stage, reason, source name, RPC method): never stream or frame ids.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 # Per-frame stages take milliseconds: the client library's default buckets start at 5 ms.
 LATENCY_BUCKETS = (
@@ -12,14 +17,23 @@ LATENCY_BUCKETS = (
     0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-STAGES = ("decode", "queue", "inference", "postprocess", "server")
+# decode: bytes → model input; queue: waiting for a batch; inference: the batch's model run;
+# postprocess: mask → boxes (+ overlay); server: receipt → result ready; send: result ready →
+# handed to gRPC (encoding included); end_to_end: receipt → handed to gRPC.
+STAGES = ("decode", "queue", "inference", "postprocess", "server", "send", "end_to_end")
+# late: missed its deadline; live_skip: a live source was behind and kept the freshest frame;
+# slow_subscriber: a Watch subscriber's queue was full and lost its oldest result.
+DROP_REASONS = ("late", "live_skip", "slow_subscriber")
+STATUSES = ("OK", "INVALID_FRAME", "DROPPED_LATE", "FAILED")
 
 
 class Metrics:
     """The service's metrics; tests pass a fresh CollectorRegistry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, process: bool = True) -> None:
         self.registry = registry
+        if process:  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
+            ProcessCollector(registry=registry)
         self.frames = Counter(
             "polypstream_frames",
             "Frames answered, by status and by origin (grpc for client streams, else the source name).",
@@ -28,7 +42,7 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "polypstream_stage_seconds",
-            "Time a frame spends in each server stage (server = receipt to result).",
+            "Time a frame spends in each server stage.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -42,15 +56,15 @@ class Metrics:
         self.queue_depth = Gauge("polypstream_queue_depth", "Frames waiting for a batch.", registry=registry)
         self.active_streams = Gauge("polypstream_active_streams", "Open Segment streams.", registry=registry)
         self.subscribers = Gauge("polypstream_subscribers", "Open Watch subscriptions.", registry=registry)
-        self.subscriber_dropped = Counter(
-            "polypstream_subscriber_dropped_results",
-            "Results a slow Watch subscriber lost (its queue was full), by source.",
-            ["source"],
+        self.dropped = Counter(
+            "polypstream_dropped_frames",
+            "Frames or results not delivered as segmented, by reason and origin.",
+            ["reason", "source"],
             registry=registry,
         )
-        self.source_skipped = Counter(
-            "polypstream_source_skipped_frames",
-            "Frames a live source skipped because the pipeline was behind (latest frame wins).",
+        self.source_reconnects = Counter(
+            "polypstream_source_reconnects",
+            "Times a live server-side source was reopened after it stopped.",
             ["source"],
             registry=registry,
         )
@@ -63,8 +77,12 @@ class Metrics:
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
-        self.batches.labels("ok")
-        self.batches.labels("failed")
+        for outcome in ("ok", "failed"):
+            self.batches.labels(outcome)
+        for status in STATUSES:
+            self.frames.labels(status, "grpc")
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason, "grpc")
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue depth at scrape time."""

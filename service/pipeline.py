@@ -118,6 +118,8 @@ class Pipeline:
         """Count a result and observe its timings (also for results made outside the batcher)."""
         m = self.metrics
         m.frames.labels(result.status.value, origin).inc()
+        if result.status is Status.DROPPED_LATE:
+            m.dropped.labels("late", origin).inc()
         if result.status is Status.OK:
             t = result.timing
             m.stage_seconds.labels("queue").observe(t.queue_s)

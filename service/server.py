@@ -138,16 +138,23 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         try:
             while (answer := await pending.get()) is not None:
                 result = await answer
+                ready = time.monotonic()
                 if result.mask is not None or result.overlay is not None:
                     yield await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
                 else:
                     yield result_to_proto(result)
+                self._observe_send(result, time.monotonic() - ready)
             await reader
         finally:
             reader.cancel()
             self.pipeline.close_stream(stream_key)
             self.active_streams -= 1
             self.pipeline.metrics.active_streams.dec()
+
+    def _observe_send(self, result: Result, send_s: float) -> None:
+        stages = self.pipeline.metrics.stage_seconds
+        stages.labels("send").observe(send_s)
+        stages.labels("end_to_end").observe(result.timing.server_s + send_s)
 
     def _start(
         self,

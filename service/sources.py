@@ -56,7 +56,10 @@ class SourceHub:
         self.state = "idle"
         self.frames = 0
         self.skipped = 0
+        self.reconnects = 0
         self.error = ""
+        self.backoff_s = 0.5
+        self.max_backoff_s = 10.0
         self.inflight = inflight
         self._slots = threading.BoundedSemaphore(inflight)
         self._subscribers: set[Subscription] = set()
@@ -102,7 +105,7 @@ class SourceHub:
                 self._subscribers.discard(subscription)
                 self._metrics.subscribers.dec()
         if subscription.dropped:
-            self._metrics.subscriber_dropped.labels(self.name).inc(subscription.dropped)
+            self._metrics.dropped.labels("slow_subscriber", self.name).inc(subscription.dropped)
 
     def _wanted_options(self) -> FrameOptions:
         with self._lock:
@@ -121,47 +124,81 @@ class SourceHub:
                 sub.loop.call_soon_threadsafe(sub.offer, item)
 
     def _run(self) -> None:
-        try:
-            source = VideoSource(self.uri, realtime=self.realtime and not self.live)
-        except SourceError as exc:
-            logger.error("source %s: %s", self.name, exc)
-            self.error = str(exc)
-            self.state = "failed"
-            self._finish()
-            return
-        self.state = "running"
-        for captured in source:
-            if self._stop.is_set():
-                break
-            if self.live:
-                if not self._slots.acquire(blocking=False):
-                    self.skipped += 1
-                    self._metrics.source_skipped.labels(self.name).inc()
-                    continue
-            else:
-                while not self._slots.acquire(timeout=0.5):
-                    if self._stop.is_set():
-                        break
-                if self._stop.is_set():
-                    break
-            received = time.monotonic()
-            frame = self.pipeline.make_frame(
-                self.name, self.name, captured.index, captured.image, received, options=self._wanted_options()
-            )
+        """Play the source; a live one that stops or cannot open is reopened with backoff."""
+        backoff = self.backoff_s
+        while not self._stop.is_set():
             try:
-                self.pipeline.submit(frame, self._on_result, origin=self.name)
-            except (QueueFullError, BatcherStoppedError) as exc:
-                self._slots.release()
-                logger.warning("source %s: frame %d not accepted: %s", self.name, captured.index, exc)
-                if isinstance(exc, BatcherStoppedError):
+                source = VideoSource(self.uri, realtime=self.realtime and not self.live)
+            except SourceError as exc:
+                self.error = str(exc)
+                if not self.live:
+                    logger.error("source %s: %s", self.name, exc)
+                    self.state = "failed"
+                    self._finish()
+                    return
+                logger.warning("source %s: %s; retrying in %.1f s", self.name, exc, backoff)
+            else:
+                self.state = "running"
+                if self._pump(source):
+                    backoff = self.backoff_s  # it delivered frames: start the backoff afresh
+                if not self.live:
                     break
-            self.frames += 1
-        source.close()
+                logger.warning("source %s stopped; reconnecting in %.1f s", self.name, backoff)
+            if self._stop.wait(backoff):
+                break
+            self.state = "reconnecting"
+            self.reconnects += 1
+            self._metrics.source_reconnects.labels(self.name).inc()
+            backoff = min(self.max_backoff_s, backoff * 2)
         # Wait until every submitted frame has been answered before ending the streams.
         for _ in range(self.inflight):
             self._slots.acquire(timeout=30)
         self.state = "ended"
         self._finish()
+
+    def _pump(self, source: VideoSource) -> bool:
+        """Submit the source's frames until it ends or the hub stops; True if any frame came."""
+        delivered = False
+        try:
+            for captured in source:
+                delivered = True
+                if self._stop.is_set():
+                    break
+                if not self._take_slot():
+                    continue
+                frame = self.pipeline.make_frame(
+                    self.name,
+                    self.name,
+                    captured.index,
+                    captured.image,
+                    time.monotonic(),
+                    options=self._wanted_options(),
+                )
+                try:
+                    self.pipeline.submit(frame, self._on_result, origin=self.name)
+                except (QueueFullError, BatcherStoppedError) as exc:
+                    self._slots.release()
+                    logger.warning("source %s: frame %d not accepted: %s", self.name, captured.index, exc)
+                    if isinstance(exc, BatcherStoppedError):
+                        self._stop.set()
+                    continue
+                self.frames += 1
+        finally:
+            source.close()
+        return delivered
+
+    def _take_slot(self) -> bool:
+        """A pipeline slot: files wait for one; live sources skip the frame when none is free."""
+        if self.live:
+            if self._slots.acquire(blocking=False):
+                return True
+            self.skipped += 1
+            self._metrics.dropped.labels("live_skip", self.name).inc()
+            return False
+        while not self._slots.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return False
+        return True
 
     def _on_result(self, result: Result) -> None:
         self._slots.release()

@@ -1,0 +1,78 @@
+"""Server-side sources: reconnect with backoff, latest-frame-wins skipping, fan-out bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service import sources as sources_module
+from service.capture import CapturedFrame, SourceError
+from service.frames import FrameOptions, Result, Status
+from service.pipeline import Pipeline
+from service.sources import SourceHub, Subscription
+
+
+class FlakyFeed:
+    """Stands in for VideoSource: fails to open, then plays 3 frames and stops, twice."""
+
+    opens = 0
+
+    def __init__(self, uri: str, *, realtime: bool = False) -> None:
+        FlakyFeed.opens += 1
+        if FlakyFeed.opens == 1:
+            raise SourceError(f"{uri}: connection refused")
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        for i in range(3):
+            yield CapturedFrame(i, np.zeros((32, 32, 3), np.uint8), i / 25)
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_live_source_that_fails_or_stops_is_reopened_with_backoff(
+    pipeline: Pipeline, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FlakyFeed.opens = 0
+    monkeypatch.setattr(sources_module, "VideoSource", FlakyFeed)
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    hub.backoff_s = 0.01
+    hub.start()
+    wait_for(lambda: hub.frames >= 6)  # played after the failed open, stopped, came back
+    hub.stop()
+    assert hub.reconnects >= 2
+    assert registry.get_sample_value("polypstream_source_reconnects_total", {"source": "scope"}) == hub.reconnects
+    assert hub.state == "ended"
+
+
+def test_a_file_source_that_cannot_open_fails_once(pipeline: Pipeline, tmp_path: Path) -> None:
+    hub = SourceHub("file", str(tmp_path / "missing.avi"), pipeline)
+    hub.start()
+    wait_for(lambda: hub.state == "failed")
+    assert "no such file" in hub.error and hub.reconnects == 0
+
+
+def test_a_slow_subscriber_loses_its_oldest_results_only() -> None:
+    async def scenario() -> Subscription:
+        sub = Subscription(asyncio.get_running_loop(), FrameOptions())
+        for i in range(70):
+            sub.offer(Result(stream_id="s", index=i, status=Status.OK))
+        return sub
+
+    sub = asyncio.run(scenario())
+    assert sub.dropped == 6 and sub.queue.qsize() == 64
+    assert sub.queue.get_nowait() is not None
