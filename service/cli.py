@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         max_streams=args.max_streams,
         grace_s=args.grace,
+        health_address=args.health_address,
         tls=tls,
         token=load_token(args.token_file),
     )
@@ -183,6 +184,8 @@ async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sou
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = f", metrics on {metrics_url}" if metrics_url else ""
+    if running.health_address:
+        metrics += f", health on {running.health_address}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
     print(f"polypstream serving on {running.address}{metrics}", flush=True)
     await stop.wait()
@@ -420,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish accepted frames on SIGTERM",
     )
     security = serve.add_argument_group("security")
+    security.add_argument(
+        "--health-address",
+        default=env_default("HEALTH_ADDRESS", ""),
+        help="also serve grpc.health.v1 alone, in plaintext, here (for probes); empty: none",
+    )
     security.add_argument("--tls-cert", type=Path, help="server certificate (PEM): serve TLS")
     security.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     security.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mTLS")

@@ -296,12 +296,33 @@ class RunningServer:
     address: str
     servicer: SegmenterServicer
     health: HealthServicer
+    health_server: grpc.aio.Server | None = None
+    health_address: str = ""
 
     async def shutdown(self, grace: float) -> None:
         """Health NOT_SERVING, refuse new streams, finish accepted frames, stop."""
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+
+
+def _bound(address: str, port: int) -> str:
+    if address.startswith("unix:"):
+        return address
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return f"{address.rsplit(':', 1)[0]}:{port}"
+
+
+async def _start_health_server(address: str, health_servicer: HealthServicer) -> tuple[grpc.aio.Server, str]:
+    """A plaintext server with grpc.health.v1 only: probes reach it without TLS or a token."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = _bound(address, server.add_insecure_port(address))
+    await server.start()
+    return server, bound
 
 
 async def start_server(
@@ -328,13 +349,20 @@ async def start_server(
         port = server.add_secure_port(config.address, config.tls.server_credentials())
     else:
         port = server.add_insecure_port(config.address)
-    if port == 0 and not config.address.startswith("unix:"):
-        raise OSError(f"cannot bind {config.address}")
-    address = config.address if config.address.startswith("unix:") else f"{config.address.rsplit(':', 1)[0]}:{port}"
+    address = _bound(config.address, port)
     await server.start()
+    running = RunningServer(server, address, servicer, health_servicer)
+    if config.health_address:
+        try:
+            running.health_server, running.health_address = await _start_health_server(
+                config.health_address, health_servicer
+            )
+        except Exception:
+            await server.stop(0)
+            raise
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, address, servicer, health_servicer)
+    return running
 
 
 @contextlib.contextmanager

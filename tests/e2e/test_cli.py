@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,42 @@ def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], s
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("polypstream_", "process_")) and " " in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
+    _, address, metrics_url = server
+    clip = write_clip(tmp_path / "clip.avi", frames=40, fps=10)  # 4 s at its own rate
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "stream", str(clip), "--server", address, "--realtime",
+         "--jsonl", str(tmp_path / "out.jsonl")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ok = 'polypstream_frames_total{source="grpc",status="OK"}'
+    seen: list[dict[str, float]] = []
+    deadline = time.monotonic() + 60
+    while stream.poll() is None and time.monotonic() < deadline:
+        seen.append(scrape(metrics_url))
+        time.sleep(0.5)
+    _, err = stream.communicate(timeout=60)
+    assert stream.returncode == 0, err
+    during = [s for s in seen if 0 < s.get(ok, 0) < 40]
+    assert len(during) >= 2, "no scrape landed while the stream ran"
+    assert during[0]["polypstream_active_streams"] == 1
+    assert during[-1][ok] > during[0][ok]  # the counter moves while frames flow
+    after = scrape(metrics_url)
+    assert after[ok] == 40 and after["polypstream_active_streams"] == 0
+    assert after['polypstream_stage_seconds_count{stage="end_to_end"}'] == 40
+    assert after["process_resident_memory_bytes"] > 0
 
 
 def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:

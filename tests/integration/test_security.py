@@ -136,3 +136,13 @@ def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch:
 
 def test_server_config_repr_hides_the_token() -> None:
     assert TOKEN not in repr(ServerConfig(token=TOKEN))
+
+
+def test_the_health_port_serves_health_only_in_plaintext(pipeline: Pipeline, pki: dict[str, Path]) -> None:
+    tls = TlsFiles(pki["server_cert"], pki["server_key"])
+    config = ServerConfig(address="127.0.0.1:0", tls=tls, token=TOKEN, health_address="127.0.0.1:0")
+    with serve_in_thread(pipeline, config) as running, SegmenterClient(running.health_address) as probe:
+        assert probe.health() == "SERVING"
+        with pytest.raises(grpc.RpcError) as err:
+            probe.model_info()  # nothing but health there, token or not
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
