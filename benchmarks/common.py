@@ -59,18 +59,6 @@ def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def percentiles(values_ms: list[float]) -> dict[str, float | None]:
-    if not values_ms:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    a = np.asarray(values_ms)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p90": round(float(np.percentile(a, 90)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 def write_result(name: str, payload: dict[str, object], out: Path | None = None) -> Path:
     """benchmarks/results/<device>-<name>.json unless `out` says otherwise."""
     path = out or RESULTS / f"{slug(str(payload['device']))}-{name}.json"

@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from service.evaluate import evaluate
 from service.frames import FrameOptions
 from service.metrics import Metrics
 from service.pipeline import Pipeline
+from service.replay import Tally, replay
 from service.runner import ModelError, Runner, resolve_model
 from service.security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
 from service.server import serve_in_thread, start_server
@@ -87,20 +88,23 @@ def is_loopback(address: str) -> bool:
     return address.startswith("unix:") or host in ("127.0.0.1", "localhost", "::1")
 
 
-def add_client_flags(parser: argparse.ArgumentParser) -> None:
+def add_client_flags(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
     g = parser.add_argument_group("connection")
-    g.add_argument("--server", default=env_default("SERVER", ServerConfig.address), help="host:port or unix:PATH")
+    if several:
+        g.add_argument("--server", action="append", default=[], help="host:port; repeat to spread over replicas")
+    else:
+        g.add_argument("--server", default=env_default("SERVER", ServerConfig.address), help="host:port or unix:PATH")
     g.add_argument("--tls-ca", type=Path, help="CA certificate to trust: connect with TLS")
     g.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     g.add_argument("--tls-key", type=Path, help="client key (mTLS)")
     g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
 
 
-def connect(args: argparse.Namespace) -> SegmenterClient:
+def connect(args: argparse.Namespace, address: str | None = None) -> SegmenterClient:
     credentials = None
     if args.tls_ca or args.tls_cert or args.tls_key:
         credentials = client_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    return SegmenterClient(args.server, credentials=credentials, token=load_token(args.token_file))
+    return SegmenterClient(address or args.server, credentials=credentials, token=load_token(args.token_file))
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -353,6 +357,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- replay ------------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    def progress(tally: Tally, total: int) -> None:
+        print(f"\r{tally.videos}/{total} videos, {tally.sent} frames", end="", file=sys.stderr, flush=True)
+
+    try:
+        if args.server:
+            report = replay(
+                args.corpus, args.server, streams=args.streams, connect=lambda a: connect(args, a), progress=progress
+            )
+        else:
+            report = _replay_in_process(args, progress)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    print(file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    lat = report["latency_ms"]
+    assert isinstance(lat, dict)
+    print(
+        f"{report['videos']} videos, {report['frames']} frames at {report['fps']} frames/s; "
+        f"latency p50 {lat['p50']} ms, p99 {lat['p99']} ms; dropped {report['dropped']}, errors {report['errors']}"
+    )
+    accounting = report["accounting"]
+    assert isinstance(accounting, dict)
+    if report["failed_videos"]:
+        messages = report["error_messages"]
+        assert isinstance(messages, list)
+        print(f"{report['failed_videos']} videos failed, e.g. {messages[0]}", file=sys.stderr)
+    return 0 if accounting["all_accounted"] and not report["errors"] and not report["failed_videos"] else 1
+
+
+def _replay_in_process(args: argparse.Namespace, progress: Callable[[Tally, int], None]) -> dict[str, object]:
+    pipeline = build_pipeline(engine_config(args), CollectorRegistry())
+    pipeline.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="polypstream-") as tmp:
+            config = ServerConfig(address=f"unix:{tmp}/segmenter.sock", metrics_address="")
+            with serve_in_thread(pipeline, config) as running:
+                return replay(args.corpus, [running.address], streams=args.streams, progress=progress)
+    finally:
+        pipeline.stop()
+
+
 # --- health ------------------------------------------------------------------------------
 
 
@@ -458,6 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
+    replay_ = sub.add_parser(
+        "replay", help="run every video of a folder through the service and account for every frame"
+    )
+    replay_.add_argument("corpus", type=Path, help="a video, or a folder searched recursively (HyperKvasir layout)")
+    replay_.add_argument("--streams", type=int, default=4, help="concurrent streams")
+    replay_.add_argument("--json", type=Path, help="write the report here")
+    add_client_flags(replay_, several=True)
+    add_engine_flags(replay_)  # used when no --server is given: an in-process server
+    replay_.set_defaults(func=cmd_replay)
+
     health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
     add_client_flags(health)
     health.add_argument("--timeout", type=float, default=5.0)

@@ -131,6 +131,20 @@ def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], 
     assert after["process_resident_memory_bytes"] > 0
 
 
+def test_replay_in_process_writes_a_report(tmp_path: Path, tiny_model: Path) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "a").mkdir(parents=True)
+    write_clip(corpus / "a" / "one.avi", frames=6)
+    write_clip(corpus / "two.avi", frames=4)
+    report_path = tmp_path / "replay.json"
+    done = polypstream("replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert (report["videos"], report["frames"], report["errors"]) == (2, 10, 0)
+    assert report["accounting"]["all_accounted"] is True
+    assert "2 videos, 10 frames" in done.stdout
+
+
 def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
     _, address, _ = server
     missing = polypstream(

@@ -18,6 +18,7 @@ from service.client import SegmenterClient, encode_frame
 from service.config import ServerConfig
 from service.frames import FrameOptions
 from service.pipeline import Pipeline
+from service.replay import replay
 from service.server import RunningServer, serve_in_thread
 from service.sources import SourceHub
 from tests.conftest import square_image, write_clip
@@ -226,3 +227,21 @@ def test_watch_of_a_source_that_cannot_open_is_unavailable(pipeline: Pipeline, t
             list(client.stub.Watch(pb.WatchRequest(source="broken")))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "cannot open" in (err.value.details() or "")
+
+
+def test_replay_spreads_videos_over_servers_and_accounts_for_every_frame(pipeline: Pipeline, tmp_path: Path) -> None:
+    corpus = tmp_path / "labeled-videos"
+    for i, folder in enumerate(["lower-gi-tract/polyps", "lower-gi-tract/polyps", "upper-gi-tract/normal", "x/y"]):
+        (corpus / folder).mkdir(parents=True, exist_ok=True)
+        write_clip(corpus / folder / f"video{i}.avi", frames=5 + i)
+    (corpus / "x/y/broken.avi").write_bytes(b"not a video")
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config) as first, serve_in_thread(pipeline, config) as second:
+        report = replay(corpus, [first.address, second.address], streams=2)
+    assert report["videos"] == 5 and report["frames"] == 5 + 6 + 7 + 8
+    assert report["accounting"] == {"sent": 26, "answered": 26, "ok": 26, "errors": 0, "all_accounted": True}
+    per_server = report["frames_per_server"]
+    assert isinstance(per_server, dict) and len(per_server) == 2 and sum(per_server.values()) == 26
+    messages = report["error_messages"]
+    assert isinstance(messages, list) and any("broken.avi" in m and "cannot open" in m for m in messages)
+    assert report["failed_videos"] == 1
