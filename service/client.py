@@ -97,6 +97,8 @@ class SegmenterClient:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A dns:/// target naming several replicas (a headless Service) spreads calls over them.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if credentials is not None:
             self.channel = grpc.secure_channel(address, credentials, options=options)

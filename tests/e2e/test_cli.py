@@ -131,6 +131,34 @@ def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], 
     assert after["process_resident_memory_bytes"] > 0
 
 
+def test_token_from_a_file_for_serve_and_from_the_environment_for_clients(tmp_path: Path, tiny_model: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("e2e-secret\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
+         "--metrics-address", "", "--token-file", str(token_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"serving on (\S+)", proc.stdout.readline())
+        assert match
+        address = match.group(1)
+        assert "e2e-secret" not in " ".join(proc.args)  # never on the command line
+        clip = write_clip(tmp_path / "clip.avi", frames=3)
+        args = ["stream", str(clip), "--server", address, "--jsonl", str(tmp_path / "o.jsonl")]
+        refused = polypstream(*args)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        env = {**os.environ, "POLYPSTREAM_TOKEN": "e2e-secret"}
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
+
+
 def test_replay_in_process_writes_a_report(tmp_path: Path, tiny_model: Path) -> None:
     corpus = tmp_path / "corpus"
     (corpus / "a").mkdir(parents=True)
