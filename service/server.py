@@ -95,6 +95,29 @@ def result_to_proto(result: Result) -> pb.FrameResult:
     return message
 
 
+class StreamRules:
+    """The order rules of one Segment stream.
+
+    The first frame fixes the stream_id; a frame with another one is invalid. Indexes must
+    strictly increase (gaps are fine: a client may skip frames); a repeated or earlier
+    index is invalid. An invalid frame is answered INVALID_FRAME and changes nothing, so
+    the stream goes on with the next valid frame.
+    """
+
+    def __init__(self) -> None:
+        self.stream_id: str | None = None
+        self.last_index: int | None = None
+
+    def check(self, stream_id: str, index: int) -> str:
+        """'' when the frame keeps the rules, else what it breaks."""
+        if self.stream_id is not None and stream_id != self.stream_id:
+            return f"stream_id changed from '{self.stream_id}' to '{stream_id}' inside one stream"
+        if self.last_index is not None and index <= self.last_index:
+            return f"index {index} is not after the previous index {self.last_index} (indexes must increase)"
+        self.stream_id, self.last_index = stream_id, index
+        return ""
+
+
 class SegmenterServicer(pb_grpc.SegmenterServicer):
     """polypstream.v1.Segmenter on top of a running Pipeline."""
 
@@ -126,11 +149,16 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
 
         async def read() -> None:
             submitted: asyncio.Future[None] | None = None
+            rules = StreamRules()
             try:
                 async for message in request_iterator:
                     answer: asyncio.Future[Result] = loop.create_future()
                     await pending.put(answer)
-                    submitted = self._start(message, stream_key, answer, submitted)
+                    broken = rules.check(message.stream_id, message.index)
+                    if broken:
+                        self._answer_invalid(message, broken, answer)
+                    else:
+                        submitted = self._start(message, stream_key, answer, submitted)
             finally:
                 await pending.put(None)
 
@@ -150,6 +178,11 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             self.pipeline.close_stream(stream_key)
             self.active_streams -= 1
             self.pipeline.metrics.active_streams.dec()
+
+    def _answer_invalid(self, message: pb.Frame, error: str, answer: asyncio.Future[Result]) -> None:
+        result = invalid_result(message.stream_id, message.index, error, time.monotonic(), message.client_time_ns)
+        self.pipeline.record(result, "grpc")
+        answer.set_result(result)
 
     def _observe_send(self, result: Result, send_s: float) -> None:
         stages = self.pipeline.metrics.stage_seconds

@@ -60,20 +60,39 @@ def test_every_frame_is_answered_once_in_order_with_the_polyp_box(client: Segmen
 
 def test_invalid_frames_are_answered_and_the_stream_goes_on(client: SegmenterClient) -> None:
     def mixed() -> Iterator[pb.Frame]:
-        good = list(frames(3))
+        good = list(frames(5))
         yield good[0]
         yield pb.Frame(stream_id="s", index=1, encoded=b"definitely not a jpeg")
         yield pb.Frame(stream_id="s", index=2)  # no image at all
         yield pb.Frame(
             stream_id="s", index=3, raw=pb.RawImage(width=4, height=4, format=pb.PIXEL_FORMAT_BGR8, data=b"123")
         )
-        yield good[2]
+        yield good[4]
 
     answers = list(client.segment(mixed()))
     assert [a.status for a in answers] == ["OK", "INVALID_FRAME", "INVALID_FRAME", "INVALID_FRAME", "OK"]
     assert "not a JPEG or PNG" in answers[1].result.error
     assert "empty frame" in answers[2].result.error
     assert "needs 48 bytes, got 3" in answers[3].result.error
+
+
+def test_order_rules_refuse_repeats_and_id_changes_and_the_stream_goes_on(client: SegmenterClient) -> None:
+    good = list(frames(6))
+
+    def mixed() -> Iterator[pb.Frame]:
+        yield good[2]
+        yield good[2]  # repeated index
+        yield good[1]  # earlier index
+        renamed = pb.Frame()
+        renamed.CopyFrom(good[3])
+        renamed.stream_id = "other"
+        yield renamed  # stream_id changed
+        yield good[5]  # a gap is fine
+
+    answers = list(client.segment(mixed()))
+    assert [a.status for a in answers] == ["OK", "INVALID_FRAME", "INVALID_FRAME", "INVALID_FRAME", "OK"]
+    assert "index 2 is not after the previous index 2" in answers[1].result.error
+    assert "stream_id changed from 's' to 'other'" in answers[3].result.error
 
 
 def test_raw_frames_are_segmented(client: SegmenterClient) -> None:
