@@ -21,6 +21,7 @@ from service.frames import Frame, Result, Status, Timing
 logger = logging.getLogger(__name__)
 
 ResultCallback = Callable[[Result], None]
+STREAM_CLOSED = "stream closed before the frame was processed"
 
 
 class QueueFullError(RuntimeError):
@@ -42,21 +43,29 @@ ProcessBatch = Callable[[list[Queued], float], list[Result]]
 
 
 class ServiceTimeEstimator:
-    """Moving average of batch processing time per batch size, interpolated in between."""
+    """Batch processing time per batch size: a moving average plus `spread` times the moving
+    mean deviation (as TCP estimates its retransmission timeout), so that a frame admitted
+    against its deadline rarely misses it. Sizes never seen are interpolated."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, spread: float = 2.0) -> None:
         self.alpha = alpha
-        self._seconds: dict[int, float] = {}
+        self.spread = spread
+        self._mean: dict[int, float] = {}
+        self._deviation: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def observe(self, batch_size: int, seconds: float) -> None:
         with self._lock:
-            old = self._seconds.get(batch_size)
-            self._seconds[batch_size] = seconds if old is None else old + self.alpha * (seconds - old)
+            mean = self._mean.get(batch_size)
+            if mean is None:
+                self._mean[batch_size], self._deviation[batch_size] = seconds, 0.0
+                return
+            self._deviation[batch_size] += self.alpha * (abs(seconds - mean) - self._deviation[batch_size])
+            self._mean[batch_size] = mean + self.alpha * (seconds - mean)
 
     def estimate(self, batch_size: int) -> float:
         with self._lock:
-            known = self._seconds
+            known = {size: self._mean[size] + self.spread * self._deviation[size] for size in self._mean}
             if not known:
                 return 0.0
             if batch_size in known:
@@ -112,6 +121,7 @@ class Batcher:
         capacity: int,
         estimator: ServiceTimeEstimator | None = None,
         launch_margin_s: float = 0.002,
+        discard: Callable[[Frame], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or capacity < 1:
@@ -124,6 +134,7 @@ class Batcher:
         # Launch this much before the last moment, so that thread wake-up jitter does not
         # turn a frame that could just make its deadline into a dropped one.
         self.launch_margin_s = launch_margin_s
+        self._discard = discard  # frames nobody waits for any more (their stream closed)
         self._clock = clock
         self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
@@ -166,8 +177,8 @@ class Batcher:
         last_moment = earliest_deadline - self.estimator.estimate(grown) - self.launch_margin_s
         return min(oldest + self.max_wait_s, last_moment)
 
-    def _next_batch(self) -> tuple[list[Queued], list[Queued]] | None:
-        """Block until a batch is due; returns (batch, late frames) or None when stopped and empty."""
+    def _next_batch(self) -> tuple[list[Queued], list[Queued], list[Queued]] | None:
+        """Block until a batch is due: (batch, late, discarded), or None when stopped and empty."""
         with self._cond:
             while True:
                 if not self._queue:
@@ -181,23 +192,38 @@ class Batcher:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
-                one = self.estimator.estimate(1)
-                late: list[Queued] = []
                 batch: list[Queued] = []
+                discarded: list[Queued] = []
                 while self._queue and len(batch) < self.max_batch:
                     queued = self._queue.popleft()
-                    if not queued.frame.options.no_drop and now + one > queued.frame.deadline:
-                        late.append(queued)
+                    if self._discard is not None and self._discard(queued.frame):
+                        discarded.append(queued)
                     else:
                         batch.append(queued)
-                return batch, late
+                return (*self._split_late(batch, now), discarded)
+
+    def _split_late(self, batch: list[Queued], now: float) -> tuple[list[Queued], list[Queued]]:
+        """Move out the droppable frames that this batch would finish after their deadline.
+
+        The finish time depends on the batch size, so drop until the rest fits."""
+        late: list[Queued] = []
+        while batch:
+            finish = now + self.estimator.estimate(len(batch))
+            missing = [q for q in batch if not q.frame.options.no_drop and finish > q.frame.deadline]
+            if not missing:
+                break
+            late.extend(missing)
+            batch = [q for q in batch if q not in missing]
+        return batch, late
 
     def _run(self) -> None:
         while (work := self._next_batch()) is not None:
-            batch, late = work
+            batch, late, discarded = work
             now = self._clock()
             for queued in late:
                 self._answer(queued, dropped_result(queued, now))
+            for queued in discarded:
+                self._answer(queued, failed_result(queued, now, STREAM_CLOSED))
             if not batch:
                 continue
             started = self._clock()

@@ -48,6 +48,7 @@ class ServerConfig:
     max_message_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     grace_s: float = 10.0
+    send_timeout_s: float = 10.0  # a client that reads no result for this long loses its stream
     health_address: str = ""  # plaintext port serving only grpc.health.v1 (for probes); empty: none
     tls: TlsFiles | None = None  # None: plaintext (keep the address on loopback then)
     token: str | None = None  # bearer token every call but health must carry

@@ -23,7 +23,8 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 STAGES = ("decode", "queue", "inference", "postprocess", "server", "send", "end_to_end")
 # late: missed its deadline; live_skip: a live source was behind and kept the freshest frame;
 # slow_subscriber: a Watch subscriber's queue was full and lost its oldest result.
-DROP_REASONS = ("late", "live_skip", "slow_subscriber")
+# stream_closed: queued when its client hung up, so never run.
+DROP_REASONS = ("late", "live_skip", "slow_subscriber", "stream_closed")
 STATUSES = ("OK", "INVALID_FRAME", "DROPPED_LATE", "FAILED")
 
 
@@ -60,6 +61,12 @@ class Metrics:
             "polypstream_dropped_frames",
             "Frames or results not delivered as segmented, by reason and origin.",
             ["reason", "source"],
+            registry=registry,
+        )
+        self.stream_aborts = Counter(
+            "polypstream_stream_aborts",
+            "Segment streams the server ended early, by reason (slow_client: it stopped reading results).",
+            ["reason"],
             registry=registry,
         )
         self.source_reconnects = Counter(

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.batcher import Batcher, Queued, ResultCallback, ServiceTimeEstimator
+from service.batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from service.config import EngineConfig
 from service.frames import Frame, FrameOptions, Result, Status, Timing
 from service.metrics import Metrics
@@ -38,6 +38,7 @@ class Pipeline:
             max_wait_s=config.max_wait_ms / 1e3,
             capacity=capacity,
             estimator=ServiceTimeEstimator(),
+            discard=lambda frame: frame.stream_key not in self._trackers,
         )
         workers = config.decode_workers or os.cpu_count() or 2
         self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-decode")
@@ -120,6 +121,8 @@ class Pipeline:
         m.frames.labels(result.status.value, origin).inc()
         if result.status is Status.DROPPED_LATE:
             m.dropped.labels("late", origin).inc()
+        elif result.status is Status.FAILED and result.error == STREAM_CLOSED:
+            m.dropped.labels("stream_closed", origin).inc()
         if result.status is Status.OK:
             t = result.timing
             m.stage_seconds.labels("queue").observe(t.queue_s)
@@ -127,17 +130,20 @@ class Pipeline:
             m.stage_seconds.labels("postprocess").observe(t.postprocess_s)
         m.stage_seconds.labels("server").observe(result.timing.server_s)
 
+    def open_stream(self, stream_key: str) -> None:
+        """Start a stream's state (its tracker); its frames are processed until it is closed."""
+        with self._lock:
+            self._trackers[stream_key] = IouTracker()
+
     def close_stream(self, stream_key: str) -> None:
-        """Forget a finished stream's tracker."""
+        """Forget a finished stream; its frames still queued are discarded, not run."""
         with self._lock:
             self._trackers.pop(stream_key, None)
 
     def _tracker(self, stream_key: str) -> IouTracker:
         with self._lock:
-            tracker = self._trackers.get(stream_key)
-            if tracker is None:
-                tracker = self._trackers[stream_key] = IouTracker()
-            return tracker
+            # A stream closed while its batch ran gets a throwaway tracker: nothing is kept.
+            return self._trackers.get(stream_key) or IouTracker()
 
     def _process(self, batch: list[Queued], launched_at: float) -> list[Result]:
         start = time.perf_counter()

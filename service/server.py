@@ -127,11 +127,11 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.sources = sources or {}
         self.active_streams = 0
         self.draining = False
-        self._tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
+        self.tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
 
     async def Segment(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> None:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if self.active_streams >= self.config.max_streams:
@@ -142,10 +142,12 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.active_streams += 1
         self.pipeline.metrics.active_streams.inc()
         stream_key = uuid.uuid4().hex
+        self.pipeline.open_stream(stream_key)
         loop = asyncio.get_running_loop()
         # Bounded: when a stream has this many frames in flight the server stops reading it,
         # which is the back-pressure a no-drop (offline) client gets.
         pending: asyncio.Queue[asyncio.Future[Result] | None] = asyncio.Queue(self.config.inflight_per_stream)
+        reading_done = asyncio.Event()
 
         async def read() -> None:
             submitted: asyncio.Future[None] | None = None
@@ -160,21 +162,39 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                     else:
                         submitted = self._start(message, stream_key, answer, submitted)
             finally:
-                await pending.put(None)
+                # No await here: this also runs when the call is cancelled. A full queue
+                # needs no marker: the writer drains it, then sees reading_done.
+                reading_done.set()
+                if not pending.full():
+                    pending.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (answer := await pending.get()) is not None:
+            while not (pending.empty() and reading_done.is_set()):
+                answer = await pending.get()
+                if answer is None:
+                    break
                 result = await answer
                 ready = time.monotonic()
                 if result.mask is not None or result.overlay is not None:
-                    yield await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
+                    message = await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
                 else:
-                    yield result_to_proto(result)
+                    message = result_to_proto(result)
+                try:
+                    # A client that stops reading fills gRPC's flow-control window and this
+                    # write stalls; past the timeout the stream is ended rather than held.
+                    await asyncio.wait_for(context.write(message), self.config.send_timeout_s)
+                except asyncio.TimeoutError:
+                    self.pipeline.metrics.stream_aborts.labels("slow_client").inc()
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"client did not read results for {self.config.send_timeout_s:g} s; stream closed",
+                    )
                 self._observe_send(result, time.monotonic() - ready)
             await reader
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             self.pipeline.close_stream(stream_key)
             self.active_streams -= 1
             self.pipeline.metrics.active_streams.dec()
@@ -233,8 +253,8 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                 submitted.set_result(None)
 
         task = asyncio.ensure_future(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return submitted
 
     def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
@@ -339,6 +359,9 @@ class RunningServer:
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        for task in list(self.servicer.tasks):  # frame tasks of streams that were cut off
+            task.cancel()
+        await asyncio.gather(*self.servicer.tasks, return_exceptions=True)
 
 
 def _bound(address: str, port: int) -> str:

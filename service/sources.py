@@ -125,6 +125,7 @@ class SourceHub:
 
     def _run(self) -> None:
         """Play the source; a live one that stops or cannot open is reopened with backoff."""
+        self.pipeline.open_stream(self.name)
         backoff = self.backoff_s
         while not self._stop.is_set():
             try:

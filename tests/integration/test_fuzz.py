@@ -81,4 +81,3 @@ def test_every_random_frame_is_answered_once_in_order(client: SegmenterClient, s
         if answer.status == "INVALID_FRAME":
             assert answer.result.error  # always says why
     assert client.health() == "SERVING"
-

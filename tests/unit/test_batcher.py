@@ -184,5 +184,42 @@ def test_estimator_interpolates_and_extrapolates() -> None:
     assert estimator.estimate(1) == pytest.approx(0.010)
     assert estimator.estimate(4) == pytest.approx(0.040)
     assert estimator.estimate(16) == pytest.approx(0.160)
-    estimator.observe(1, 0.020)  # moving average with alpha 0.5
-    assert estimator.estimate(1) == pytest.approx(0.015)
+    estimator.observe(1, 0.020)  # alpha 0.5: mean 0.015, mean deviation 0.005, spread 2
+    assert estimator.estimate(1) == pytest.approx(0.015 + 2 * 0.005)
+
+
+def test_frames_of_closed_streams_are_answered_not_run() -> None:
+    model = FakeModel()
+    closed = {"gone"}
+    batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16, discard=lambda f: f.stream_key in closed)
+    collect = Collector(3)
+    batcher._accepting = True
+    gone = make_frame(0)
+    batcher.submit(Frame(**{**gone.__dict__, "stream_key": "gone"}), collect)
+    batcher.submit(make_frame(1), collect)
+    batcher.submit(make_frame(2), collect)
+    batcher.start()
+    by_index = {r.index: r for r in collect.wait()}
+    assert by_index[0].status is Status.FAILED and "stream closed" in by_index[0].error
+    assert model.batches == [[1, 2]]
+    batcher.stop()
+
+
+def test_a_frame_is_dropped_when_the_batch_it_would_join_finishes_too_late() -> None:
+    # Batch of 1: 10 ms; batch of 2: 50 ms. Frame 0 has 30 ms left, frame 1 plenty:
+    # together they would finish in 50 ms, so frame 0 cannot make it and is dropped.
+    estimator = ServiceTimeEstimator()
+    estimator.observe(1, 0.010)
+    estimator.observe(2, 0.050)
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=2, max_wait_s=0, capacity=8, estimator=estimator)
+    now = time.monotonic()
+    batcher._accepting = True
+    collect = Collector(2)
+    batcher.submit(make_frame(0, budget_s=0.030, now=now), collect)
+    batcher.submit(make_frame(1, budget_s=10, now=now), collect)
+    batcher.start()
+    by_index = {r.index: r for r in collect.wait()}
+    assert by_index[0].status is Status.DROPPED_LATE and by_index[1].status is Status.OK
+    assert model.batches == [[1]]
+    batcher.stop()
