@@ -159,7 +159,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for hub in sources.values():
             hub.stop()
         pipeline.stop()
-    logger.info("stopped")
+    answered = sum(
+        s.value
+        for m in registry.collect()
+        if m.name == "polypstream_frames"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    print(f"polypstream stopped: {answered:.0f} frames answered", flush=True)
     return 0
 
 

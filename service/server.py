@@ -127,6 +127,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.sources = sources or {}
         self.active_streams = 0
         self.draining = False
+        self.drain_started = asyncio.Event()
         self.tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
 
     async def Segment(  # noqa: N802 (gRPC method name)
@@ -153,7 +154,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             submitted: asyncio.Future[None] | None = None
             rules = StreamRules()
             try:
-                async for message in request_iterator:
+                async for message in self._until_draining(request_iterator):
                     answer: asyncio.Future[Result] = loop.create_future()
                     await pending.put(answer)
                     broken = rules.check(message.stream_id, message.index)
@@ -192,12 +193,42 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                     )
                 self._observe_send(result, time.monotonic() - ready)
             await reader
+            if self.draining:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "server shutting down: every frame it read was answered; send the rest elsewhere",
+                )
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             self.pipeline.close_stream(stream_key)
             self.active_streams -= 1
             self.pipeline.metrics.active_streams.dec()
+
+    async def _until_draining(self, requests: AsyncIterator[pb.Frame]) -> AsyncIterator[pb.Frame]:
+        """The stream's frames, until it ends or the server starts draining (then no more are read)."""
+        iterator = aiter(requests)
+        drain = asyncio.ensure_future(self.drain_started.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({following, drain}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():  # draining: this frame is not read, so not accepted
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    return
+                try:
+                    message = following.result()
+                except StopAsyncIteration:
+                    return
+                yield message
+        finally:
+            drain.cancel()
+
+    def start_draining(self) -> None:
+        """Refuse new streams and stop reading open ones; frames already read are still answered."""
+        self.draining = True
+        self.drain_started.set()
 
     def _answer_invalid(self, message: pb.Frame, error: str, answer: asyncio.Future[Result]) -> None:
         result = invalid_result(message.stream_id, message.index, error, time.monotonic(), message.client_time_ns)
@@ -351,10 +382,11 @@ class RunningServer:
     health: HealthServicer
     health_server: grpc.aio.Server | None = None
     health_address: str = ""
+    loop: asyncio.AbstractEventLoop | None = None  # set by serve_in_thread
 
     async def shutdown(self, grace: float) -> None:
         """Health NOT_SERVING, refuse new streams, finish accepted frames, stop."""
-        self.servicer.draining = True
+        self.servicer.start_draining()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.health_server is not None:
@@ -430,6 +462,7 @@ def serve_in_thread(
     thread = threading.Thread(target=loop.run_forever, name="polypstream-grpc", daemon=True)
     thread.start()
     running = asyncio.run_coroutine_threadsafe(start_server(pipeline, config, sources), loop).result()
+    running.loop = loop
     try:
         yield running
     finally:

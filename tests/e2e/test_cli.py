@@ -95,6 +95,34 @@ def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], s
     assert proc.wait(timeout=20) == 0
 
 
+def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
+    server: tuple[subprocess.Popen[str], str, str], tmp_path: Path
+) -> None:
+    proc, address, _ = server
+    clip = write_clip(tmp_path / "clip.avi", frames=200, fps=20)  # 10 s at its own rate
+    out = tmp_path / "out.jsonl"
+    command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out)]
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while (not out.exists() or len(out.read_text().splitlines()) < 10) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    server_out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    _, client_err = stream.communicate(timeout=30)
+    assert stream.returncode == 1 and "UNAVAILABLE" in client_err and "shutting down" in client_err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    answered = int(re.search(r"stopped: (\d+) frames answered", server_out).group(1))  # type: ignore[union-attr]
+    assert 10 <= len(lines) == answered < 200  # every frame the server read reached the client
+    assert [line["index"] for line in lines] == list(range(len(lines)))
+
+
 def scrape(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     values = {}

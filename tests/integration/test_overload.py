@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -118,3 +119,40 @@ def test_overload_drops_late_frames_and_keeps_served_ones_within_budget(
     # (benchmarks/service_latency.py), not asserted here on a shared 2-core machine.
     median = sorted(r.timing.server_ms for r in served)[len(served) // 2]
     assert median <= 200, f"served frames' median server time {median:.0f} ms: late frames were not dropped"
+
+
+def test_shutdown_answers_every_frame_it_read_then_ends_streams_unavailable(
+    pipeline: Pipeline, registry: CollectorRegistry
+) -> None:
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", grace_s=10)
+    sent = threading.Event()
+
+    def slow_frames() -> Iterator[pb.Frame]:
+        for i in range(1000):
+            if i == 5:
+                sent.set()
+            time.sleep(0.02)
+            yield encode_frame(square_image(), "live", i, FrameOptions(no_drop=True))
+
+    answers = []
+    with serve_in_thread(pipeline, config) as running:
+        client = SegmenterClient(running.address)
+        stream = client.segment(slow_frames())
+        answers.append(next(stream))
+        assert sent.wait(10)
+        loop = running.loop
+        assert loop is not None
+        asyncio.run_coroutine_threadsafe(running.health.enter_graceful_shutdown(), loop).result()
+        loop.call_soon_threadsafe(running.servicer.start_draining)
+        with pytest.raises(grpc.RpcError) as err:
+            for answer in stream:
+                answers.append(answer)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in (err.value.details() or "")
+        assert client.health() == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.segment(iter([encode_frame(square_image(), "new", 0, FrameOptions())])))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        client.close()
+    # Every frame the server read was answered to the client: its own count agrees.
+    assert [a.result.index for a in answers] == list(range(len(answers)))
+    assert registry.get_sample_value("polypstream_frames_total", {"status": "OK", "source": "grpc"}) == len(answers)
