@@ -7,6 +7,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -65,3 +67,33 @@ def write_result(name: str, payload: dict[str, object], out: Path | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, str]:
+    """`polypstream serve` on free ports: (process, gRPC address, metrics URL).
+
+    Reads the server's first line ("serving on ADDR, metrics on URL"); the caller owns the
+    process and must end it (terminate, then communicate to close its pipes).
+    """
+    command = [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0"]
+    command += ["--metrics-address", "127.0.0.1:0", *serve_args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"serving on (\S+), metrics on (\S+)", line)
+    if not match:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise RuntimeError(f"polypstream serve did not start: {line!r} {err.strip()[-2000:]}")
+    return proc, match.group(1), match.group(2)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The polypstream_* and process_* samples of a /metrics page, by full sample name."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("polypstream_", "process_")) and " " in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values

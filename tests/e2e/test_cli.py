@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from benchmarks.common import scrape, start_server_process
 from tests.conftest import write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,16 +31,8 @@ def polypstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 @pytest.fixture
 def server(tiny_model: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """`polypstream serve` on free ports; yields (process, gRPC address, metrics URL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
-         "--metrics-address", "127.0.0.1:0", "--grace", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"serving on (\S+), metrics on (\S+)", line)
-    assert match, f"unexpected first line {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-    yield proc, match.group(1), match.group(2)
+    proc, address, metrics_url = start_server_process("--model", str(tiny_model), "--grace", "5")
+    yield proc, address, metrics_url
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=20)  # reaps the process and closes its pipes
@@ -121,16 +114,6 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     answered = int(re.search(r"stopped: (\d+) frames answered", server_out).group(1))  # type: ignore[union-attr]
     assert 10 <= len(lines) == answered < 200  # every frame the server read reached the client
     assert [line["index"] for line in lines] == list(range(len(lines)))
-
-
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(("polypstream_", "process_")) and " " in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
