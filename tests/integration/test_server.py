@@ -264,3 +264,20 @@ def test_replay_spreads_videos_over_servers_and_accounts_for_every_frame(pipelin
     messages = report["error_messages"]
     assert isinstance(messages, list) and any("broken.avi" in m and "cannot open" in m for m in messages)
     assert report["failed_videos"] == 1
+
+
+def test_a_watch_subscriber_that_vanishes_does_not_disturb_the_source(
+    pipeline: Pipeline, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=30, fps=30)
+    hub = SourceHub("scope", str(clip), pipeline, realtime=True)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as client:
+        leaver = client.stub.Watch(pb.WatchRequest(source="scope"))
+        stayer = client.stub.Watch(pb.WatchRequest(source="scope"))
+        assert next(leaver).index == 0
+        leaver.cancel()  # vanishes mid-stream
+        watched = [r.index for r in stayer]
+        assert watched == sorted(watched) and watched[-1] == 29
+        assert registry.get_sample_value("polypstream_subscribers") == 0
+        assert registry.get_sample_value("polypstream_frames_total", {"status": "OK", "source": "scope"}) == 30
