@@ -107,12 +107,19 @@ class VideoSource:
     `realtime=True` paces a file at its own frame rate, as a live feed would arrive.
     """
 
-    def __init__(self, uri: str, *, realtime: bool = False) -> None:
+    def __init__(self, uri: str, *, realtime: bool = False, timeout_s: float = 10.0) -> None:
         self.uri = uri
         self.realtime = realtime
         if not is_live(uri) and not Path(uri).exists():
             raise SourceError(f"{uri}: no such file")
-        self._cap = cv2.VideoCapture(_capture_target(uri))
+        target = _capture_target(uri)
+        if isinstance(target, str) and "://" in target:
+            # A network stream that stalls must fail a read, not hang the capture thread.
+            ms = int(timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            self._cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        else:
+            self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             raise SourceError(f"{uri}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)

@@ -54,7 +54,8 @@ class SourceHub:
         self.realtime = realtime
         self.live = is_live(uri)
         self.state = "idle"
-        self.frames = 0
+        self.frames = 0  # submitted to the pipeline
+        self.read = 0  # read from the source: submitted or skipped
         self.skipped = 0
         self.reconnects = 0
         self.error = ""
@@ -163,6 +164,8 @@ class SourceHub:
         try:
             for captured in source:
                 delivered = True
+                index = self.read  # runs on across reconnects: one source, one sequence of frames
+                self.read += 1
                 if self._stop.is_set():
                     break
                 if not self._take_slot():
@@ -170,7 +173,7 @@ class SourceHub:
                 frame = self.pipeline.make_frame(
                     self.name,
                     self.name,
-                    captured.index,
+                    index,
                     captured.image,
                     time.monotonic(),
                     options=self._wanted_options(),
@@ -179,7 +182,7 @@ class SourceHub:
                     self.pipeline.submit(frame, self._on_result, origin=self.name)
                 except (QueueFullError, BatcherStoppedError) as exc:
                     self._slots.release()
-                    logger.warning("source %s: frame %d not accepted: %s", self.name, captured.index, exc)
+                    logger.warning("source %s: frame %d not accepted: %s", self.name, index, exc)
                     if isinstance(exc, BatcherStoppedError):
                         self._stop.set()
                     continue

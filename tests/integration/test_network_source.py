@@ -1,0 +1,103 @@
+"""The network path against a real stream: an FFmpeg process serves a clip over HTTP
+(MPEG-TS) on loopback; the server reads it, and keeps going after that FFmpeg is killed and
+restarted. Needs the `ffmpeg` program (CI installs it; skipped where it is absent)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service.client import SegmenterClient
+from service.config import ServerConfig
+from service.pipeline import Pipeline
+from service.server import serve_in_thread
+from service.sources import SourceHub
+from tests.conftest import write_clip
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_stream(clip: Path, port: int) -> subprocess.Popen[bytes]:
+    """FFmpeg looping `clip` at its own rate as an HTTP MPEG-TS stream (one client)."""
+    return subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c:v", "mpeg4",
+         "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    return write_clip(tmp_path / "clip.avi", frames=20, fps=20)
+
+
+def test_a_live_http_stream_survives_its_ffmpeg_being_killed_and_restarted(
+    pipeline: Pipeline, registry: CollectorRegistry, clip: Path
+) -> None:
+    port = free_port()
+    ffmpeg = serve_stream(clip, port)
+    hub = SourceHub("scope", f"http://127.0.0.1:{port}/live.ts", pipeline)
+    hub.backoff_s = 0.2
+    seen: list[int] = []
+    try:
+        time.sleep(0.5)  # let FFmpeg start listening
+        with serve_in_thread(
+            pipeline, ServerConfig(address="127.0.0.1:0", metrics_address=""), {"scope": hub}
+        ) as running:
+            hub.start()  # live sources run whether or not anyone watches
+
+            def watch() -> None:
+                with SegmenterClient(running.address) as client:
+                    for result in client.stub.Watch(pb.WatchRequest(source="scope")):
+                        seen.append(result.index)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            wait_for(lambda: len(seen) >= 10)
+            ffmpeg.kill()  # the stream dies...
+            ffmpeg.wait()
+            wait_for(lambda: hub.state == "reconnecting")
+            before = len(seen)
+            ffmpeg = serve_stream(clip, port)  # ...and comes back
+            wait_for(lambda: len(seen) >= before + 10)
+            assert hub.reconnects >= 1
+            assert (
+                registry.get_sample_value("polypstream_source_reconnects_total", {"source": "scope"}) == hub.reconnects
+            )
+            assert seen == sorted(seen) and len(set(seen)) == len(seen)  # one rising sequence across the gap
+            hub.stop()
+            watcher.join(10)
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait()
+
+
+def test_a_stream_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    from service.capture import SourceError, VideoSource
+
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"http://127\.0\.0\.1:\d+/none\.ts: cannot open"):
+        VideoSource(f"http://127.0.0.1:{free_port()}/none.ts", timeout_s=2)
+    assert time.monotonic() - started < 15  # not a hang
