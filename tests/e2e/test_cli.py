@@ -145,16 +145,8 @@ def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], 
 def test_token_from_a_file_for_serve_and_from_the_environment_for_clients(tmp_path: Path, tiny_model: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("e2e-secret\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
-         "--metrics-address", "", "--token-file", str(token_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
+    proc, address, _ = start_server_process("--model", str(tiny_model), "--token-file", str(token_file))
     try:
-        assert proc.stdout is not None
-        match = re.search(r"serving on (\S+)", proc.stdout.readline())
-        assert match
-        address = match.group(1)
         assert "e2e-secret" not in " ".join(proc.args)  # never on the command line
         clip = write_clip(tmp_path / "clip.avi", frames=3)
         args = ["stream", str(clip), "--server", address, "--jsonl", str(tmp_path / "o.jsonl")]
