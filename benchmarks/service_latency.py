@@ -17,12 +17,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from benchmarks.common import device_name, endoscopy_frames, jpeg, percentiles, write_result
+from benchmarks.common import device_name, endoscopy_frames, jpeg, write_result
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service.client import Answer, SegmenterClient
 from service.config import EngineConfig, ServerConfig
 from service.metrics import Metrics
 from service.pipeline import Pipeline
+from service.replay import percentiles
 from service.runner import Runner, resolve_model
 from service.server import serve_in_thread
 

@@ -192,6 +192,7 @@ class Batcher:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
+                hopeless = self._take_hopeless(now)
                 batch: list[Queued] = []
                 discarded: list[Queued] = []
                 while self._queue and len(batch) < self.max_batch:
@@ -200,7 +201,23 @@ class Batcher:
                         discarded.append(queued)
                     else:
                         batch.append(queued)
-                return (*self._split_late(batch, now), discarded)
+                batch, late = self._split_late(batch, now)
+                return batch, hopeless + late, discarded
+
+    def _take_hopeless(self, now: float) -> list[Queued]:
+        """Remove, from anywhere in the queue, the droppable frames that would miss their
+        deadline even in a batch of one. Latest frame wins: if that is every frame queued,
+        the freshest stays, so its stream still gets results and the time estimate stays
+        current (a batcher that only drops never measures again, and drops from then on)."""
+        one = self.estimator.estimate(1)
+        hopeless = [q for q in self._queue if not q.frame.options.no_drop and now + one > q.frame.deadline]
+        if not hopeless:
+            return []
+        if len(hopeless) == len(self._queue):
+            hopeless.remove(max(hopeless, key=lambda q: q.frame.received_at))
+        doomed = set(map(id, hopeless))
+        self._queue = deque(q for q in self._queue if id(q) not in doomed)
+        return hopeless
 
     def _split_late(self, batch: list[Queued], now: float) -> tuple[list[Queued], list[Queued]]:
         """Move out the droppable frames that this batch would finish after their deadline.
@@ -214,6 +231,10 @@ class Batcher:
                 break
             late.extend(missing)
             batch = [q for q in batch if q not in missing]
+        if late and not batch:  # as in _take_hopeless: never drop everything
+            freshest = max(late, key=lambda q: q.frame.received_at)
+            late.remove(freshest)
+            batch = [freshest]
         return batch, late
 
     def _run(self) -> None:

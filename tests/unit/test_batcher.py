@@ -126,6 +126,25 @@ def test_late_frames_are_answered_dropped_unless_no_drop() -> None:
     batcher.stop()
 
 
+def test_when_every_frame_is_late_the_freshest_is_served() -> None:
+    # Given an estimate far over the budget, dropping everything would stall the stream
+    # forever (no batch would run to correct the estimate): the freshest frame is served.
+    estimator = ServiceTimeEstimator()
+    estimator.observe(1, 5.0)
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16, estimator=estimator)
+    now = time.monotonic()
+    collect = Collector(3)
+    batcher._accepting = True  # noqa: SLF001
+    for i in range(3):
+        batcher.submit(make_frame(i, budget_s=0.1, now=now + i * 0.01), collect)
+    batcher.start()
+    by_index = {r.index: r for r in collect.wait()}
+    assert [by_index[i].status for i in range(3)] == [Status.DROPPED_LATE, Status.DROPPED_LATE, Status.OK]
+    assert model.batches == [[2]]
+    batcher.stop()
+
+
 def test_failed_batch_fails_only_its_frames() -> None:
     model = FakeModel(fail_on={0})
     batcher = Batcher(model, max_batch=2, max_wait_s=0, capacity=16)
