@@ -135,7 +135,7 @@ def test_when_every_frame_is_late_the_freshest_is_served() -> None:
     batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16, estimator=estimator)
     now = time.monotonic()
     collect = Collector(3)
-    batcher._accepting = True  # noqa: SLF001
+    batcher._accepting = True
     for i in range(3):
         batcher.submit(make_frame(i, budget_s=0.1, now=now + i * 0.01), collect)
     batcher.start()
