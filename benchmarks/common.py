@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -97,3 +98,9 @@ def scrape(url: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
+
+
+def command_line(module: str, args: argparse.Namespace) -> str:
+    """The command that reproduces a run, from its parsed arguments (recorded in the JSON)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v)
+    return f"python -m {module} {flags}"

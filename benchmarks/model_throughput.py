@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import device_name, endoscopy_frames, jpeg, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
 from service.capture import decode_encoded
 from service.postprocess import draw_overlay, find_polyps, probability_to_mask
 from service.runner import Runner, resolve_model
@@ -81,8 +81,7 @@ def main() -> None:
         "frames": "720x576 JPEG q90 (simulated endoscope motion over Kvasir-SEG fixtures)",
         "limit": limit,
         "naive": naive,
-        "command": "python -m benchmarks.model_throughput "
-        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+        "command": command_line("benchmarks.model_throughput", args),
     }
     out = write_result("model_throughput", payload, args.out)
     print(f"{payload['device']} · {runner.provider} · {c.name} {c.input_width}x{c.input_height}")

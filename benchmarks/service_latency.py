@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from benchmarks.common import device_name, endoscopy_frames, jpeg, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service.client import Answer, SegmenterClient
 from service.config import EngineConfig, ServerConfig
@@ -120,7 +120,7 @@ def main() -> None:
         "frames": "720x576 JPEG q90, client and server in one process over loopback TCP",
         "live": live,
         "offline": offline,
-        "command": "python -m benchmarks.service_latency " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+        "command": command_line("benchmarks.service_latency", args),
     }
     out = write_result("service_latency", payload, args.out)
     print(f"{payload['device']} · {runner.provider} · {c.name} {c.input_width}x{c.input_height}")

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.common import device_name, endoscopy_frames, jpeg, scrape, start_server_process, write_result
+from benchmarks.common import (
+    device_name,
+    endoscopy_frames,
+    jpeg,
+    scrape,
+    start_server_process,
+    write_result,
+)
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service.client import SegmenterClient
 from service.replay import percentiles
@@ -186,9 +193,9 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.communicate(timeout=60)
-    command = "python -m benchmarks.soak " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v)
     server = args.server or f"started here: polypstream serve --model {args.model}"
-    payload = {"benchmark": "soak", "device": device_name(), "server": server, **report, "command": command}
+    payload = {"benchmark": "soak", "device": device_name(), "server": server, **report}
+    payload["command"] = command_line("benchmarks.soak", args)
     out = write_result("soak", payload, args.out)
     lat = report["latency_ms"]
     assert isinstance(lat, dict)
