@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.common import (
+    command_line,
     device_name,
     endoscopy_frames,
     jpeg,
