@@ -115,6 +115,33 @@ def test_cuda_provider_is_chosen_when_usable(tiny_model: Path) -> None:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no CUDA in this onnxruntime")
-    runner = Runner(tiny_model, device="auto")
+    runner = Runner(tiny_model, device="auto", max_batch=4)
     assert runner.provider == "CUDAExecutionProvider"
+    runner.warm_up(rounds=1)
+    assert runner.io_binding  # fixed device buffers are the default on CUDA
+    inputs = [runner.preprocess(square_image(64, 64, (8, 8, 16 + i, 16))) for i in range(3)]
+    cpu = Runner(tiny_model, device="cpu", max_batch=4)
+    assert np.allclose(runner.run(inputs), cpu.run(inputs), atol=1e-4)
+
+
+def test_io_binding_to_fixed_buffers_gives_the_same_probabilities(tiny_model: Path) -> None:
+    # The CUDA default path, exercised here on CPU buffers.
+    plain = Runner(tiny_model, device="cpu", max_batch=4, io_binding=False)
+    bound = Runner(tiny_model, device="cpu", max_batch=4, io_binding=True)
+    bound.warm_up(rounds=1)
+    assert bound.io_binding  # warm-up kept it: binding works
+    inputs = [plain.preprocess(square_image(64, 64, (8, 8, 16 + i, 16))) for i in range(3)]
+    for n in (1, 3, 2):  # several sizes, each with its own buffers, reused
+        assert np.array_equal(bound.run(inputs[:n]), plain.run(inputs[:n]))
+
+
+def test_io_binding_failure_falls_back_to_plain_runs(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=2, io_binding=True)
+
+    def broken(n: int) -> None:
+        raise RuntimeError("no such device")
+
+    monkeypatch.setattr(runner, "_binding", broken)
+    runner.warm_up(rounds=1)
+    assert not runner.io_binding
     assert runner.run([np.zeros((3, 64, 64), np.float32)]).shape == (1, 64, 64)
