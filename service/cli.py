@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         max_streams=args.max_streams,
         grace_s=args.grace,
+        send_timeout_s=args.send_timeout,
         health_address=args.health_address,
         tls=tls,
         token=load_token(args.token_file),
@@ -479,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(env_default("GRACE_S", str(ServerConfig.grace_s))),
         help="seconds to finish accepted frames on SIGTERM",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        default=float(env_default("SEND_TIMEOUT_S", str(ServerConfig.send_timeout_s))),
+        help="a client that reads no result for this many seconds loses its stream",
     )
     security = serve.add_argument_group("security")
     security.add_argument(
