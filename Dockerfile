@@ -24,10 +24,13 @@ USER polypstream
 ENV PATH=/opt/venv/bin:$PATH \
     POLYPSTREAM_MODELS_DIR=/app/models \
     POLYPSTREAM_ADDRESS=0.0.0.0:50051 \
-    POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000
+    POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000 \
+    POLYPSTREAM_HEALTH_ADDRESS=127.0.0.1:50052
 EXPOSE 50051 8000
 
+# The health-only port (plaintext, inside the container) answers whether or not TLS and a
+# token are turned on for the main port.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
-    CMD ["polypstream", "health", "--server", "127.0.0.1:50051"]
+    CMD ["polypstream", "health", "--server", "127.0.0.1:50052"]
 ENTRYPOINT ["polypstream"]
 CMD ["serve"]

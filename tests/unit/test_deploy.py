@@ -136,9 +136,12 @@ def test_dockerfile_runs_serve_as_non_root_with_a_grpc_healthcheck() -> None:
     assert entrypoint == ["polypstream"]
     assert build_parser().parse_args(cmd).command == "serve"
     health = json.loads(get["HEALTHCHECK"].split("CMD", 1)[1])
-    assert health[:2] == ["polypstream", "health"] and build_parser().parse_args(health[1:]).command == "health"
+    assert health[:2] == ["polypstream", "health"]
+    health_args = build_parser().parse_args(health[1:])
+    assert health_args.command == "health"
     exposed = {int(p) for p in get["EXPOSE"].split()}
     env = dict(re.findall(r"(POLYPSTREAM_[A-Z_]+)=(\S+)", get["ENV"]))
+    assert health_args.server == env["POLYPSTREAM_HEALTH_ADDRESS"]  # probes the health-only port
     assert {
         int(env["POLYPSTREAM_ADDRESS"].rsplit(":", 1)[1]),
         int(env["POLYPSTREAM_METRICS_ADDRESS"].rsplit(":", 1)[1]),
