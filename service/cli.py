@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from service.capture import CapturedFrame, SourceError, VideoSource, is_live
 from service.client import SegmenterClient
 from service.config import EngineConfig, ServerConfig, env_default
+from service.corpus import plan_corpus, write_corpus
 from service.dataset import DatasetError
 from service.evaluate import evaluate
 from service.frames import FrameOptions
@@ -412,6 +413,29 @@ def _replay_in_process(args: argparse.Namespace, progress: Callable[[Tally, int]
         pipeline.stop()
 
 
+# --- corpus ------------------------------------------------------------------------------
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.out.exists() and any(args.out.iterdir()):
+        raise CliError(f"{args.out}: exists and is not empty (choose a new folder)")
+    plans = plan_corpus(args.videos, args.seconds, args.fps, args.seed)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} videos", end="", file=sys.stderr, flush=True)
+
+    try:
+        write_corpus(args.out, args.source, plans, seed=args.seed, progress=progress)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
+    print(file=sys.stderr)
+    frames = sum(p.frames for p in plans)
+    print(
+        f"wrote {len(plans)} videos ({frames} frames) to {args.out}; a stand-in for HyperKvasir, made from Kvasir-SEG"
+    )
+    return 0
+
+
 # --- health ------------------------------------------------------------------------------
 
 
@@ -532,6 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_flags(replay_, several=True)
     add_engine_flags(replay_)  # used when no --server is given: an in-process server
     replay_.set_defaults(func=cmd_replay)
+
+    corpus = sub.add_parser("corpus", help="write a HyperKvasir-shaped stand-in corpus made from Kvasir-SEG images")
+    corpus.add_argument("out", type=Path, help="new folder")
+    corpus.add_argument("--from", dest="source", type=Path, required=True, help="Kvasir-SEG layout folder")
+    corpus.add_argument("--videos", type=int, default=374)
+    corpus.add_argument("--seconds", type=float, default=2.0, help="median video length (the real median is 83 s)")
+    corpus.add_argument("--fps", type=float, help="one frame rate for all (default: the official mix)")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.set_defaults(func=cmd_corpus)
 
     health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
     add_client_flags(health)

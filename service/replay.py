@@ -1,10 +1,13 @@
 """Replay a folder of videos through one or more servers and account for every frame.
 
 Videos are found recursively in a stable (sorted) order, so the HyperKvasir
-`labeled-videos/` layout works as it comes. K worker streams run at once; worker k talks
-to server k mod N, and each takes the next video when it finishes one, so load spreads
-over the servers. Frames are sent as fast as they are answered (no-drop, back-pressure),
-and every frame sent is accounted for: answered (by status) or counted as an error.
+`labeled-videos/` layout works as it comes. When the folder has HyperKvasir's metadata CSV,
+each video's decoded frame count is checked against it; when it has ground truth (a
+`polypstream corpus` stand-in), the masks come back and the temporal Dice is measured.
+K worker streams run at once; worker k talks to server k mod N, and each takes the next
+video when it finishes one, so load spreads over the servers. Frames are sent as fast as
+they are answered (no-drop, back-pressure), and every frame sent is accounted for:
+answered (by status) or counted as an error.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import grpc
 import numpy as np
 
 from service.capture import CapturedFrame, SourceError, VideoSource
-from service.client import SegmenterClient
+from service.client import Answer, SegmenterClient
+from service.corpus import GroundTruth, read_metadata
+from service.evaluate import mask_scores
 from service.frames import FrameOptions
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,29 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     stages_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     per_server: dict[str, int] = field(default_factory=dict)
+    dice: list[float] = field(default_factory=list)  # per frame with ground truth
+    count_mismatches: list[dict[str, object]] = field(default_factory=list)  # CSV says n frames, video has m
+
+    def add(self, video: VideoOutcome, server: str) -> None:
+        """Merge one video's outcome (call under the replay's lock)."""
+        self.videos += 1
+        self.sent += video.sent
+        for status, count in video.answered.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+        missing = video.sent - sum(video.answered.values())
+        self.errors += missing
+        if video.error or missing:
+            self.failed_videos += 1
+            self.error_messages.append(video.error or f"{video.stream_id}: {missing} frames unanswered")
+        self.latencies_ms.extend(video.latencies_ms)
+        for stage in STAGES:
+            self.stages_ms[stage].extend(video.stages_ms[stage])
+        self.dice.extend(video.dice)
+        if video.expected_frames is not None and video.expected_frames != video.sent:
+            self.count_mismatches.append(
+                {"video": video.stream_id, "csv": video.expected_frames, "decoded": video.sent}
+            )
+        self.per_server[server] = self.per_server.get(server, 0) + sum(video.answered.values())
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float | None]:
@@ -64,9 +93,45 @@ def percentiles(values_ms: list[float]) -> dict[str, float | None]:
     return summary
 
 
-def _replay_video(client: SegmenterClient, path: Path, root: Path, tally: Tally, lock: threading.Lock) -> None:
+@dataclass(frozen=True)
+class VideoContext:
+    """What the corpus knows of one video: its CSV frame count and its ground truth."""
+
+    expected_frames: int | None = None
+    truth: Callable[[int], np.ndarray | None] | None = None
+
+
+@dataclass
+class VideoOutcome:
+    """What happened to one video's frames."""
+
+    stream_id: str
+    sent: int
+    answered: dict[str, int]
+    latencies_ms: list[float]
+    stages_ms: dict[str, list[float]]
+    dice: list[float]
+    error: str
+    expected_frames: int | None
+
+
+def _frame_dice(answer: Answer, truth_of: Callable[[int], np.ndarray | None] | None) -> float | None:
+    """Dice of the returned mask against the frame's ground truth, when both exist."""
+    truth = truth_of(answer.result.index) if truth_of is not None else None
+    if truth is None or not answer.result.mask_png:
+        return None
+    predicted = cv2.imdecode(np.frombuffer(answer.result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if predicted is None:
+        return None
+    return mask_scores(predicted > 127, truth).dice
+
+
+def _replay_video(
+    client: SegmenterClient, path: Path, root: Path, tally: Tally, lock: threading.Lock, context: VideoContext
+) -> None:
     stream_id = str(path.relative_to(root)) if path != root else path.name
     sent = 0
+    dice: list[float] = []
     answered: dict[str, int] = {}
     latencies: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -86,29 +151,22 @@ def _replay_video(client: SegmenterClient, path: Path, root: Path, tally: Tally,
             sent += 1
             yield captured
 
+    options = FrameOptions(no_drop=True, return_mask=context.truth is not None)
     try:
-        for answer in client.segment_video(frames(), stream_id, FrameOptions(no_drop=True)):
+        for answer in client.segment_video(frames(), stream_id, options):
             answered[answer.status] = answered.get(answer.status, 0) + 1
             if answer.status == "OK":
                 latencies.append(answer.latency_s * 1e3)
                 for stage in STAGES:
                     stages[stage].append(getattr(answer.result.timing, stage))
+                score = _frame_dice(answer, context.truth)
+                if score is not None:
+                    dice.append(score)
     except grpc.RpcError as exc:
         error = f"{stream_id}: {exc.code().name}: {exc.details()}"
+    outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, context.expected_frames)
     with lock:
-        tally.videos += 1
-        tally.sent += sent
-        for status, count in answered.items():
-            tally.statuses[status] = tally.statuses.get(status, 0) + count
-        missing = sent - sum(answered.values())
-        tally.errors += missing
-        if error or missing:
-            tally.failed_videos += 1
-            tally.error_messages.append(error or f"{stream_id}: {missing} frames unanswered")
-        tally.latencies_ms.extend(latencies)
-        for stage in STAGES:
-            tally.stages_ms[stage].extend(stages[stage])
-        tally.per_server[client.address] = tally.per_server.get(client.address, 0) + sum(answered.values())
+        tally.add(outcome, client.address)
 
 
 def replay(
@@ -125,6 +183,16 @@ def replay(
         raise FileNotFoundError(f"{root}: no videos ({', '.join(VIDEO_SUFFIXES)})")
     if not servers:
         raise ValueError("replay needs at least one server address")
+    metadata = read_metadata(root)
+    truth = GroundTruth(root)
+
+    def context(video: Path) -> VideoContext:
+        row = metadata.get(video.name)
+        return VideoContext(
+            expected_frames=int(row["number-of-frames"]) if row else None,
+            truth=truth.frames(video) if truth.available() else None,
+        )
+
     todo: queue.SimpleQueue[Path] = queue.SimpleQueue()
     for video in videos:
         todo.put(video)
@@ -137,7 +205,7 @@ def replay(
                     video = todo.get_nowait()
                 except queue.Empty:
                     return
-                _replay_video(client, video, root, tally, lock)
+                _replay_video(client, video, root, tally, lock, context(video))
                 if progress is not None:
                     progress(tally, len(videos))
 
@@ -173,4 +241,16 @@ def replay(
             "all_accounted": tally.sent == answered + tally.errors,
         },
         "frames_per_server": tally.per_server,
+        "metadata_csv": bool(metadata),
+        "frame_count_mismatches": tally.count_mismatches,
+        "dice": round(float(np.mean(tally.dice)), 4) if tally.dice else None,
+        "dice_frames": len(tally.dice),
+        "latency_cdf_ms": _cdf(tally.latencies_ms),
     }
+
+
+def _cdf(values_ms: list[float], points: int = 101) -> list[float]:
+    """Latency at 0, 1, ..., 100 % of frames (for plots and comparisons)."""
+    if not values_ms:
+        return []
+    return [round(float(v), 3) for v in np.percentile(np.asarray(values_ms), np.linspace(0, 100, points))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,12 +20,25 @@ import numpy as np
 from service.dataset import load_split, read_image, read_mask
 
 
-def camera_path(
-    image: np.ndarray, mask: np.ndarray, size: tuple[int, int], frames: int, rng: np.random.Generator
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Frames of a slow, wobbling camera move over one image: (BGR frame, bool mask) pairs."""
+@dataclass(frozen=True)
+class CameraPose:
+    """Where the simulated endoscope looks in one frame: an affine map from the still image
+    to the frame, a lighting gain, and whether the frame has motion blur."""
+
+    matrix: tuple[float, ...]  # 2×3, row-major
+    gain: float
+    blur: bool
+
+    def affine(self) -> np.ndarray:
+        return np.array(self.matrix, dtype=np.float64).reshape(2, 3)
+
+
+def camera_poses(
+    image_shape: tuple[int, ...], size: tuple[int, int], frames: int, rng: np.random.Generator
+) -> Iterator[CameraPose]:
+    """A slow, wobbling camera move over one image: eased zoom, pan and rotation."""
     width, height = size
-    ih, iw = image.shape[:2]
+    ih, iw = image_shape[:2]
     base = max(width / iw, height / ih)  # fill the frame
     zoom0, zoom1 = rng.uniform(1.0, 1.15), rng.uniform(1.2, 1.5)
     pan = rng.uniform(-0.12, 0.12, size=4)
@@ -40,15 +54,32 @@ def camera_path(
         matrix = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
         matrix[0, 2] += width / 2 - cx
         matrix[1, 2] += height / 2 - cy
-        frame = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        warped = cv2.warpAffine(
-            mask.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT
-        )
         gain = 1.0 + 0.12 * math.sin(phase + 5 * t)
-        frame = cv2.convertScaleAbs(frame, alpha=gain, beta=0)
-        if rng.random() < 0.1:  # motion blur, as when the scope moves quickly
-            frame = cv2.blur(frame, (7, 1))
-        yield frame, warped.astype(bool)
+        blur = bool(rng.random() < 0.1)  # motion blur, as when the scope moves quickly
+        yield CameraPose(tuple(float(v) for v in matrix.ravel()), gain, blur)
+
+
+def render_frame(image: np.ndarray, pose: CameraPose, size: tuple[int, int]) -> np.ndarray:
+    """The BGR frame the camera sees at `pose`."""
+    frame = cv2.warpAffine(image, pose.affine(), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    frame = cv2.convertScaleAbs(frame, alpha=pose.gain, beta=0)
+    return cv2.blur(frame, (7, 1)) if pose.blur else frame
+
+
+def warp_mask(mask: np.ndarray, pose: CameraPose, size: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask of the frame at `pose` (the same warp, nearest neighbour)."""
+    warped = cv2.warpAffine(
+        mask.astype(np.uint8), pose.affine(), size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT
+    )
+    return warped.astype(bool)
+
+
+def camera_path(
+    image: np.ndarray, mask: np.ndarray, size: tuple[int, int], frames: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames of a camera move over one image: (BGR frame, bool mask) pairs."""
+    for pose in camera_poses(image.shape, size, frames, rng):
+        yield render_frame(image, pose, size), warp_mask(mask, pose, size)
 
 
 def render_clip(

@@ -16,12 +16,13 @@ from prometheus_client import CollectorRegistry
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service.client import SegmenterClient, encode_frame
 from service.config import ServerConfig
+from service.corpus import METADATA_CSV, plan_corpus, write_corpus
 from service.frames import FrameOptions
 from service.pipeline import Pipeline
 from service.replay import replay
 from service.server import RunningServer, serve_in_thread
 from service.sources import SourceHub
-from tests.conftest import square_image, write_clip
+from tests.conftest import KVASIR_FIXTURES, square_image, write_clip
 
 SQUARE = (16, 24, 32, 24)
 
@@ -281,3 +282,21 @@ def test_a_watch_subscriber_that_vanishes_does_not_disturb_the_source(
         assert watched == sorted(watched) and watched[-1] == 29
         assert registry.get_sample_value("polypstream_subscribers") == 0
         assert registry.get_sample_value("polypstream_frames_total", {"status": "OK", "source": "scope"}) == 30
+
+
+def test_replay_of_a_corpus_checks_the_csv_and_measures_temporal_dice(pipeline: Pipeline, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, KVASIR_FIXTURES, plan_corpus(3, seconds=0.4, fps=10.0, seed=5), seed=5)
+    csv_path = corpus / METADATA_CSV
+    lines = csv_path.read_text().splitlines()
+    first = lines[1].split(";")
+    first[4] = str(int(first[4]) + 1)  # the CSV now claims one frame more than the video has
+    csv_path.write_text("\n".join([lines[0], ";".join(first), *lines[2:]]) + "\n")
+    with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", metrics_address="")) as running:
+        report = replay(corpus, [running.address], streams=2)
+    assert report["metadata_csv"] is True and report["accounting"]["all_accounted"] is True  # type: ignore[index]
+    assert report["dice_frames"] == report["frames"]
+    assert isinstance(report["dice"], float) and 0.0 <= report["dice"] <= 1.0
+    (mismatch,) = report["frame_count_mismatches"]  # type: ignore[misc]
+    assert mismatch["video"].endswith(first[0]) and mismatch["csv"] == mismatch["decoded"] + 1
+    assert len(report["latency_cdf_ms"]) == 101  # type: ignore[arg-type]
