@@ -29,6 +29,7 @@ from service.evaluate import evaluate
 from service.frames import FrameOptions
 from service.metrics import Metrics
 from service.pipeline import Pipeline
+from service.plots import PlotUnavailableError, plot_replay
 from service.replay import Tally, replay
 from service.runner import ModelError, Runner, resolve_model
 from service.security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
@@ -386,11 +387,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        try:
+            plot_replay(report, args.plot)
+        except PlotUnavailableError as exc:
+            raise CliError(str(exc)) from exc
     lat = report["latency_ms"]
     assert isinstance(lat, dict)
+    dice = (
+        f"; temporal Dice {report['dice']:.4f} over {report['dice_frames']} frames"
+        if report["dice"] is not None
+        else ""
+    )
+    mismatches = report["frame_count_mismatches"]
+    assert isinstance(mismatches, list)
+    if mismatches:
+        print(f"{len(mismatches)} videos disagree with the metadata CSV, e.g. {mismatches[0]}", file=sys.stderr)
     print(
         f"{report['videos']} videos, {report['frames']} frames at {report['fps']} frames/s; "
-        f"latency p50 {lat['p50']} ms, p99 {lat['p99']} ms; dropped {report['dropped']}, errors {report['errors']}"
+        f"latency p50 {lat['p50']} ms, p99 {lat['p99']} ms; dropped {report['dropped']}, "
+        f"errors {report['errors']}{dice}"
     )
     accounting = report["accounting"]
     assert isinstance(accounting, dict)
@@ -553,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_.add_argument("corpus", type=Path, help="a video, or a folder searched recursively (HyperKvasir layout)")
     replay_.add_argument("--streams", type=int, default=4, help="concurrent streams")
     replay_.add_argument("--json", type=Path, help="write the report here")
+    replay_.add_argument(
+        "--plot", type=Path, help="write a PNG: latency CDF and per-stage breakdown (needs matplotlib)"
+    )
     add_client_flags(replay_, several=True)
     add_engine_flags(replay_)  # used when no --server is given: an in-process server
     replay_.set_defaults(func=cmd_replay)

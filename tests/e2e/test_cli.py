@@ -167,9 +167,11 @@ def test_replay_in_process_writes_a_report(tmp_path: Path, tiny_model: Path) -> 
     (corpus / "a").mkdir(parents=True)
     write_clip(corpus / "a" / "one.avi", frames=6)
     write_clip(corpus / "two.avi", frames=4)
-    report_path = tmp_path / "replay.json"
-    done = polypstream("replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path))
+    report_path, plot = tmp_path / "replay.json", tmp_path / "replay.png"
+    command = ["replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path)]
+    done = polypstream(*command, "--plot", str(plot))
     assert done.returncode == 0, done.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(report_path.read_text())
     assert (report["videos"], report["frames"], report["errors"]) == (2, 10, 0)
     assert report["accounting"]["all_accounted"] is True

@@ -1,0 +1,48 @@
+"""Pictures of a replay report: the end-to-end latency CDF and the per-stage breakdown.
+
+matplotlib is optional (`pip install 'polypstream[plot]'`); only `replay --plot` needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PlotUnavailableError(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def plot_replay(report: dict[str, object], out: Path) -> None:
+    """Write a PNG: left, the latency CDF; right, p50 and p99 of each server stage."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailableError("--plot needs matplotlib: pip install 'polypstream[plot]'") from exc
+    cdf = report.get("latency_cdf_ms")
+    stages = report.get("server_stages_ms")
+    if not isinstance(cdf, list) or not isinstance(stages, dict):
+        raise ValueError("not a replay report: no latency_cdf_ms / server_stages_ms")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if cdf:
+        left.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], color="tab:blue")
+    left.set_xlabel("end-to-end latency (ms, client send → result)")
+    left.set_ylabel("fraction of frames")
+    left.set_title(f"{report.get('frames')} frames, {report.get('fps')} frames/s")
+    left.grid(alpha=0.3)
+    names = list(stages)
+    p50 = [float(stages[n].get("p50") or 0) for n in names]
+    p99 = [float(stages[n].get("p99") or 0) for n in names]
+    xs = range(len(names))
+    right.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
+    right.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
+    right.set_xticks(list(xs), names, rotation=20)
+    right.set_ylabel("ms")
+    right.set_title("server time per stage")
+    right.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
