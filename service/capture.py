@@ -147,3 +147,52 @@ class VideoSource:
 
     def close(self) -> None:
         self._cap.release()
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class ImageSequenceSource:
+    """A folder of still images played as video, in file-name order (`images/` inside it is
+    used when present: the Kvasir-SEG layout). Images may differ in size, as frames of
+    different videos do; `fps` sets the pace in realtime mode and the timestamps."""
+
+    def __init__(self, folder: str, *, realtime: bool = False, fps: float = 25.0) -> None:
+        root = Path(folder)
+        if (root / "images").is_dir():
+            root = root / "images"
+        self.uri = folder
+        self.realtime = realtime
+        self.fps = fps
+        self.paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise SourceError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.frame_count: int | None = len(self.paths)
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        started = time.monotonic()
+        index = 0
+        for path in self.paths:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                continue  # an unreadable file is skipped, as a decoder skips a broken frame
+            pts = index / self.fps
+            if self.realtime:
+                delay = started + pts - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield CapturedFrame(index, image, pts)
+            index += 1
+
+    def close(self) -> None:
+        pass
+
+
+FrameSource = VideoSource | ImageSequenceSource
+
+
+def open_source(uri: str, *, realtime: bool = False) -> FrameSource:
+    """The source for a URI: a folder of images, or anything OpenCV/FFmpeg opens (file, URL, device)."""
+    if not is_live(uri) and Path(uri).is_dir():
+        return ImageSequenceSource(uri, realtime=realtime)
+    return VideoSource(uri, realtime=realtime)

@@ -20,7 +20,8 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.capture import CapturedFrame, SourceError, VideoSource, is_live
+from service import capture
+from service.capture import CapturedFrame, FrameSource, SourceError, is_live
 from service.client import SegmenterClient
 from service.config import EngineConfig, ServerConfig, env_default
 from service.corpus import plan_corpus, write_corpus
@@ -250,7 +251,7 @@ class StreamSummary:
 
 def stream_video(
     client: SegmenterClient,
-    source: VideoSource,
+    source: FrameSource,
     jsonl_path: Path,
     overlay_path: Path | None,
     *,
@@ -308,9 +309,9 @@ def stream_video(
     return summary
 
 
-def open_source(uri: str, realtime: bool) -> VideoSource:
+def open_source(uri: str, realtime: bool) -> FrameSource:
     try:
-        return VideoSource(uri, realtime=realtime)
+        return capture.open_source(uri, realtime=realtime)
     except SourceError as exc:
         raise CliError(str(exc)) from exc
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from service.batcher import BatcherStoppedError, QueueFullError
-from service.capture import SourceError, VideoSource, is_live
+from service.capture import FrameSource, SourceError, is_live, open_source
 from service.frames import FrameOptions, Result
 from service.pipeline import Pipeline
 
@@ -130,7 +130,7 @@ class SourceHub:
         backoff = self.backoff_s
         while not self._stop.is_set():
             try:
-                source = VideoSource(self.uri, realtime=self.realtime and not self.live)
+                source = open_source(self.uri, realtime=self.realtime and not self.live)
             except SourceError as exc:
                 self.error = str(exc)
                 if not self.live:
@@ -158,7 +158,7 @@ class SourceHub:
         self.state = "ended"
         self._finish()
 
-    def _pump(self, source: VideoSource) -> bool:
+    def _pump(self, source: FrameSource) -> bool:
         """Submit the source's frames until it ends or the hub stops; True if any frame came."""
         delivered = False
         try:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.capture import (
+    ImageSequenceSource,
     InvalidFrameError,
     PixelFormat,
     SourceError,
@@ -16,6 +17,7 @@ from service.capture import (
     decode_encoded,
     decode_raw,
     is_live,
+    open_source,
 )
 from tests.conftest import square_image, write_clip
 
@@ -98,3 +100,21 @@ def test_missing_and_undecodable_sources_are_clear_errors(tmp_path: Path) -> Non
 def test_live_uris() -> None:
     assert is_live("rtsp://host/stream") and is_live("http://host/x.mjpg") and is_live("0")
     assert not is_live("video.avi") and not is_live("file:///data/video.avi")
+
+
+def test_a_folder_of_images_plays_as_a_sequence_in_name_order(tmp_path: Path) -> None:
+    folder = tmp_path / "kvasir" / "images"
+    folder.mkdir(parents=True)
+    for name, width in (("b.png", 40), ("a.jpg", 32), ("c.png", 48)):
+        cv2.imwrite(str(folder / name), square_image(width, 24, (2, 2, 8, 8)))
+    (folder / "notes.txt").write_text("not an image")
+    source = open_source(str(tmp_path / "kvasir"))  # the Kvasir-SEG layout: images/ inside
+    assert isinstance(source, ImageSequenceSource)
+    frames = list(source)
+    assert [f.image.shape[1] for f in frames] == [32, 40, 48]  # a, b, c; sizes may change
+    assert [f.index for f in frames] == [0, 1, 2] and frames[1].pts_s == pytest.approx(1 / 25)
+
+
+def test_an_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no images"):
+        open_source(str(tmp_path))

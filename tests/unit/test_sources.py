@@ -48,7 +48,7 @@ def test_a_live_source_that_fails_or_stops_is_reopened_with_backoff(
     pipeline: Pipeline, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     FlakyFeed.opens = 0
-    monkeypatch.setattr(sources_module, "VideoSource", FlakyFeed)
+    monkeypatch.setattr(sources_module, "open_source", FlakyFeed)
     hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
     hub.backoff_s = 0.01
     hub.start()
