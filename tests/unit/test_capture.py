@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from service import capture
 from service.capture import (
     ImageSequenceSource,
     InvalidFrameError,
@@ -118,3 +119,22 @@ def test_a_folder_of_images_plays_as_a_sequence_in_name_order(tmp_path: Path) ->
 def test_an_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path))
+
+
+def test_realtime_pacing_follows_the_files_frame_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=10, fps=10)
+    # A fake clock that only sleeping moves: decoding takes no time on it.
+    clock = [1000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(capture.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(capture.time, "sleep", sleep)
+    frames = list(VideoSource(str(clip), realtime=True))
+    assert len(frames) == 10
+    assert slept == pytest.approx([0.1] * 9)  # frame i is handed out i/10 s after the start
+    slept.clear()
+    assert len(list(VideoSource(str(clip), realtime=False))) == 10 and slept == []  # fast: no waiting

@@ -76,3 +76,41 @@ def test_a_slow_subscriber_loses_its_oldest_results_only() -> None:
     sub = asyncio.run(scenario())
     assert sub.dropped == 6 and sub.queue.qsize() == 64
     assert sub.queue.get_nowait() is not None
+
+
+class FastLiveFeed:
+    """A live feed delivering 40 frames much faster than the pipeline below takes them."""
+
+    def __init__(self, uri: str, *, realtime: bool = False) -> None:
+        self.uri = uri
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        for i in range(40):
+            yield CapturedFrame(i, np.zeros((32, 32, 3), np.uint8), i / 25)
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_live_source_that_is_behind_keeps_the_freshest_frames_and_counts_the_rest(
+    pipeline: Pipeline, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_run = pipeline.runner.run
+
+    def slow_run(tensors: list[np.ndarray]) -> np.ndarray:
+        time.sleep(0.02)
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", slow_run)
+    monkeypatch.setattr(sources_module, "open_source", FastLiveFeed)
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline, inflight=1)
+    hub.max_backoff_s = hub.backoff_s = 60  # no reconnect within the test
+    hub.start()
+    wait_for(lambda: hub.frames + hub.skipped == 40)  # every frame read was submitted or skipped
+    hub.stop()
+    assert hub.skipped > 0 and hub.read == 40
+    assert (
+        registry.get_sample_value("polypstream_dropped_frames_total", {"reason": "live_skip", "source": "scope"})
+        == hub.skipped
+    )
