@@ -92,6 +92,19 @@ class CapturedFrame:
     pts_s: float  # presentation time from the start of the source
 
 
+def paced(images: Iterator[np.ndarray], fps: float, *, realtime: bool) -> Iterator[CapturedFrame]:
+    """Number the frames and stamp them at `fps`; in realtime, hand each out no earlier than
+    its time (as a live feed would arrive), else as fast as they are taken."""
+    started = time.monotonic()
+    for index, image in enumerate(images):
+        pts = index / fps
+        if realtime:
+            delay = started + pts - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield CapturedFrame(index, image, pts)
+
+
 def _capture_target(uri: str) -> str | int:
     return int(uri) if uri.isdigit() else uri
 
@@ -128,22 +141,17 @@ class VideoSource:
         self.frame_count = count if count > 0 else None
 
     def __iter__(self) -> Iterator[CapturedFrame]:
-        started = time.monotonic()
-        index = 0
         try:
-            while True:
-                ok, image = self._cap.read()
-                if not ok or image is None:
-                    return
-                pts = index / self.fps
-                if self.realtime:
-                    delay = started + pts - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                yield CapturedFrame(index, image, pts)
-                index += 1
+            yield from paced(self._decoded(), self.fps, realtime=self.realtime)
         finally:
             self.close()
+
+    def _decoded(self) -> Iterator[np.ndarray]:
+        while True:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                return
+            yield image
 
     def close(self) -> None:
         self._cap.release()
@@ -170,19 +178,13 @@ class ImageSequenceSource:
         self.frame_count: int | None = len(self.paths)
 
     def __iter__(self) -> Iterator[CapturedFrame]:
-        started = time.monotonic()
-        index = 0
+        yield from paced(self._decoded(), self.fps, realtime=self.realtime)
+
+    def _decoded(self) -> Iterator[np.ndarray]:
         for path in self.paths:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                continue  # an unreadable file is skipped, as a decoder skips a broken frame
-            pts = index / self.fps
-            if self.realtime:
-                delay = started + pts - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            yield CapturedFrame(index, image, pts)
-            index += 1
+            if image is not None:  # an unreadable file is skipped, as a decoder skips a broken frame
+                yield image
 
     def close(self) -> None:
         pass

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -35,6 +36,22 @@ def pipeline(tiny_model: Path, registry: CollectorRegistry) -> Iterator[Pipeline
     pipe.start()
     yield pipe
     pipe.stop()
+
+
+@pytest.fixture
+def slow_inference(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Make the pipeline's model take `seconds` longer per batch (an overloaded server)."""
+
+    def slow_down(seconds: float) -> None:
+        real_run = pipeline.runner.run
+
+        def slow_run(tensors: list[np.ndarray]) -> np.ndarray:
+            time.sleep(seconds)
+            return real_run(tensors)
+
+        monkeypatch.setattr(pipeline.runner, "run", slow_run)
+
+    return slow_down
 
 
 def square_image(width: int = 96, height: int = 80, box: tuple[int, int, int, int] = (16, 24, 32, 24)) -> np.ndarray:

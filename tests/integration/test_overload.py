@@ -6,7 +6,7 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -79,17 +79,14 @@ def test_a_client_that_disconnects_mid_stream_leaves_nothing_behind(
 
 
 def test_overload_drops_late_frames_and_keeps_served_ones_within_budget(
-    pipeline: Pipeline, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    slow_inference: Callable[[float], None],
 ) -> None:
     # Given a model that takes 30 ms per batch and a 100 ms budget, 4 live streams offering
     # far more than it can do: frames that would miss their deadline must be dropped.
-    real_run = pipeline.runner.run
-
-    def slow_run(tensors: list[np.ndarray]) -> np.ndarray:
-        time.sleep(0.03)
-        return real_run(tensors)
-
-    monkeypatch.setattr(pipeline.runner, "run", slow_run)
+    slow_inference(0.03)
     monkeypatch.setattr(pipeline, "budget_s", 0.1)
     pipeline.batcher.estimator.observe(1, 0.03)
     pipeline.batcher.estimator.observe(4, 0.035)

@@ -94,15 +94,12 @@ class FastLiveFeed:
 
 
 def test_a_live_source_that_is_behind_keeps_the_freshest_frames_and_counts_the_rest(
-    pipeline: Pipeline, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    slow_inference: Callable[[float], None],
 ) -> None:
-    real_run = pipeline.runner.run
-
-    def slow_run(tensors: list[np.ndarray]) -> np.ndarray:
-        time.sleep(0.02)
-        return real_run(tensors)
-
-    monkeypatch.setattr(pipeline.runner, "run", slow_run)
+    slow_inference(0.02)
     monkeypatch.setattr(sources_module, "open_source", FastLiveFeed)
     hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline, inflight=1)
     hub.max_backoff_s = hub.backoff_s = 60  # no reconnect within the test
