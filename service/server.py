@@ -177,10 +177,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                     break
                 result = await answer
                 ready = time.monotonic()
-                if result.mask is not None or result.overlay is not None:
-                    message = await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
-                else:
-                    message = result_to_proto(result)
+                message = await self._to_proto(result)
                 try:
                     # A client that stops reading fills gRPC's flow-control window and this
                     # write stalls; past the timeout the stream is ended rather than held.
@@ -234,6 +231,13 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         result = invalid_result(message.stream_id, message.index, error, time.monotonic(), message.client_time_ns)
         self.pipeline.record(result, "grpc")
         answer.set_result(result)
+
+    async def _to_proto(self, result: Result) -> pb.FrameResult:
+        """Protobuf for a Result; PNG/JPEG encoding runs on the worker pool, not the event loop."""
+        if result.mask is None and result.overlay is None:
+            return result_to_proto(result)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
 
     def _observe_send(self, result: Result, send_s: float) -> None:
         stages = self.pipeline.metrics.stage_seconds
@@ -327,7 +331,6 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             return
         wanted = options_from_proto(request.options)
         subscription = hub.subscribe(asyncio.get_running_loop(), wanted)
-        loop = asyncio.get_running_loop()
         try:
             while (result := await subscription.queue.get()) is not None:
                 trimmed = replace(
@@ -335,10 +338,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                     mask=result.mask if wanted.return_mask else None,
                     overlay=result.overlay if wanted.return_overlay else None,
                 )
-                if trimmed.mask is not None or trimmed.overlay is not None:
-                    yield await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, trimmed)
-                else:
-                    yield result_to_proto(trimmed)
+                yield await self._to_proto(trimmed)
         finally:
             hub.unsubscribe(subscription)
         if hub.state == "failed":
