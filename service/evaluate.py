@@ -90,7 +90,7 @@ def evaluate(
             pred, full = probability_to_mask(prob, width, height, runner.contract.threshold)
             scores.append(mask_scores(pred, read_mask(sample.mask_path)))
             min_area = max(1, int(min_area_fraction * width * height))
-            boxes = [p.box for p in find_polyps(pred, full, min_area)]
+            boxes = [p.box for p in find_polyps(pred, full, min_area, runner.contract.min_region_score)]
             truth = _truth_boxes(sample)
             tp += match_boxes(boxes, truth)
             n_pred += len(boxes)

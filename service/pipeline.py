@@ -171,7 +171,8 @@ class Pipeline:
         height, width = frame.image.shape[:2]
         mask, full_prob = probability_to_mask(prob, width, height, self.runner.contract.threshold)
         min_area = max(1, int(self.config.min_area_fraction * width * height))
-        polyps = tuple(self._tracker(frame.stream_key).update(find_polyps(mask, full_prob, min_area)))
+        found = find_polyps(mask, full_prob, min_area, self.runner.contract.min_region_score)
+        polyps = tuple(self._tracker(frame.stream_key).update(found))
         overlay = draw_overlay(frame.image, mask, polyps) if frame.options.return_overlay else None
         done = time.monotonic()
         return Result(

@@ -23,8 +23,9 @@ def probability_to_mask(prob: np.ndarray, width: int, height: int, threshold: fl
     return prob > threshold, prob
 
 
-def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1) -> list[Polyp]:
-    """One Polyp per 8-connected region of `mask` with at least `min_area` pixels.
+def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1, min_score: float = 0.0) -> list[Polyp]:
+    """One Polyp per 8-connected region of `mask` with at least `min_area` pixels and a
+    score of at least `min_score`.
 
     Boxes are (x, y, width, height) in mask pixels, inclusive of every region pixel;
     the score is the mean probability over the region. Sorted by area, largest first.
@@ -39,7 +40,8 @@ def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1) -> list[P
         # Work inside the region's box only: a few polyps cover a small part of the frame.
         inside = labels[y : y + h, x : x + w] == label
         score = float(prob[y : y + h, x : x + w][inside].sum(dtype=np.float64) / area)
-        polyps.append(Polyp(box=(x, y, w, h), score=score, area=area))
+        if score >= min_score:
+            polyps.append(Polyp(box=(x, y, w, h), score=score, area=area))
     polyps.sort(key=lambda p: p.area, reverse=True)
     return polyps
 

@@ -42,6 +42,7 @@ class ModelContract:
     std: tuple[float, float, float]
     output: str  # "probability" (sigmoid applied) or "logit"
     threshold: float
+    min_region_score: float = 0.0  # regions whose mean probability is lower are not reported as polyps
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
@@ -70,6 +71,7 @@ class ModelContract:
                 std=triple("std"),
                 output=get("output"),
                 threshold=float(get("threshold")),
+                min_region_score=float(meta.get(META_PREFIX + "min_region_score", "0")),
             )
         except ValueError as exc:
             raise ModelError(f"{source}: malformed polypstream metadata ({exc})") from exc

@@ -299,6 +299,8 @@ def main() -> None:
         },
     )
     (args.out / f"{args.preset}.training.json").write_text(json.dumps(record, indent=1) + "\n")
+    # The held-out ids: what models.training.tune_regions may tune on (never test.txt).
+    (args.out / f"{args.preset}.val-ids.txt").write_text("\n".join(ids[i] for i in val_idx) + "\n")
     print(f"wrote {onnx_path}; best validation Dice {best:.4f}")
 
 

@@ -36,6 +36,15 @@ def test_diagonal_pixels_are_one_region_and_small_regions_are_dropped() -> None:
     assert [p.box for p in find_polyps(mask, prob, min_area=2)] == [(1, 1, 2, 2)]
 
 
+def test_regions_under_the_score_floor_are_not_polyps() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0:2, 0:2] = mask[6:9, 6:9] = True
+    prob = np.where(mask, 0.6, 0.0).astype(np.float32)
+    prob[6:9, 6:9] = 0.9
+    assert [p.box for p in find_polyps(mask, prob, min_score=0.7)] == [(6, 6, 3, 3)]
+    assert len(find_polyps(mask, prob, min_score=0.6)) == 2  # the floor is inclusive
+
+
 def test_empty_mask_has_no_polyps() -> None:
     mask = np.zeros((8, 8), bool)
     assert find_polyps(mask, mask.astype(np.float32)) == []

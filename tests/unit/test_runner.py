@@ -54,6 +54,12 @@ def test_warm_up_times_batch_one_and_max(tiny_model: Path) -> None:
     assert set(timings) == {1, 4} and all(t > 0 for t in timings.values())
 
 
+def test_the_region_score_floor_is_optional_metadata(tmp_path: Path, tiny_model: Path) -> None:
+    assert Runner(tiny_model, device="cpu").contract.min_region_score == 0.0
+    floored = build_tiny_model(tmp_path / "f.onnx", metadata={"polypstream.min_region_score": "0.7"})
+    assert Runner(floored, device="cpu").contract.min_region_score == 0.7
+
+
 def test_missing_metadata_is_named(tmp_path: Path) -> None:
     path = build_tiny_model(tmp_path / "m.onnx", drop_metadata=("polypstream.threshold",))
     with pytest.raises(ModelError, match=r"lacks 'polypstream.threshold'"):

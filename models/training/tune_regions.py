@@ -1,0 +1,72 @@
+"""Choose a model's region score floor on validation images and write it into its metadata.
+
+    python -m models.training.tune_regions --model models/fast.onnx --data DIR --split val.txt [--write]
+
+Regions of the predicted mask whose mean probability is under the floor are not reported as
+polyps. The rule, fixed before looking: among floors 0, 0.5, 0.55, ..., 0.9, take the one with
+the best box F1 that loses no box recall against no floor (missed polyps matter most).
+Never pass the test split here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import onnx
+
+from service.dataset import load_split, read_image
+from service.evaluate import match_boxes
+from service.postprocess import find_polyps, probability_to_mask
+from service.runner import META_PREFIX, Runner
+
+FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="Kvasir-SEG layout folder")
+    parser.add_argument("--split", type=Path, required=True, help="validation ids (never test.txt)")
+    parser.add_argument("--min-area-fraction", type=float, default=0.001, help="as the service's default")
+    parser.add_argument("--write", action="store_true", help="store the chosen floor in the model's metadata")
+    args = parser.parse_args()
+    if args.split.name == "test.txt":
+        parser.error("tune on validation images, never on the test split")
+    runner = Runner(args.model, device="cpu", max_batch=1)
+    regions = []
+    for sample in load_split(args.data, args.split):
+        image = read_image(sample.image_path)
+        height, width = image.shape[:2]
+        mask, prob = probability_to_mask(
+            runner.run([runner.preprocess(image)])[0], width, height, runner.contract.threshold
+        )
+        found = find_polyps(mask, prob, max(1, int(args.min_area_fraction * width * height)))
+        regions.append((found, [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in sample.boxes]))
+    rows = []
+    for floor in FLOORS:
+        tp = predicted = truth_count = 0
+        for found, truth in regions:
+            boxes = [p.box for p in found if p.score >= floor]
+            tp += match_boxes(boxes, truth)
+            predicted += len(boxes)
+            truth_count += len(truth)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / truth_count if truth_count else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append((floor, precision, recall, f1))
+        print(f"floor {floor:.2f}: box precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f}")
+    best = max((r for r in rows if r[2] >= rows[0][2]), key=lambda r: r[3])
+    print(f"chosen floor {best[0]:.2f} (best F1 without losing recall) on {len(regions)} images of {args.split}")
+    if args.write:
+        model = onnx.load(str(args.model))
+        kept = [p for p in model.metadata_props if p.key != META_PREFIX + "min_region_score"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=META_PREFIX + "min_region_score", value=f"{best[0]:g}")
+        onnx.save(model, str(args.model))
+        print(f"wrote {META_PREFIX}min_region_score={best[0]:g} into {args.model}")
+
+
+if __name__ == "__main__":
+    main()
