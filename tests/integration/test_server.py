@@ -300,3 +300,16 @@ def test_replay_of_a_corpus_checks_the_csv_and_measures_temporal_dice(pipeline: 
     (mismatch,) = report["frame_count_mismatches"]  # type: ignore[misc]
     assert mismatch["video"].endswith(first[0]) and mismatch["csv"] == mismatch["decoded"] + 1
     assert len(report["latency_cdf_ms"]) == 101  # type: ignore[arg-type]
+
+
+def test_reflection_lists_the_services(client: SegmenterClient) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"polypstream.v1.Segmenter", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    (described,) = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="polypstream.v1.Segmenter")])
+    )
+    assert described.file_descriptor_response.file_descriptor_proto  # what grpcurl needs to call it
