@@ -73,7 +73,7 @@ def main() -> None:
         runner = Runner(path, device=args.device, max_batch=max(batches))
         limit_rows = [time_batches(runner, b, args.limit_seconds) for b in batches]
         limit = max(limit_rows, key=lambda r: r["fps"])
-        naive = naive_over_videos(Runner(path, device=args.device, max_batch=1), videos, 20.0)
+        naive = naive_over_videos(runner, videos, 20.0)  # one frame per run, on the same session
         engine = EngineConfig(model=args.model, device=args.device, max_batch=args.max_batch)
         pipeline = Pipeline(
             Runner(path, device=args.device, max_batch=args.max_batch), engine, Metrics(CollectorRegistry())

@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
 from service.capture import decode_encoded
-from service.postprocess import draw_overlay, find_polyps, probability_to_mask
+from service.postprocess import draw_overlay, find_polyps, min_region_area, probability_to_mask
 from service.runner import Runner, resolve_model
 
 
@@ -39,7 +39,7 @@ def naive_step(runner: Runner, image: np.ndarray) -> None:
     """What a first script does with a frame: resize, run alone, post-process, draw."""
     prob = runner.run([runner.preprocess(image)])[0]
     mask, full = probability_to_mask(prob, image.shape[1], image.shape[0], runner.contract.threshold)
-    draw_overlay(image, mask, find_polyps(mask, full, max(1, image.shape[0] * image.shape[1] // 1000)))
+    draw_overlay(image, mask, find_polyps(mask, full, min_region_area(image.shape[1], image.shape[0])))
 
 
 def naive_loop(runner: Runner, encoded: list[bytes], seconds: float) -> dict[str, float]:

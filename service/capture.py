@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from service.dataset import IMAGE_SUFFIXES
+
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
@@ -155,9 +157,6 @@ class VideoSource:
 
     def close(self) -> None:
         self._cap.release()
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class ImageSequenceSource:

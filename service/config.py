@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from service.capture import DEFAULT_MAX_PIXELS
+from service.postprocess import MIN_AREA_FRACTION
 from service.security import TlsFiles
 
 
@@ -25,7 +26,7 @@ class EngineConfig:
     budget_ms: float = 40.0
     max_wait_ms: float = 2.0
     threads: int = 0  # onnxruntime intra-op threads; 0: its default
-    min_area_fraction: float = 0.001  # regions smaller than this share of the frame are noise
+    min_area_fraction: float = MIN_AREA_FRACTION  # regions smaller than this share of the frame are noise
     decode_workers: int = 0  # 0: one per CPU core
 
     def __post_init__(self) -> None:

@@ -30,6 +30,10 @@ class Sample:
     mask_path: Path | None
     boxes: tuple[tuple[int, int, int, int], ...] = ()
 
+    def boxes_xywh(self) -> list[tuple[int, int, int, int]]:
+        """The ground-truth boxes as (x, y, width, height), the service's box convention."""
+        return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in self.boxes]
+
 
 def _find_image(folder: Path, image_id: str) -> Path | None:
     for suffix in IMAGE_SUFFIXES:

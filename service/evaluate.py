@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.dataset import Sample, load_split, read_image, read_mask
-from service.postprocess import box_iou, find_polyps, probability_to_mask
+from service.dataset import load_split, read_image, read_mask
+from service.postprocess import MIN_AREA_FRACTION, box_iou, find_polyps, min_region_area, probability_to_mask
 from service.runner import Runner
 
 BOX_IOU = 0.5
@@ -67,12 +67,8 @@ def match_boxes(
     return len(used_p)
 
 
-def _truth_boxes(sample: Sample) -> list[tuple[int, int, int, int]]:
-    return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in sample.boxes]
-
-
 def evaluate(
-    runner: Runner, data_dir: Path, split_file: Path | None = None, *, min_area_fraction: float = 0.001
+    runner: Runner, data_dir: Path, split_file: Path | None = None, *, min_area_fraction: float = MIN_AREA_FRACTION
 ) -> dict[str, float | int]:
     """Mean per-image mask metrics and pooled box precision/recall over a split."""
     samples = [s for s in load_split(data_dir, split_file) if s.mask_path is not None]
@@ -89,9 +85,9 @@ def evaluate(
             height, width = image.shape[:2]
             pred, full = probability_to_mask(prob, width, height, runner.contract.threshold)
             scores.append(mask_scores(pred, read_mask(sample.mask_path)))
-            min_area = max(1, int(min_area_fraction * width * height))
+            min_area = min_region_area(width, height, min_area_fraction)
             boxes = [p.box for p in find_polyps(pred, full, min_area, runner.contract.min_region_score)]
-            truth = _truth_boxes(sample)
+            truth = sample.boxes_xywh()
             tp += match_boxes(boxes, truth)
             n_pred += len(boxes)
             n_truth += len(truth)

@@ -18,7 +18,7 @@ from service.batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, Serv
 from service.config import EngineConfig
 from service.frames import Frame, FrameOptions, Result, Status, Timing
 from service.metrics import Metrics
-from service.postprocess import IouTracker, draw_overlay, find_polyps, probability_to_mask
+from service.postprocess import IouTracker, draw_overlay, find_polyps, min_region_area, probability_to_mask
 from service.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Pipeline:
         start = time.perf_counter()
         height, width = frame.image.shape[:2]
         mask, full_prob = probability_to_mask(prob, width, height, self.runner.contract.threshold)
-        min_area = max(1, int(self.config.min_area_fraction * width * height))
+        min_area = min_region_area(width, height, self.config.min_area_fraction)
         found = find_polyps(mask, full_prob, min_area, self.runner.contract.min_region_score)
         polyps = tuple(self._tracker(frame.stream_key).update(found))
         overlay = draw_overlay(frame.image, mask, polyps) if frame.options.return_overlay else None

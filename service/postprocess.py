@@ -13,6 +13,7 @@ import numpy as np
 from service.frames import Polyp
 
 MASK_COLOUR = (0, 255, 0)  # BGR
+MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
 BOX_COLOUR = (0, 255, 255)
 
 
@@ -21,6 +22,11 @@ def probability_to_mask(prob: np.ndarray, width: int, height: int, threshold: fl
     if prob.shape != (height, width):
         prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
     return prob > threshold, prob
+
+
+def min_region_area(width: int, height: int, fraction: float = MIN_AREA_FRACTION) -> int:
+    """The smallest region, in pixels of a width×height frame, that can be a polyp."""
+    return max(1, int(fraction * width * height))
 
 
 def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1, min_score: float = 0.0) -> list[Polyp]:

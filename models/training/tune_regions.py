@@ -17,7 +17,7 @@ import onnx
 
 from service.dataset import load_split, read_image
 from service.evaluate import match_boxes
-from service.postprocess import find_polyps, probability_to_mask
+from service.postprocess import MIN_AREA_FRACTION, find_polyps, min_region_area, probability_to_mask
 from service.runner import META_PREFIX, Runner
 
 FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="Kvasir-SEG layout folder")
     parser.add_argument("--split", type=Path, required=True, help="validation ids (never test.txt)")
-    parser.add_argument("--min-area-fraction", type=float, default=0.001, help="as the service's default")
+    parser.add_argument("--min-area-fraction", type=float, default=MIN_AREA_FRACTION, help="as the service's default")
     parser.add_argument("--write", action="store_true", help="store the chosen floor in the model's metadata")
     args = parser.parse_args()
     if args.split.name == "test.txt":
@@ -41,8 +41,8 @@ def main() -> None:
         mask, prob = probability_to_mask(
             runner.run([runner.preprocess(image)])[0], width, height, runner.contract.threshold
         )
-        found = find_polyps(mask, prob, max(1, int(args.min_area_fraction * width * height)))
-        regions.append((found, [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in sample.boxes]))
+        found = find_polyps(mask, prob, min_region_area(width, height, args.min_area_fraction))
+        regions.append((found, sample.boxes_xywh()))
     rows = []
     for floor in FLOORS:
         tp = predicted = truth_count = 0
