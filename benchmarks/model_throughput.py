@@ -49,7 +49,7 @@ def naive_loop(runner: Runner, encoded: list[bytes], seconds: float) -> dict[str
     i = 0
     while time.perf_counter() < deadline or len(times) < 5:
         start = time.perf_counter()
-        naive_step(runner, decode_encoded(encoded[i % len(encoded)]))
+        naive_step(runner, decode_encoded(encoded[i % len(encoded)])[0])
         times.append(time.perf_counter() - start)
         i += 1
     median = statistics.median(times)

@@ -88,8 +88,8 @@ def dropped_result(queued: Queued, now: float) -> Result:
         index=frame.index,
         status=Status.DROPPED_LATE,
         error=f"missed its deadline by {max(0.0, now - frame.deadline) * 1e3:.1f} ms before inference",
-        width=frame.image.shape[1],
-        height=frame.image.shape[0],
+        width=frame.width,
+        height=frame.height,
         timing=Timing(decode_s=frame.decode_s, queue_s=queue_s, server_s=now - frame.received_at),
         client_time_ns=frame.client_time_ns,
     )
@@ -102,8 +102,8 @@ def failed_result(queued: Queued, now: float, message: str) -> Result:
         index=frame.index,
         status=Status.FAILED,
         error=message,
-        width=frame.image.shape[1],
-        height=frame.image.shape[0],
+        width=frame.width,
+        height=frame.height,
         timing=Timing(decode_s=frame.decode_s, queue_s=now - queued.enqueued_at, server_s=now - frame.received_at),
         client_time_ns=frame.client_time_ns,
     )

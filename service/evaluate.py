@@ -1,5 +1,6 @@
 """Segmentation and box metrics of a model on a Kvasir-SEG-layout folder, at the original
-image resolution, through the same runner and post-processing the service uses.
+image resolution, through the same decoding, runner and post-processing the service uses
+for a client's JPEG frames.
 
 Per image: Dice 2|P∩G|/(|P|+|G|), IoU |P∩G|/|P∪G|, precision |P∩G|/|P|, recall |P∩G|/|G|;
 each is 1 when both masks are empty, and 0 when exactly one is (for precision: P empty
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.dataset import load_split, read_image, read_mask
-from service.postprocess import MIN_AREA_FRACTION, box_iou, find_polyps, min_region_area, probability_to_mask
+from service.capture import InvalidFrameError, decode_encoded
+from service.dataset import DatasetError, load_split, read_image, read_mask
+from service.postprocess import MIN_AREA_FRACTION, box_iou, locate_polyps, probability_to_mask
 from service.runner import Runner
 
 BOX_IOU = 0.5
+CLIENT_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a client sends as encoded frames
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,18 @@ def match_boxes(
     return len(used_p)
 
 
+def read_as_served(path: Path, model_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image decoded as the server decodes a client frame of it (a JPEG at the smallest
+    DCT scale that covers the model input), and its own (width, height); other formats in full."""
+    if path.suffix.lower() in CLIENT_SUFFIXES:
+        try:
+            return decode_encoded(path.read_bytes(), min_size=model_size)
+        except InvalidFrameError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+    image = read_image(path)
+    return image, (image.shape[1], image.shape[0])
+
+
 def evaluate(
     runner: Runner, data_dir: Path, split_file: Path | None = None, *, min_area_fraction: float = MIN_AREA_FRACTION
 ) -> dict[str, float | int]:
@@ -78,15 +93,21 @@ def evaluate(
     tp = n_pred = n_truth = 0
     for start in range(0, len(samples), runner.max_batch):
         chunk = samples[start : start + runner.max_batch]
-        images = [read_image(s.image_path) for s in chunk]
-        probs = runner.run([runner.preprocess(image) for image in images])
-        for sample, image, prob in zip(chunk, images, probs, strict=True):
+        decoded = [read_as_served(s.image_path, runner.input_size) for s in chunk]
+        probs = runner.run([runner.preprocess(image) for image, _ in decoded])
+        for sample, (_, (width, height)), prob in zip(chunk, decoded, probs, strict=True):
             assert sample.mask_path is not None
-            height, width = image.shape[:2]
-            pred, full = probability_to_mask(prob, width, height, runner.contract.threshold)
+            pred = probability_to_mask(prob, width, height, runner.contract.threshold)[0]
             scores.append(mask_scores(pred, read_mask(sample.mask_path)))
-            min_area = min_region_area(width, height, min_area_fraction)
-            boxes = [p.box for p in find_polyps(pred, full, min_area, runner.contract.min_region_score)]
+            found = locate_polyps(
+                prob,
+                width,
+                height,
+                runner.contract.threshold,
+                min_area_fraction=min_area_fraction,
+                min_score=runner.contract.min_region_score,
+            )
+            boxes = [p.box for p in found]
             truth = sample.boxes_xywh()
             tp += match_boxes(boxes, truth)
             n_pred += len(boxes)

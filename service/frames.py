@@ -30,6 +30,8 @@ class Frame:
 
     `received_at` and `deadline` are `time.monotonic()` seconds; `stream_key` identifies
     one stream inside the server (per RPC or per source), `stream_id` is the client's name.
+    `image` may have been decoded at a reduced scale (enough for the model); `width` and
+    `height` are always the frame's own size, in which results are reported.
     """
 
     stream_key: str
@@ -42,6 +44,15 @@ class Frame:
     client_time_ns: int = 0
     decode_s: float = 0.0
     tensor: np.ndarray | None = None  # the model input (CHW float32), filled by the decode stage
+    original_size: tuple[int, int] | None = None  # (width, height) when `image` is reduced
+
+    @property
+    def width(self) -> int:
+        return self.original_size[0] if self.original_size else self.image.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.original_size[1] if self.original_size else self.image.shape[0]
 
 
 @dataclass(frozen=True)

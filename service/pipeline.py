@@ -18,7 +18,7 @@ from service.batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, Serv
 from service.config import EngineConfig
 from service.frames import Frame, FrameOptions, Result, Status, Timing
 from service.metrics import Metrics
-from service.postprocess import IouTracker, draw_overlay, find_polyps, min_region_area, probability_to_mask
+from service.postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask
 from service.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ class Pipeline:
         options: FrameOptions = FrameOptions(),
         client_time_ns: int = 0,
         decode_s: float = 0.0,
+        original_size: tuple[int, int] | None = None,
     ) -> Frame:
-        """A Frame with its model input computed (call from a decode worker, not the event loop)."""
+        """A Frame with its model input computed (call from a decode worker, not the event loop).
+
+        `original_size` is the frame's (width, height) when `image` was decoded smaller."""
         start = time.perf_counter()
         tensor = self.runner.preprocess(image)
         decode_s += time.perf_counter() - start
@@ -101,6 +104,7 @@ class Pipeline:
             client_time_ns=client_time_ns,
             decode_s=decode_s,
             tensor=tensor,
+            original_size=original_size,
         )
 
     def submit(self, frame: Frame, on_done: ResultCallback, *, origin: str = "grpc") -> None:
@@ -168,11 +172,20 @@ class Pipeline:
     ) -> Result:
         frame = queued.frame
         start = time.perf_counter()
-        height, width = frame.image.shape[:2]
-        mask, full_prob = probability_to_mask(prob, width, height, self.runner.contract.threshold)
-        min_area = min_region_area(width, height, self.config.min_area_fraction)
-        found = find_polyps(mask, full_prob, min_area, self.runner.contract.min_region_score)
+        width, height = frame.width, frame.height
+        contract = self.runner.contract
+        found = locate_polyps(
+            prob,
+            width,
+            height,
+            contract.threshold,
+            min_area_fraction=self.config.min_area_fraction,
+            min_score=contract.min_region_score,
+        )
         polyps = tuple(self._tracker(frame.stream_key).update(found))
+        mask = None
+        if frame.options.return_mask or frame.options.return_overlay:  # the full-resolution mask only when asked
+            mask = probability_to_mask(prob, width, height, contract.threshold)[0]
         overlay = draw_overlay(frame.image, mask, polyps) if frame.options.return_overlay else None
         done = time.monotonic()
         return Result(

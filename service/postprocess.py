@@ -52,6 +52,49 @@ def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1, min_score
     return polyps
 
 
+def locate_polyps(
+    prob: np.ndarray,
+    width: int,
+    height: int,
+    threshold: float,
+    *,
+    min_area_fraction: float = MIN_AREA_FRACTION,
+    min_score: float = 0.0,
+) -> list[Polyp]:
+    """The polyps of a model-resolution probability map, in pixels of a width×height frame.
+
+    Regions, scores and the noise rule are worked out at the model's resolution, the finest
+    the model sees, so the cost does not grow with the frame; boxes and areas are then scaled
+    to the frame (exact to within one model pixel). No full-resolution mask is made.
+    """
+    model_height, model_width = prob.shape
+    found = find_polyps(
+        prob > threshold, prob, min_region_area(model_width, model_height, min_area_fraction), min_score
+    )
+    if (model_width, model_height) == (width, height):
+        return found
+    sx, sy = width / model_width, height / model_height
+    return [
+        replace(
+            polyp,
+            box=_scale_box(polyp.box, sx, sy, width, height),
+            area=max(1, round(polyp.area * sx * sy)),
+        )
+        for polyp in found
+    ]
+
+
+Box = tuple[int, int, int, int]
+
+
+def _scale_box(box: Box, sx: float, sy: float, width: int, height: int) -> Box:
+    """A box of model pixels as frame pixels: its pixel edges scaled, then rounded."""
+    x, y, w, h = box
+    left, top = min(width - 1, round(x * sx)), min(height - 1, round(y * sy))
+    right, bottom = min(width, round((x + w) * sx)), min(height, round((y + h) * sy))
+    return left, top, max(1, right - left), max(1, bottom - top)
+
+
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     """IoU of two (x, y, w, h) boxes."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))

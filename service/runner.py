@@ -162,6 +162,11 @@ class Runner:
         self._device = "cuda" if on_cuda else "cpu"
         self._bindings: dict[int, tuple[ort.IOBinding, ort.OrtValue, ort.OrtValue]] = {}
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model input."""
+        return self.contract.input_width, self.contract.input_height
+
     def _check_io(self, model_path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:

@@ -52,14 +52,18 @@ def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
     return FrameOptions(return_mask=options.return_mask, return_overlay=options.return_overlay, no_drop=options.no_drop)
 
 
-def decode_frame_image(message: pb.Frame, max_pixels: int) -> np.ndarray:
-    """The pixels of a protobuf Frame; raises InvalidFrameError saying what is wrong."""
+def decode_frame_image(
+    message: pb.Frame, max_pixels: int, min_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels of a protobuf Frame (JPEGs no larger than `min_size` needs) and the frame's
+    (width, height); raises InvalidFrameError saying what is wrong."""
     which = message.WhichOneof("image")
     if which == "encoded":
-        return decode_encoded(message.encoded, max_pixels)
+        return decode_encoded(message.encoded, max_pixels, min_size=min_size)
     if which == "raw":
         raw = message.raw
-        return decode_raw(raw.data, raw.width, raw.height, _PIXEL_FORMATS.get(raw.format), max_pixels)
+        image = decode_raw(raw.data, raw.width, raw.height, _PIXEL_FORMATS.get(raw.format), max_pixels)
+        return image, (raw.width, raw.height)
     raise InvalidFrameError("empty frame: neither encoded bytes nor raw pixels")
 
 
@@ -294,16 +298,20 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
 
     def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
         start = time.perf_counter()
-        image = decode_frame_image(message, self.config.max_pixels)
+        options = options_from_proto(message.options)
+        # An overlay is drawn on the frame itself; otherwise the model's input size is enough.
+        min_size = None if options.return_overlay else self.pipeline.runner.input_size
+        image, size = decode_frame_image(message, self.config.max_pixels, min_size)
         return self.pipeline.make_frame(
             stream_key,
             message.stream_id,
             message.index,
             image,
             received_at,
-            options=options_from_proto(message.options),
+            options=options,
             client_time_ns=message.client_time_ns,
             decode_s=time.perf_counter() - start,
+            original_size=size,
         )
 
     def _submit(

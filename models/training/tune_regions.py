@@ -15,9 +15,9 @@ from pathlib import Path
 
 import onnx
 
-from service.dataset import load_split, read_image
-from service.evaluate import match_boxes
-from service.postprocess import MIN_AREA_FRACTION, find_polyps, min_region_area, probability_to_mask
+from service.dataset import load_split
+from service.evaluate import match_boxes, read_as_served
+from service.postprocess import MIN_AREA_FRACTION, locate_polyps
 from service.runner import META_PREFIX, Runner
 
 FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -36,12 +36,9 @@ def main() -> None:
     runner = Runner(args.model, device="cpu", max_batch=1)
     regions = []
     for sample in load_split(args.data, args.split):
-        image = read_image(sample.image_path)
-        height, width = image.shape[:2]
-        mask, prob = probability_to_mask(
-            runner.run([runner.preprocess(image)])[0], width, height, runner.contract.threshold
-        )
-        found = find_polyps(mask, prob, min_region_area(width, height, args.min_area_fraction))
+        image, (width, height) = read_as_served(sample.image_path, runner.input_size)
+        prob = runner.run([runner.preprocess(image)])[0]
+        found = locate_polyps(prob, width, height, runner.contract.threshold, min_area_fraction=args.min_area_fraction)
         regions.append((found, sample.boxes_xywh()))
     rows = []
     for floor in FLOORS:

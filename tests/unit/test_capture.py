@@ -29,9 +29,10 @@ def jpeg(image: np.ndarray) -> bytes:
 
 def test_jpeg_and_png_decode_to_bgr() -> None:
     image = square_image()
-    assert decode_encoded(jpeg(image)).shape == image.shape
+    decoded, size = decode_encoded(jpeg(image))
+    assert decoded.shape == image.shape and size == (image.shape[1], image.shape[0])
     png = cv2.imencode(".png", image)[1].tobytes()
-    assert np.array_equal(decode_encoded(png), image)
+    assert np.array_equal(decode_encoded(png)[0], image)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +53,39 @@ def test_huge_png_is_refused_from_its_header() -> None:
     png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
     with pytest.raises(InvalidFrameError, match="exceeds the limit"):
         decode_encoded(png, max_pixels=1000)
+
+
+def test_jpeg_size_comes_from_the_header() -> None:
+    data = jpeg(square_image(96, 80))
+    assert capture.jpeg_size(data) == (96, 80)
+    with pytest.raises(InvalidFrameError, match="no frame header"):
+        capture.jpeg_size(data[:2] + b"\xff\xda" + data[2:])  # image data before the frame header
+
+
+def test_huge_jpeg_is_refused_from_its_header_before_decoding() -> None:
+    # Given a JPEG whose frame header claims 60000×60000 pixels but holds no image data
+    header = b"\xff\xd8\xff\xc0\x00\x11\x08" + (60000).to_bytes(2, "big") * 2 + b"\x03" + b"\x01\x22\x00" * 3
+    # then it is refused for its size (decoding it would fail as corrupt, after allocating gigabytes)
+    with pytest.raises(InvalidFrameError, match="60000x60000 exceeds the limit"):
+        decode_encoded(header + b"\xff\xd9")
+
+
+@pytest.mark.parametrize(
+    ("size", "min_size", "decoded"),
+    [
+        ((720, 576), (160, 160), (360, 288)),  # 1/2: 1/4 would be 180×144, under 160 high
+        ((1920, 1072), (160, 160), (480, 268)),  # 1/4
+        ((1920, 1072), (352, 352), (960, 536)),  # 1/2
+        ((300, 200), (160, 160), (300, 200)),  # any reduction would be too small
+        ((720, 576), None, (720, 576)),  # in full when no size is asked for
+    ],
+)
+def test_jpeg_decodes_no_larger_than_asked_and_reports_its_own_size(
+    size: tuple[int, int], min_size: tuple[int, int] | None, decoded: tuple[int, int]
+) -> None:
+    image, reported = decode_encoded(jpeg(square_image(*size)), min_size=min_size)
+    assert (image.shape[1], image.shape[0]) == decoded
+    assert reported == size
 
 
 def test_raw_pixels_in_every_format() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.frames import Polyp
-from service.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, probability_to_mask
+from service.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, locate_polyps, probability_to_mask
 
 
 def test_boxes_are_exact_for_known_regions() -> None:
@@ -48,6 +48,29 @@ def test_regions_under_the_score_floor_are_not_polyps() -> None:
 def test_empty_mask_has_no_polyps() -> None:
     mask = np.zeros((8, 8), bool)
     assert find_polyps(mask, mask.astype(np.float32)) == []
+
+
+def test_polyps_found_at_model_resolution_are_reported_in_frame_pixels() -> None:
+    # Given a 40×20 model map with one region of 10×5 model pixels at (8, 4), for a 400×100 frame
+    prob = np.zeros((20, 40), np.float32)
+    prob[4:9, 8:18] = 0.8
+    [polyp] = locate_polyps(prob, 400, 100, 0.5)
+    # then its box and area are scaled by 10 across and 5 down; the score is the model's
+    assert polyp.box == (80, 20, 100, 25)
+    assert polyp.area == 50 * 50
+    assert polyp.score == pytest.approx(0.8)
+
+
+def test_located_boxes_stay_inside_the_frame_and_keep_the_rules() -> None:
+    prob = np.zeros((16, 16), np.float32)
+    prob[10:16, 13:16] = 0.9  # touches the bottom-right corner
+    prob[0, 0] = 0.9  # one model pixel: 1/256 of the frame, kept only without the noise rule
+    prob[0:3, 4:7] = 0.6  # under a 0.7 score floor
+    polyps = locate_polyps(prob, 50, 30, 0.5, min_area_fraction=0.01, min_score=0.7)
+    assert [p.box for p in polyps] == [(41, 19, 9, 11)]
+    assert len(locate_polyps(prob, 50, 30, 0.5, min_area_fraction=0.0)) == 3
+    # at the model's own size nothing is scaled: the same as find_polyps on the mask
+    assert locate_polyps(prob, 16, 16, 0.5, min_area_fraction=0.0) == find_polyps(prob > 0.5, prob)
 
 
 def test_probability_is_resized_to_the_frame_before_thresholding() -> None:
