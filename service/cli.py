@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -141,9 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     named = parse_sources(args.source)
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
-    sources = {
-        name: SourceHub(name, uri, pipeline, realtime=args.source_pacing == "realtime") for name, uri in named.items()
-    }
+    sources = open_sources(named, pipeline, realtime=args.source_pacing == "realtime")
     pipeline.start()
     for hub in sources.values():
         if hub.live:
@@ -175,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def parse_sources(specs: list[str]) -> dict[str, str]:
-    """NAME=URI pairs; file sources are opened once here so a bad path fails at start."""
+    """NAME=URI pairs (opened later, by their SourceHubs)."""
     sources: dict[str, str] = {}
     for spec in specs:
         name, sep, uri = spec.partition("=")
@@ -183,10 +182,24 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
             raise CliError(f"--source expects NAME=URI, got '{spec}'")
         if name in sources:
             raise CliError(f"--source name '{name}' given twice")
-        if not is_live(uri):
-            open_source(uri, realtime=False).close()
         sources[name] = uri
     return sources
+
+
+def open_sources(named: dict[str, str], pipeline: Pipeline, *, realtime: bool) -> dict[str, SourceHub]:
+    """A SourceHub per NAME=URI, each source opened now: one that cannot be opened stops
+    `serve` at start, naming it (the hubs keep what they opened for their capture threads)."""
+    hubs: dict[str, SourceHub] = {}
+    for name, uri in named.items():
+        hub = SourceHub(name, uri, pipeline, realtime=realtime)
+        try:
+            hub.open()
+        except SourceError as exc:
+            for opened in hubs.values():
+                opened.stop()
+            raise CliError(f"source '{name}': {exc}") from exc
+        hubs[name] = hub
+    return hubs
 
 
 async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sources: dict[str, SourceHub]) -> None:
@@ -602,10 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_video_libraries() -> None:
+    """Keep FFmpeg's and OpenCV's own messages off stderr: failures reach the user as our one
+    line (which URI, why). The environment wins: set OPENCV_FFMPEG_LOGLEVEL=16 and
+    OPENCV_LOG_LEVEL=WARNING to see their messages again."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when FFmpeg is first used
+    if "OPENCV_LOG_LEVEL" not in os.environ:  # OpenCV read it when it was imported
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_video_libraries()
     try:
         return int(args.func(args))
     except (CliError, ModelError, SecurityConfigError, ValueError) as exc:

@@ -67,11 +67,24 @@ class SourceHub:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._opened: FrameSource | None = None  # opened by open(), played first by the capture thread
         self._metrics = pipeline.metrics
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def open(self) -> None:
+        """Open the source now (a stream URL within its open timeout) and keep it for the
+        capture thread, so a source that cannot be opened fails at start, naming its URI and
+        why, and a stream that serves one client is not used up by a trial connection.
+
+        Raises SourceError."""
+        source = open_source(self.uri, realtime=self.realtime and not self.live)
+        with self._lock:
+            previous, self._opened = self._opened, source
+        if previous is not None:
+            previous.close()
 
     def start(self) -> None:
         with self._lock:
@@ -85,6 +98,10 @@ class SourceHub:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._lock:
+            unplayed, self._opened = self._opened, None
+        if unplayed is not None:  # opened, never started (a file nobody watched)
+            unplayed.close()
 
     def subscribe(self, loop: asyncio.AbstractEventLoop, options: FrameOptions) -> Subscription:
         """A new subscriber; a file source starts playing with its first subscriber."""
@@ -130,7 +147,7 @@ class SourceHub:
         backoff = self.backoff_s
         while not self._stop.is_set():
             try:
-                source = open_source(self.uri, realtime=self.realtime and not self.live)
+                source = self._take_opened() or open_source(self.uri, realtime=self.realtime and not self.live)
             except SourceError as exc:
                 self.error = str(exc)
                 if not self.live:
@@ -157,6 +174,11 @@ class SourceHub:
             self._slots.acquire(timeout=30)
         self.state = "ended"
         self._finish()
+
+    def _take_opened(self) -> FrameSource | None:
+        with self._lock:
+            source, self._opened = self._opened, None
+        return source
 
     def _pump(self, source: FrameSource) -> bool:
         """Submit the source's frames until it ends or the hub stops; True if any frame came."""

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -211,7 +212,17 @@ def test_serve_refuses_a_source_that_cannot_open(tmp_path: Path, tiny_model: Pat
     missing = tmp_path / "gone.avi"
     done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={missing}", "--metrics-address", "")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"polypstream serve: error: {missing}: no such file"]
+    assert done.stderr.strip().splitlines() == [f"polypstream serve: error: source 'scope': {missing}: no such file"]
+
+
+def test_serve_refuses_a_stream_url_that_does_not_answer(tiny_model: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/live.ts"  # nothing listens there
+    done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={url}", "--metrics-address", "")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"polypstream serve: error: source 'scope': {url}: cannot open")
 
 
 def test_help_lists_the_commands() -> None:

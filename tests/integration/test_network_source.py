@@ -63,6 +63,9 @@ def test_a_live_http_stream_survives_its_ffmpeg_being_killed_and_restarted(
     seen: list[int] = []
     try:
         time.sleep(0.5)  # let FFmpeg start listening
+        # Opened at start, as `serve` does: FFmpeg serves one client (-listen 1), so frames
+        # only flow if the capture thread plays this very connection instead of opening another.
+        hub.open()
         with serve_in_thread(
             pipeline, ServerConfig(address="127.0.0.1:0", metrics_address=""), {"scope": hub}
         ) as running:
