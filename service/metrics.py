@@ -26,6 +26,7 @@ STAGES = ("decode", "queue", "inference", "postprocess", "server", "send", "end_
 # stream_closed: queued when its client hung up, so never run.
 DROP_REASONS = ("late", "live_skip", "slow_subscriber", "stream_closed")
 STATUSES = ("OK", "INVALID_FRAME", "DROPPED_LATE", "FAILED")
+REFUSAL_REASONS = ("limit", "shutting_down")
 
 
 class Metrics:
@@ -69,6 +70,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.streams_refused = Counter(
+            "polypstream_streams_refused",
+            "Segment streams refused at their start, by reason (limit: --max-streams open; shutting_down).",
+            ["reason"],
+            registry=registry,
+        )
         self.source_reconnects = Counter(
             "polypstream_source_reconnects",
             "Times a live server-side source was reopened after it stopped.",
@@ -90,6 +97,8 @@ class Metrics:
             self.frames.labels(status, "grpc")
         for reason in DROP_REASONS:
             self.dropped.labels(reason, "grpc")
+        for reason in REFUSAL_REASONS:
+            self.streams_refused.labels(reason)
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue depth at scrape time."""

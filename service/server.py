@@ -138,8 +138,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
     ) -> None:
         if self.draining:
+            self.pipeline.metrics.streams_refused.labels("shutting_down").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if self.active_streams >= self.config.max_streams:
+            self.pipeline.metrics.streams_refused.labels("limit").inc()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many concurrent streams (limit {self.config.max_streams})",

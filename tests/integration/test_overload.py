@@ -149,6 +149,7 @@ def test_shutdown_answers_every_frame_it_read_then_ends_streams_unavailable(
         with pytest.raises(grpc.RpcError) as refused:
             list(client.segment(iter([encode_frame(square_image(), "new", 0, FrameOptions())])))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert registry.get_sample_value("polypstream_streams_refused_total", {"reason": "shutting_down"}) == 1
         client.close()
     # Every frame the server read was answered to the client: its own count agrees.
     assert [a.result.index for a in answers] == list(range(len(answers)))

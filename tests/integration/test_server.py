@@ -171,7 +171,7 @@ def test_metrics_after_a_stream(client: SegmenterClient, registry: CollectorRegi
     )
 
 
-def test_stream_limit_refuses_the_extra_stream(pipeline: Pipeline) -> None:
+def test_stream_limit_refuses_the_extra_stream(pipeline: Pipeline, registry: CollectorRegistry) -> None:
     config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_streams=1)
     release = threading.Event()
 
@@ -190,6 +190,7 @@ def test_stream_limit_refuses_the_extra_stream(pipeline: Pipeline) -> None:
             list(second.segment(frames(1)))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "too many concurrent streams" in (err.value.details() or "")
+        assert registry.get_sample_value("polypstream_streams_refused_total", {"reason": "limit"}) == 1
         release.set()
         assert list(stream) == []
 
