@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import grpc
@@ -76,9 +76,7 @@ def encode_frame(
         index=index,
         encoded=data.tobytes(),
         client_time_ns=time.time_ns(),
-        options=pb.FrameOptions(
-            return_mask=options.return_mask, return_overlay=options.return_overlay, no_drop=options.no_drop
-        ),
+        options=pb.FrameOptions(**asdict(options)),
     )
 
 

@@ -19,9 +19,12 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class FrameOptions:
+    """What a client asks for with a frame; the fields are polypstream.v1.FrameOptions'."""
+
     return_mask: bool = False
     return_overlay: bool = False
     no_drop: bool = False
+    mask_at_model_resolution: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +80,8 @@ class Timing:
 
 @dataclass(frozen=True, eq=False)
 class Result:
-    """The answer to one Frame. `mask` is HW bool at the frame's resolution when kept."""
+    """The answer to one Frame. `mask` (HW bool) is kept when asked for: at the frame's
+    resolution, or at the model's when the frame's options say so."""
 
     stream_id: str
     index: int

@@ -183,10 +183,14 @@ class Pipeline:
             min_score=contract.min_region_score,
         )
         polyps = tuple(self._tracker(frame.stream_key).update(found))
+        options = frame.options
+        full_mask = None  # the frame-resolution mask is only made when it is asked for
+        if options.return_overlay or (options.return_mask and not options.mask_at_model_resolution):
+            full_mask = probability_to_mask(prob, width, height, contract.threshold)[0]
         mask = None
-        if frame.options.return_mask or frame.options.return_overlay:  # the full-resolution mask only when asked
-            mask = probability_to_mask(prob, width, height, contract.threshold)[0]
-        overlay = draw_overlay(frame.image, mask, polyps) if frame.options.return_overlay else None
+        if options.return_mask:
+            mask = prob > contract.threshold if options.mask_at_model_resolution else full_mask
+        overlay = draw_overlay(frame.image, full_mask, polyps) if options.return_overlay else None
         done = time.monotonic()
         return Result(
             stream_id=frame.stream_id,
@@ -203,7 +207,7 @@ class Pipeline:
                 postprocess_s=time.perf_counter() - start,
                 server_s=done - frame.received_at,
             ),
-            mask=mask if frame.options.return_mask else None,
+            mask=mask,
             overlay=overlay,
             client_time_ns=frame.client_time_ns,
         )

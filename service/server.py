@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import grpc
@@ -49,7 +49,7 @@ _PIXEL_FORMATS = {
 
 
 def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
-    return FrameOptions(return_mask=options.return_mask, return_overlay=options.return_overlay, no_drop=options.no_drop)
+    return FrameOptions(**{f.name: getattr(options, f.name) for f in fields(FrameOptions)})
 
 
 def decode_frame_image(
@@ -94,6 +94,7 @@ def result_to_proto(result: Result) -> pb.FrameResult:
         )
     if result.mask is not None:
         message.mask_png = cv2.imencode(".png", result.mask.astype("uint8") * 255)[1].tobytes()
+        message.mask_height, message.mask_width = result.mask.shape
     if result.overlay is not None:
         message.overlay_jpeg = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
     return message

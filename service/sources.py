@@ -128,10 +128,13 @@ class SourceHub:
     def _wanted_options(self) -> FrameOptions:
         with self._lock:
             subs = list(self._subscribers)
+        masks = [s.options for s in subs if s.options.return_mask]
         return FrameOptions(
-            return_mask=any(s.options.return_mask for s in subs),
+            return_mask=bool(masks),
             return_overlay=any(s.options.return_overlay for s in subs),
             no_drop=not self.live,
+            # the frame's resolution if any subscriber wants that: the model's is then not made
+            mask_at_model_resolution=bool(masks) and all(o.mask_at_model_resolution for o in masks),
         )
 
     def _publish(self, item: Result | None) -> None:

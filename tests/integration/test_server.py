@@ -108,8 +108,22 @@ def test_mask_and_overlay_come_back_at_frame_resolution(client: SegmenterClient)
     mask = cv2.imdecode(np.frombuffer(answer.result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
     overlay = cv2.imdecode(np.frombuffer(answer.result.overlay_jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert mask.shape == (80, 96) and overlay.shape == (80, 96, 3)
+    assert (answer.result.mask_width, answer.result.mask_height) == (96, 80)
     x, y, w, h = SQUARE
     assert mask[y + h // 2, x + w // 2] == 255 and mask[2, 90] == 0
+
+
+def test_mask_comes_back_at_model_resolution_when_asked(client: SegmenterClient) -> None:
+    options = FrameOptions(return_mask=True, mask_at_model_resolution=True, no_drop=True)
+    (answer,) = client.segment(frames(1, options=options))
+    r = answer.result
+    mask = cv2.imdecode(np.frombuffer(r.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    # the tiny model's input is 64×64; the frame stays 96×80, and so do the boxes
+    assert mask.shape == (64, 64) and (r.mask_width, r.mask_height) == (64, 64) and (r.width, r.height) == (96, 80)
+    x, y, w, h = SQUARE
+    sx, sy = 64 / 96, 64 / 80
+    assert mask[int((y + h / 2) * sy), int((x + w / 2) * sx)] == 255 and mask[2, 60] == 0
+    assert np.allclose([r.polyps[0].box.x, r.polyps[0].box.width], [x, w], atol=2)
 
 
 def test_two_concurrent_streams_each_get_their_own_answers(server: RunningServer) -> None:

@@ -111,3 +111,21 @@ def test_a_live_source_that_is_behind_keeps_the_freshest_frames_and_counts_the_r
         registry.get_sample_value("polypstream_dropped_frames_total", {"reason": "live_skip", "source": "scope"})
         == hub.skipped
     )
+
+
+def test_a_source_makes_the_frame_resolution_mask_if_any_watcher_wants_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    monkeypatch.setattr(hub, "start", lambda: None)  # the subscriptions only: nothing is played
+    loop = asyncio.new_event_loop()
+    try:
+        hub.subscribe(loop, FrameOptions(return_mask=True, mask_at_model_resolution=True))
+        assert hub._wanted_options().mask_at_model_resolution
+        hub.subscribe(loop, FrameOptions(return_overlay=True))  # wants no mask: changes nothing
+        assert hub._wanted_options().mask_at_model_resolution
+        hub.subscribe(loop, FrameOptions(return_mask=True))  # wants the frame's resolution
+        wanted = hub._wanted_options()
+        assert wanted.return_mask and wanted.return_overlay and not wanted.mask_at_model_resolution
+    finally:
+        loop.close()

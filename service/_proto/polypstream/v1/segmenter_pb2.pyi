@@ -44,14 +44,16 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FrameOptions(_message.Message):
-    __slots__ = ("return_mask", "return_overlay", "no_drop")
+    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution")
     RETURN_MASK_FIELD_NUMBER: _ClassVar[int]
     RETURN_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     NO_DROP_FIELD_NUMBER: _ClassVar[int]
+    MASK_AT_MODEL_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     return_mask: bool
     return_overlay: bool
     no_drop: bool
-    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ...) -> None: ...
+    mask_at_model_resolution: bool
+    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "index", "encoded", "raw", "client_time_ns", "options")
@@ -110,7 +112,7 @@ class Timing(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., server_ms: _Optional[float] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("stream_id", "index", "status", "error", "polyps", "mask_png", "overlay_jpeg", "timing", "width", "height", "client_time_ns")
+    __slots__ = ("stream_id", "index", "status", "error", "polyps", "mask_png", "overlay_jpeg", "timing", "width", "height", "client_time_ns", "mask_width", "mask_height")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +124,8 @@ class FrameResult(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MASK_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MASK_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     index: int
     status: FrameStatus
@@ -133,7 +137,9 @@ class FrameResult(_message.Message):
     width: int
     height: int
     client_time_ns: int
-    def __init__(self, stream_id: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[_Union[FrameStatus, str]] = ..., error: _Optional[str] = ..., polyps: _Optional[_Iterable[_Union[Polyp, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., overlay_jpeg: _Optional[bytes] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., client_time_ns: _Optional[int] = ...) -> None: ...
+    mask_width: int
+    mask_height: int
+    def __init__(self, stream_id: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[_Union[FrameStatus, str]] = ..., error: _Optional[str] = ..., polyps: _Optional[_Iterable[_Union[Polyp, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., overlay_jpeg: _Optional[bytes] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., client_time_ns: _Optional[int] = ..., mask_width: _Optional[int] = ..., mask_height: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("source", "options")
