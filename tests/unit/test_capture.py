@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import capture
 from service.capture import (
@@ -68,6 +71,22 @@ def test_huge_jpeg_is_refused_from_its_header_before_decoding() -> None:
     # then it is refused for its size (decoding it would fail as corrupt, after allocating gigabytes)
     with pytest.raises(InvalidFrameError, match="60000x60000 exceeds the limit"):
         decode_encoded(header + b"\xff\xd9")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0xE0, 0xEF), st.binary(max_size=64)), max_size=4), st.integers(0, 10_000))
+def test_jpeg_headers_are_read_past_any_segments_and_broken_ones_say_what_is_wrong(
+    segments: list[tuple[int, bytes]], cut: int
+) -> None:
+    whole = jpeg(square_image(96, 80))
+    # Given application segments of any content between the start marker and the frame header
+    extra = b"".join(bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body for marker, body in segments)
+    image, size = decode_encoded(whole[:2] + extra + whole[2:], min_size=(16, 16))
+    # then the size still comes from the frame header, and the decode matches it
+    assert size == (96, 80) and image.shape == (20, 24, 3)  # decoded at 1/4
+    # and the same JPEG cut anywhere (and closed again) decodes or is refused with a reason
+    with contextlib.suppress(InvalidFrameError):
+        decode_encoded(whole[: cut % len(whole)] + b"\xff\xd9", min_size=(16, 16))
 
 
 @pytest.mark.parametrize(
