@@ -96,7 +96,7 @@ def decode_encoded(
     if not data:
         raise InvalidFrameError("empty frame: no image bytes")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    flag, factor = cv2.IMREAD_COLOR, 1
+    factor, flag = 1, cv2.IMREAD_COLOR
     if data[:3] == b"\xff\xd8\xff":
         kind = "JPEG"
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
