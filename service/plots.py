@@ -1,19 +1,21 @@
 """Pictures of a replay report: the end-to-end latency CDF and the per-stage breakdown.
 
-matplotlib is optional (`pip install 'polypstream[plot]'`); only `replay --plot` needs it.
+matplotlib is optional (`pip install 'polypstream[plot]'`); only `replay --plot` and the
+benchmarks' plots need it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 
 class PlotUnavailableError(RuntimeError):
     """matplotlib is not installed."""
 
 
-def plot_replay(report: dict[str, object], out: Path) -> None:
-    """Write a PNG: left, the latency CDF; right, p50 and p99 of each server stage."""
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot drawing to files (no screen); PlotUnavailableError without matplotlib."""
     try:
         import matplotlib
 
@@ -21,6 +23,12 @@ def plot_replay(report: dict[str, object], out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise PlotUnavailableError("--plot needs matplotlib: pip install 'polypstream[plot]'") from exc
+    return plt
+
+
+def plot_replay(report: dict[str, object], out: Path) -> None:
+    """Write a PNG: left, the latency CDF; right, p50 and p99 of each server stage."""
+    plt = pyplot()
     cdf = report.get("latency_cdf_ms")
     stages = report.get("server_stages_ms")
     if not isinstance(cdf, list) or not isinstance(stages, dict):

@@ -1,0 +1,165 @@
+"""The limit, the naive loop and the service under a sweep of K live streams, in one run.
+
+The model alone (batched, in this process), a naive per-frame loop, then K client streams of
+--size JPEG frames at --fps each against a `polypstream serve` process (its own process, so
+the clients' CPU and GIL are not the server's), for each K in --streams. A K "holds" when no
+frame is dropped or lost and the client-side p99 stays within the budget. Issue 7's target
+on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
+
+    python -m benchmarks.sweep [--model M] [--device auto] [--size 1920x1080] [--fps 25]
+        [--streams 1,2,4,8,16,32,48,64] [--seconds 10] [--budget-ms 40] [--max-batch 32] [--plot OUT.png]
+
+Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
+served frames/s, client latency and server stages, the largest K that holds, and the ratios
+of the best served frames/s to the limit and to the naive loop; --plot draws throughput and
+p99 against K and the server's stages per K.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_server_process, write_result
+from benchmarks.model_throughput import naive_loop, time_batches
+from benchmarks.service_latency import STAGES, run_streams
+from service.client import SegmenterClient
+from service.plots import pyplot
+from service.runner import Runner, resolve_model
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
+
+
+def holds(row: dict[str, object], budget_ms: float) -> bool:
+    """No frame dropped, lost or failed, and the client-side p99 within the budget."""
+    statuses = row["statuses"]
+    latency = row["latency_ms"]
+    assert isinstance(statuses, dict) and isinstance(latency, dict)
+    clean = set(statuses) <= {"OK"} and row["lost"] == 0 and not row["errors"]
+    return clean and latency["p99"] is not None and float(latency["p99"]) <= budget_ms
+
+
+def measure_model(args: argparse.Namespace, encoded: list[bytes]) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """The limit (batched model runs) and the naive loop, with the model loaded in this process."""
+    batches = [int(b) for b in args.batches.split(",")]
+    runner = Runner(resolve_model(args.model), device=args.device, max_batch=max(batches))
+    limit = [time_batches(runner, b, args.limit_seconds) for b in batches]
+    naive = naive_loop(runner, encoded, args.limit_seconds * 2)
+    return limit, {**naive, "provider": runner.provider, "model": f"{runner.contract.name} {runner.contract.version}"}
+
+
+def plot_sweep(payload: dict[str, object], out: Path) -> None:
+    """Left: served frames/s and client p99 against K; right: the server's stage p50s per K."""
+    plt = pyplot()
+    rows = payload["service"]
+    assert isinstance(rows, list)
+    ks = [r["streams"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    left.plot(ks, [r["throughput_fps"] for r in rows], "o-", label="served frames/s")
+    left.plot(ks, [r["offered_fps"] for r in rows], "--", color="grey", label="offered frames/s")
+    left.axhline(float(str(payload["limit_fps"])), color="tab:green", linestyle=":", label="model limit")
+    left.set_xlabel("concurrent streams")
+    left.set_ylabel("frames/s")
+    latency = left.twinx()
+    latency.plot(ks, [r["latency_ms"]["p99"] for r in rows], "s-", color="tab:red", label="client p99 (ms)")
+    latency.axhline(float(str(payload["budget_ms"])), color="tab:red", linestyle=":", linewidth=0.8)
+    latency.set_ylabel("client p99 latency (ms)")
+    latency.set_ylim(bottom=0)
+    left.set_xticks(ks)
+    left.legend(loc="upper left", fontsize=8)
+    latency.legend(loc="lower right", fontsize=8)
+    left.set_title(f"{payload['device']}: {payload['frames']}")
+    bottom = [0.0] * len(rows)
+    for stage in STAGES[:-1]:  # server_ms is their sum (and the waits between them)
+        values = [float(r["server_stages_ms"][stage]["p50"] or 0) for r in rows]
+        right.bar([str(k) for k in ks], values, bottom=bottom, label=stage.removesuffix("_ms"))
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    right.set_xlabel("concurrent streams")
+    right.set_ylabel("ms (p50 per stage)")
+    right.set_title("server time per stage")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="fast", help="fast, accurate or a path")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--size", default="1920x1080", help="frame size, WIDTHxHEIGHT")
+    parser.add_argument("--fps", type=float, default=25.0, help="frames/s per stream")
+    parser.add_argument("--streams", default="1,2,4,8,16,32,48,64", help="stream counts to sweep")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each K's run")
+    parser.add_argument("--budget-ms", type=float, default=40.0)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes for the limit")
+    parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    width, height = parse_size(args.size)
+    encoded = [jpeg(f) for f in endoscopy_frames(48, (width, height))]
+    limit, naive = measure_model(args, encoded)
+    serve_flags = ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
+    proc, address, _ = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
+    service: list[dict[str, object]] = []
+    try:
+        SegmenterClient(address).wait_ready()
+        for k in (int(s) for s in args.streams.split(",")):
+            row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
+            row["offered_fps"] = k * args.fps
+            row["holds"] = holds(row, args.budget_ms)
+            service.append(row)
+            lat = row["latency_ms"]
+            assert isinstance(lat, dict)
+            print(
+                f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
+                f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    limit_fps = max(float(str(r["fps"])) for r in limit)
+    best = max(float(str(r["throughput_fps"])) for r in service)  # the capacity only if the sweep saturates it
+    held = [int(str(r["streams"])) for r in service if r["holds"]]
+    ratios = {
+        "best_served_over_limit": round(best / limit_fps, 3),
+        "best_served_over_naive": round(best / float(str(naive["fps"])), 3),
+    }
+    payload: dict[str, object] = {
+        "benchmark": "sweep",
+        "device": device_name(),
+        "provider": naive.pop("provider"),
+        "model": naive.pop("model"),
+        "frames": f"{width}x{height} JPEG q90 at {args.fps:g} frames/s per stream",
+        "budget_ms": args.budget_ms,
+        "limit": limit,
+        "limit_fps": limit_fps,
+        "naive": naive,
+        "service": service,
+        "largest_k_that_holds": max(held) if held else 0,
+        "ratios": ratios,
+        "command": command_line("benchmarks.sweep", args),
+    }
+    out = write_result("sweep", payload, args.out)
+    print(f"{payload['device']} · {payload['provider']} · {payload['model']} · {payload['frames']}")
+    print(
+        f"  limit {limit_fps:.1f} frames/s · naive {naive['fps']} frames/s · best served {best:.1f} frames/s "
+        f"(/limit {ratios['best_served_over_limit']}, /naive {ratios['best_served_over_naive']})"
+    )
+    print(f"  largest K that holds (no drops, client p99 <= {args.budget_ms:g} ms): {payload['largest_k_that_holds']}")
+    if args.plot:
+        plot_sweep(payload, args.plot)
+        print(f"wrote {args.plot}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
