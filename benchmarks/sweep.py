@@ -42,13 +42,16 @@ def holds(row: dict[str, object], budget_ms: float) -> bool:
     return clean and latency["p99"] is not None and float(latency["p99"]) <= budget_ms
 
 
-def measure_model(args: argparse.Namespace, encoded: list[bytes]) -> tuple[list[dict[str, object]], dict[str, object]]:
-    """The limit (batched model runs) and the naive loop, with the model loaded in this process."""
+def measure_model(
+    args: argparse.Namespace, encoded: list[bytes]
+) -> tuple[list[dict[str, object]], dict[str, float], dict[str, str]]:
+    """The limit (batched model runs), the naive loop, and which model on which provider,
+    with the model loaded in this process."""
     batches = [int(b) for b in args.batches.split(",")]
     runner = Runner(resolve_model(args.model), device=args.device, max_batch=max(batches))
     limit = [time_batches(runner, b, args.limit_seconds) for b in batches]
     naive = naive_loop(runner, encoded, args.limit_seconds * 2)
-    return limit, {**naive, "provider": runner.provider, "model": f"{runner.contract.name} {runner.contract.version}"}
+    return limit, naive, {"provider": runner.provider, "model": f"{runner.contract.name} {runner.contract.version}"}
 
 
 def plot_sweep(payload: dict[str, object], out: Path) -> None:
@@ -105,7 +108,7 @@ def main() -> None:
 
     width, height = parse_size(args.size)
     encoded = [jpeg(f) for f in endoscopy_frames(48, (width, height))]
-    limit, naive = measure_model(args, encoded)
+    limit, naive, served_model = measure_model(args, encoded)
     serve_flags = ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
     proc, address, _ = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
@@ -131,13 +134,12 @@ def main() -> None:
     held = [int(str(r["streams"])) for r in service if r["holds"]]
     ratios = {
         "best_served_over_limit": round(best / limit_fps, 3),
-        "best_served_over_naive": round(best / float(str(naive["fps"])), 3),
+        "best_served_over_naive": round(best / naive["fps"], 3),
     }
     payload: dict[str, object] = {
         "benchmark": "sweep",
         "device": device_name(),
-        "provider": naive.pop("provider"),
-        "model": naive.pop("model"),
+        **served_model,
         "frames": f"{width}x{height} JPEG q90 at {args.fps:g} frames/s per stream",
         "budget_ms": args.budget_ms,
         "limit": limit,
