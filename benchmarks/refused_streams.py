@@ -116,7 +116,8 @@ def main() -> None:
     proc, address, metrics_url = start_server_process("--model", args.model, "--max-streams", str(args.streams))
     phases: list[dict[str, object]] = []
     try:
-        SegmenterClient(address).wait_ready()
+        with SegmenterClient(address) as ready:
+            ready.wait_ready()
         for name in ("alone", "with_refusals", "alone_again"):
             refused_before = scrape(metrics_url).get(REFUSED, 0.0)
             if name == "with_refusals":

@@ -113,7 +113,8 @@ def main() -> None:
     proc, address, _ = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
     try:
-        SegmenterClient(address).wait_ready()
+        with SegmenterClient(address) as ready:
+            ready.wait_ready()
         for k in (int(s) for s in args.streams.split(",")):
             row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
             row["offered_fps"] = k * args.fps

@@ -80,7 +80,7 @@ class SourceHub:
         why, and a stream that serves one client is not used up by a trial connection.
 
         Raises SourceError."""
-        source = open_source(self.uri, realtime=self.realtime and not self.live)
+        source = self._open_new()
         with self._lock:
             previous, self._opened = self._opened, source
         if previous is not None:
@@ -98,8 +98,7 @@ class SourceHub:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            unplayed, self._opened = self._opened, None
+        unplayed = self._take_opened()
         if unplayed is not None:  # opened, never started (a file nobody watched)
             unplayed.close()
 
@@ -150,7 +149,7 @@ class SourceHub:
         backoff = self.backoff_s
         while not self._stop.is_set():
             try:
-                source = self._take_opened() or open_source(self.uri, realtime=self.realtime and not self.live)
+                source = self._take_opened() or self._open_new()
             except SourceError as exc:
                 self.error = str(exc)
                 if not self.live:
@@ -177,6 +176,9 @@ class SourceHub:
             self._slots.acquire(timeout=30)
         self.state = "ended"
         self._finish()
+
+    def _open_new(self) -> FrameSource:
+        return open_source(self.uri, realtime=self.realtime and not self.live)
 
     def _take_opened(self) -> FrameSource | None:
         with self._lock:
