@@ -16,7 +16,7 @@ COPY service/ service/
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir ".[gpu]"
 # The models are baked in; the service finds them through POLYPSTREAM_MODELS_DIR.
-COPY models/*.onnx models/README.md /app/models/
+COPY models/*.onnx models/SHA256SUMS models/README.md /app/models/
 
 RUN useradd --create-home --uid 10001 polypstream
 USER polypstream

@@ -44,11 +44,31 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: carries the image size
 _UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
+_SOS = b"\xff\xda"
+# An ordinary JPEG has a few dozen segments before its frame header (APPn, DQT, DHT, COM);
+# more is a crafted file, and walking it would cost time before anything is decoded.
+MAX_JPEG_HEADER_SEGMENTS = 256
+# Each scan of a progressive JPEG is a pass over every block of the image, whatever scale it
+# is decoded at (at 4096x4096: ~12 ms per scan here). An ordinary progressive JPEG has about
+# 10 scans; a crafted one may repeat a refinement scan thousands of times. A JPEG may have at
+# most this many scans, and at most JPEG_SCAN_PIXELS_PER_LIMIT x `max_pixels` scans x pixels,
+# so the costliest frame admitted costs at most ~1.6x an ordinary progressive frame of the
+# largest size admitted.
+MAX_JPEG_SCANS = 64
+JPEG_SCAN_PIXELS_PER_LIMIT = 16
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's frame header, without decoding it."""
+@dataclass(frozen=True)
+class JpegHeader:
+    width: int
+    height: int
+    sof_offset: int  # where the frame header starts: scans come after it
+
+
+def jpeg_header(data: bytes) -> JpegHeader:
+    """The JPEG's frame header (size, position), found without decoding."""
     pos = 2  # after the start-of-image marker
+    segments = 0
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             break
@@ -56,6 +76,9 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        segments += 1
+        if segments > MAX_JPEG_HEADER_SEGMENTS:
+            raise InvalidFrameError(f"JPEG has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its frame header")
         if marker in _UNSIZED_MARKERS:
             pos += 2
             continue
@@ -64,9 +87,44 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if marker in _SOF_MARKERS:
             if pos + 9 > len(data):
                 break
-            return int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            return JpegHeader(width, height, pos)
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     raise InvalidFrameError("corrupt JPEG: no frame header")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header, without decoding it."""
+    header = jpeg_header(data)
+    return header.width, header.height
+
+
+def check_jpeg_scans(data: bytes, header: JpegHeader, max_pixels: int) -> None:
+    """Refuse a JPEG whose scans would cost far more to decode than an ordinary one.
+
+    Counts start-of-scan markers after the frame header: entropy-coded data never holds
+    0xFF 0xDA (a 0xFF there is followed by 0x00 or a restart marker), so the count is exact
+    but for segment bytes between scans (tables), which can only make it larger."""
+    scans = data.count(_SOS, header.sof_offset)
+    limit = min(MAX_JPEG_SCANS, JPEG_SCAN_PIXELS_PER_LIMIT * max_pixels // (header.width * header.height))
+    if scans > limit:
+        raise InvalidFrameError(
+            f"JPEG {header.width}x{header.height} has {scans} scans; at most {limit} are decoded at this size"
+        )
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of JPEG or PNG bytes from their header, or None when it cannot be read
+    (decoding then says what is wrong)."""
+    try:
+        if data[:3] == b"\xff\xd8\xff":
+            return jpeg_size(data)
+    except InvalidFrameError:
+        return None
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
 
 
 # JPEG can be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, which is several times
@@ -81,6 +139,12 @@ def _jpeg_reduction(width: int, height: int, min_size: tuple[int, int] | None) -
             if -(-width // factor) >= min_size[0] and -(-height // factor) >= min_size[1]:
                 return factor, flag
     return 1, cv2.IMREAD_COLOR
+
+
+def jpeg_decoded_size(width: int, height: int, min_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) that `decode_encoded(min_size=...)` gives a JPEG of this size."""
+    factor, _ = _jpeg_reduction(width, height, min_size)
+    return -(-width // factor), -(-height // factor)
 
 
 def decode_encoded(
@@ -101,8 +165,10 @@ def decode_encoded(
         kind = "JPEG"
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise InvalidFrameError("truncated JPEG: no end-of-image marker")
-        width, height = jpeg_size(data)
+        header = jpeg_header(data)
+        width, height = header.width, header.height
         _check_size(width, height, max_pixels)
+        check_jpeg_scans(data, header, max_pixels)
         factor, flag = _jpeg_reduction(width, height, min_size)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         kind = "PNG"
@@ -168,6 +234,18 @@ def _capture_target(uri: str) -> str | int:
     return int(uri) if uri.isdigit() else uri
 
 
+def redact_uri(uri: str) -> str:
+    """The URI as it may be shown: user info (`user:password@`) replaced by `***@`."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:authority_end]
+    if "@" not in authority:
+        return uri
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{rest[authority_end:]}"
+
+
 def is_live(uri: str) -> bool:
     """Network streams and capture devices are live; files are replayed."""
     return uri.isdigit() or ("://" in uri and not uri.startswith("file://"))
@@ -182,8 +260,9 @@ class VideoSource:
     def __init__(self, uri: str, *, realtime: bool = False, timeout_s: float = 10.0) -> None:
         self.uri = uri
         self.realtime = realtime
+        shown = redact_uri(uri)
         if not is_live(uri) and not Path(uri).exists():
-            raise SourceError(f"{uri}: no such file")
+            raise SourceError(f"{shown}: no such file")
         target = _capture_target(uri)
         if isinstance(target, str) and "://" in target:
             # A network stream that stalls must fail a read, not hang the capture thread.
@@ -193,7 +272,7 @@ class VideoSource:
         else:
             self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
-            raise SourceError(f"{uri}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
+            raise SourceError(f"{shown}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else 25.0
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))

@@ -22,13 +22,14 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service import capture
-from service.capture import CapturedFrame, FrameSource, SourceError, is_live
+from service.capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from service.client import SegmenterClient
 from service.config import EngineConfig, ServerConfig, env_default
 from service.corpus import plan_corpus, write_corpus
 from service.dataset import DatasetError
 from service.evaluate import evaluate
 from service.frames import FrameOptions
+from service.memory import MIB, release_freed_memory_promptly
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.plots import PlotUnavailableError, plot_replay
@@ -129,6 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         grace_s=args.grace,
         send_timeout_s=args.send_timeout,
+        max_pixels=args.max_pixels,
+        memory_limit_bytes=int(args.memory_limit_mb * MIB),
+        stream_memory_limit_bytes=int(args.stream_memory_limit_mb * MIB),
         health_address=args.health_address,
         tls=tls,
         token=load_token(args.token_file),
@@ -140,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "TLS or a token" if tls is None and server_config.token is None else "TLS" if tls is None else "a token",
         )
     named = parse_sources(args.source)
+    release_freed_memory_promptly()
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
     sources = open_sources(named, pipeline, realtime=args.source_pacing == "realtime")
@@ -179,7 +184,7 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, uri = spec.partition("=")
         if not sep or not name or not uri:
-            raise CliError(f"--source expects NAME=URI, got '{spec}'")
+            raise CliError(f"--source expects NAME=URI, got '{redact_uri(spec)}'")
         if name in sources:
             raise CliError(f"--source name '{name}' given twice")
         sources[name] = uri
@@ -197,7 +202,7 @@ def open_sources(named: dict[str, str], pipeline: Pipeline, *, realtime: bool) -
         except SourceError as exc:
             for opened in hubs.values():
                 opened.stop()
-            raise CliError(f"source '{name}': {exc}") from exc
+            raise CliError(f"source '{name}': {str(exc).replace(uri, hub.shown_uri)}") from exc
         hubs[name] = hub
     return hubs
 
@@ -342,7 +347,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             source,
             args.jsonl,
             args.overlay,
-            stream_id=args.stream_id or Path(args.source).stem,
+            stream_id=args.stream_id or Path(redact_uri(args.source)).stem,
             no_drop=no_drop,
         )
     print(summary.line())
@@ -540,6 +545,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(env_default("SEND_TIMEOUT_S", str(ServerConfig.send_timeout_s))),
         help="a client that reads no result for this many seconds loses its stream",
+    )
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        default=int(env_default("MAX_PIXELS", str(ServerConfig.max_pixels))),
+        help="largest frame (width x height) decoded; larger ones are INVALID_FRAME",
+    )
+    limits.add_argument(
+        "--memory-limit-mb",
+        type=float,
+        default=float(env_default("MEMORY_LIMIT_MB", str(ServerConfig.memory_limit_bytes // MIB))),
+        help="MiB that frames of all client streams may hold together; past it, streams are read more slowly",
+    )
+    limits.add_argument(
+        "--stream-memory-limit-mb",
+        type=float,
+        default=float(env_default("STREAM_MEMORY_LIMIT_MB", str(ServerConfig.stream_memory_limit_bytes // MIB))),
+        help="MiB that frames of one client stream may hold",
     )
     security = serve.add_argument_group("security")
     security.add_argument(

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from service.capture import DEFAULT_MAX_PIXELS
+from service.memory import MIB
 from service.postprocess import MIN_AREA_FRACTION
 from service.security import TlsFiles
 
@@ -48,6 +49,10 @@ class ServerConfig:
     inflight_per_stream: int = 16
     max_message_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # What frames of client streams may hold (image bytes, decoded pixels, masks and
+    # overlays not yet sent), all streams together and per stream (see service/memory.py).
+    memory_limit_bytes: int = 1024 * MIB
+    stream_memory_limit_bytes: int = 256 * MIB
     grace_s: float = 10.0
     send_timeout_s: float = 10.0  # a client that reads no result for this long loses its stream
     health_address: str = ""  # plaintext port serving only grpc.health.v1 (for probes); empty: none
@@ -60,3 +65,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.inflight_per_stream < 1:
             raise ValueError("max_streams and inflight_per_stream must be at least 1")
+        if not 1 <= self.stream_memory_limit_bytes <= self.memory_limit_bytes:
+            raise ValueError(
+                f"the per-stream memory limit ({self.stream_memory_limit_bytes / MIB:g} MiB) must be positive "
+                f"and at most the total ({self.memory_limit_bytes / MIB:g} MiB)"
+            )

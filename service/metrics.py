@@ -88,6 +88,16 @@ class Metrics:
             ["method"],
             registry=registry,
         )
+        self.frame_memory = Gauge(
+            "polypstream_frame_memory_bytes",
+            "Bytes reserved by frames of client streams: image bytes, pixels, masks and overlays not yet sent.",
+            registry=registry,
+        )
+        self.frame_memory_limit = Gauge(
+            "polypstream_frame_memory_limit_bytes",
+            "The most bytes frames of client streams may reserve, all streams together (--memory-limit-mb).",
+            registry=registry,
+        )
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
@@ -99,6 +109,11 @@ class Metrics:
             self.dropped.labels(reason, "grpc")
         for reason in REFUSAL_REASONS:
             self.streams_refused.labels(reason)
+
+    def track_frame_memory(self, held: Callable[[], float], limit: int) -> None:
+        """Read the bytes frames hold at scrape time; publish the limit."""
+        self.frame_memory.set_function(held)
+        self.frame_memory_limit.set(limit)
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue depth at scrape time."""

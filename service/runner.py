@@ -7,6 +7,7 @@ model needs no code change.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 META_PREFIX = "polypstream."
 MODELS_DIR_ENV = "POLYPSTREAM_MODELS_DIR"
 NAMED_MODELS = ("fast", "accurate")
+CHECKSUMS = "SHA256SUMS"  # beside the named models, in `sha256sum` format
 
 
 class ModelError(RuntimeError):
@@ -93,18 +95,69 @@ def cuda_available() -> bool:
 
 
 def resolve_model(spec: str | None) -> Path:
-    """A model path from `fast`, `accurate`, a file path, or None (accurate on CUDA, else fast)."""
+    """A model path from `fast`, `accurate`, a file path, or None (accurate on CUDA, else fast).
+
+    A named model must match the SHA-256 recorded for it in the models folder's SHA256SUMS:
+    a damaged or replaced file is refused rather than served."""
     if spec is None:
         candidates = ["accurate", "fast"] if cuda_available() else ["fast", "accurate"]
         for name in candidates:
             path = models_dir() / f"{name}.onnx"
             if path.is_file():
+                verify_checksum(path)
                 return path
         raise ModelError(f"{models_dir()}: no fast.onnx or accurate.onnx (pass --model PATH)")
     path = models_dir() / f"{spec}.onnx" if spec in NAMED_MODELS else Path(spec)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    if spec in NAMED_MODELS:
+        verify_checksum(path)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """File name → SHA-256 from `folder`/SHA256SUMS (empty when there is none)."""
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        return {}
+    recorded: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if digest and name:
+            recorded[name.lstrip("*")] = digest.lower()
+    return recorded
+
+
+def verify_checksum(path: Path) -> None:
+    """Raise ModelError unless `path` matches the SHA-256 recorded for it beside it."""
+    recorded = read_checksums(path.parent).get(path.name)
+    if recorded is None:
+        raise ModelError(
+            f"{path}: no SHA-256 recorded for it in {path.parent / CHECKSUMS} "
+            "(a named model is checked against it; load your own model by path)"
+        )
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise ModelError(
+            f"{path}: SHA-256 {actual[:12]}… does not match the recorded {recorded[:12]}…; the file is damaged "
+            "or was replaced (restore it, or load a model of your own by path)"
+        )
+
+
+def record_checksum(path: Path) -> None:
+    """Record `path`'s SHA-256 in SHA256SUMS beside it (for tools that write named models)."""
+    recorded = read_checksums(path.parent)
+    recorded[path.name] = file_sha256(path)
+    lines = [f"{digest}  {name}" for name, digest in sorted(recorded.items())]
+    (path.parent / CHECKSUMS).write_text("\n".join(lines) + "\n")
 
 
 def _providers(device: str) -> list[str]:

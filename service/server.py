@@ -25,9 +25,17 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
 from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
 from service.batcher import BatcherStoppedError, QueueFullError
-from service.capture import InvalidFrameError, PixelFormat, decode_encoded, decode_raw
+from service.capture import (
+    InvalidFrameError,
+    PixelFormat,
+    decode_encoded,
+    decode_raw,
+    image_size,
+    jpeg_decoded_size,
+)
 from service.config import ServerConfig
 from service.frames import Frame, FrameOptions, Result, Status
+from service.memory import MemoryBudget, trim_heap
 from service.pipeline import Pipeline, invalid_result
 from service.security import TokenAuthInterceptor
 from service.sources import SourceHub
@@ -46,6 +54,12 @@ _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_RGB8: PixelFormat.RGB8,
     pb.PIXEL_FORMAT_GRAY8: PixelFormat.GRAY8,
 }
+
+
+def _consume_outcome(future: asyncio.Future[pb.Frame]) -> None:
+    """Take a finished future's outcome, so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
@@ -100,13 +114,26 @@ def result_to_proto(result: Result) -> pb.FrameResult:
     return message
 
 
+# Identifiers a client chooses (stream ids, source names) are echoed in answers and errors:
+# longer ones are refused, so that no echo can outgrow a message or gRPC's metadata limit.
+MAX_ID_CHARS = 256
+# How long the server tries to deliver its "stream closed" status to a client that stopped
+# reading before it lets the call go (the status then waits behind the unread results).
+ABORT_WAIT_S = 1.0
+
+
+def _cut(text: str, limit: int = MAX_ID_CHARS) -> str:
+    """Client text as it may be echoed: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class StreamRules:
     """The order rules of one Segment stream.
 
     The first frame fixes the stream_id; a frame with another one is invalid. Indexes must
     strictly increase (gaps are fine: a client may skip frames); a repeated or earlier
-    index is invalid. An invalid frame is answered INVALID_FRAME and changes nothing, so
-    the stream goes on with the next valid frame.
+    index is invalid. A stream_id longer than MAX_ID_CHARS is invalid. An invalid frame is
+    answered INVALID_FRAME and changes nothing, so the stream goes on with the next valid frame.
     """
 
     def __init__(self) -> None:
@@ -115,12 +142,173 @@ class StreamRules:
 
     def check(self, stream_id: str, index: int) -> str:
         """'' when the frame keeps the rules, else what it breaks."""
+        if len(stream_id) > MAX_ID_CHARS:
+            return f"stream_id is {len(stream_id)} characters long; at most {MAX_ID_CHARS} are allowed"
         if self.stream_id is not None and stream_id != self.stream_id:
             return f"stream_id changed from '{self.stream_id}' to '{stream_id}' inside one stream"
         if self.last_index is not None and index <= self.last_index:
             return f"index {index} is not after the previous index {self.last_index} (indexes must increase)"
         self.stream_id, self.last_index = stream_id, index
         return ""
+
+
+def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
+    """The most bytes a frame holds in the server at once: its image bytes, its decoded pixels
+    (a JPEG at the reduced scale it is decoded at), the model input and probability map, and
+    the full-resolution mask and overlay when asked for (before they are encoded)."""
+    options = message.options
+    which = message.WhichOneof("image")
+    size: tuple[int, int] | None
+    if which == "raw":
+        data_bytes, size, jpeg = len(message.raw.data), (message.raw.width, message.raw.height), False
+    else:
+        data_bytes, size = len(message.encoded), image_size(message.encoded)
+        jpeg = message.encoded[:3] == b"\xff\xd8\xff"
+    model_w, model_h = model_size
+    cost = data_bytes + (3 * 4 + 4) * model_w * model_h  # float32 CHW input + float32 probabilities
+    if size is None:  # unreadable: refused before anything is decoded
+        return cost
+    width, height = size
+    decoded_w, decoded_h = (
+        jpeg_decoded_size(width, height, model_size) if jpeg and not options.return_overlay else (width, height)
+    )
+    cost += 3 * decoded_w * decoded_h
+    full_mask = options.return_overlay or (options.return_mask and not options.mask_at_model_resolution)
+    if full_mask:
+        cost += 2 * width * height  # the boolean mask, and its 0/255 copy for PNG
+    if options.return_overlay:
+        cost += 3 * width * height
+    return cost
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A frame's answer in the compact form it waits in: protobuf, pixels already encoded."""
+
+    message: pb.FrameResult
+    server_s: float
+    ready_at: float
+
+    @classmethod
+    def of(cls, result: Result) -> _Answer:
+        return cls(result_to_proto(result), result.timing.server_s, time.monotonic())
+
+
+@dataclass(eq=False)
+class _Pending:
+    answer: asyncio.Future[_Answer]
+    reserved: int = 0  # bytes of the stream's memory share this frame holds until written
+
+
+class SegmentCall:
+    """One Segment call: reads frames, starts each, writes the answers in order.
+
+    It holds a stream slot, a tracker and a memory share, given back exactly once by
+    `release()`, which never awaits: a call cancelled at any point gives them back, and a
+    client that stops reading gives them back when the server gives up on it.
+    """
+
+    def __init__(
+        self, servicer: SegmenterServicer, requests: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
+    ) -> None:
+        self.servicer = servicer
+        self.pipeline = servicer.pipeline
+        self.config = servicer.config
+        self.requests = requests
+        self.context = context
+        self.key = uuid.uuid4().hex
+        # Bounded: when a stream has this many frames in flight the server stops reading it,
+        # which is the back-pressure a no-drop (offline) client gets.
+        self.pending: asyncio.Queue[_Pending | None] = asyncio.Queue(self.config.inflight_per_stream)
+        self.reading_done = False
+        self.released = False
+        self.reader: asyncio.Task[None] | None = None
+        self.pipeline.open_stream(self.key)
+
+    async def run(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+        if not await self._write_answers():
+            return  # a client that stopped reading: given up on
+        await self.reader
+        if self.servicer.draining:
+            await self.context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "server shutting down: every frame it read was answered; send the rest elsewhere",
+            )
+
+    def release(self) -> None:
+        """Give back the slot, the tracker and the memory share (once; never awaits)."""
+        if self.released:
+            return
+        self.released = True
+        self.servicer.active_streams -= 1
+        self.pipeline.metrics.active_streams.dec()
+        self.pipeline.close_stream(self.key)
+        self.servicer.memory.close_stream(self.key)
+        if self.servicer.active_streams == 0:
+            trim_heap()
+        if self.reader is not None:
+            self.reader.cancel()
+
+    async def stop_reading(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        rules = StreamRules()
+        submitted: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in self.servicer.until_draining(self.requests):
+                pending = _Pending(loop.create_future())
+                await self.pending.put(pending)
+                broken = rules.check(message.stream_id, message.index)
+                if broken:
+                    self.servicer.answer_invalid(message, broken, pending.answer)
+                    continue
+                cost = frame_cost(message, self.pipeline.runner.input_size)
+                pending.reserved = await self.servicer.memory.reserve(self.key, cost)
+                submitted = self.servicer.start_frame(message, self.key, pending.answer, submitted)
+        finally:
+            # No await here: this also runs when the call is cancelled. A full queue
+            # needs no marker: the writer drains it, then sees reading_done.
+            self.reading_done = True
+            if not self.pending.full():
+                self.pending.put_nowait(None)
+
+    async def _write_answers(self) -> bool:
+        """Write every answer in order until reading ends; False if the client stopped reading."""
+        while not (self.pending.empty() and self.reading_done):
+            pending = await self.pending.get()
+            if pending is None:
+                break
+            answer = await pending.answer
+            try:
+                # A client that stops reading fills gRPC's flow-control window and this
+                # write stalls; past the timeout the stream is ended rather than held.
+                await asyncio.wait_for(self.context.write(answer.message), self.config.send_timeout_s)
+            except asyncio.TimeoutError:
+                await self._give_up_on_slow_client()
+                return False
+            self.servicer.memory.release(self.key, pending.reserved)
+            self.servicer.observe_send(answer.server_s, time.monotonic() - answer.ready_at)
+        return True
+
+    async def _give_up_on_slow_client(self) -> None:
+        self.pipeline.metrics.stream_aborts.labels("slow_client").inc()
+        # Its status cannot overtake the results it has not read, so it may never be
+        # delivered: free what the stream holds first, whatever the client does next.
+        self.release()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                self.context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"results could not be delivered for {self.config.send_timeout_s:g} s (the client is not reading "
+                    "them); stream closed",
+                ),
+                ABORT_WAIT_S,
+            )
 
 
 class SegmenterServicer(pb_grpc.SegmenterServicer):
@@ -133,6 +321,8 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.active_streams = 0
         self.draining = False
         self.drain_started = asyncio.Event()
+        self.memory = MemoryBudget(config.memory_limit_bytes, config.stream_memory_limit_bytes)
+        pipeline.metrics.track_frame_memory(lambda: self.memory.held, self.memory.limit)
         self.tasks: set[asyncio.Future[None]] = set()  # strong references to running frame tasks
 
     async def Segment(  # noqa: N802 (gRPC method name)
@@ -149,95 +339,45 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             )
         self.active_streams += 1
         self.pipeline.metrics.active_streams.inc()
-        stream_key = uuid.uuid4().hex
-        self.pipeline.open_stream(stream_key)
-        loop = asyncio.get_running_loop()
-        # Bounded: when a stream has this many frames in flight the server stops reading it,
-        # which is the back-pressure a no-drop (offline) client gets.
-        pending: asyncio.Queue[asyncio.Future[Result] | None] = asyncio.Queue(self.config.inflight_per_stream)
-        reading_done = asyncio.Event()
-
-        async def read() -> None:
-            submitted: asyncio.Future[None] | None = None
-            rules = StreamRules()
-            try:
-                async for message in self._until_draining(request_iterator):
-                    answer: asyncio.Future[Result] = loop.create_future()
-                    await pending.put(answer)
-                    broken = rules.check(message.stream_id, message.index)
-                    if broken:
-                        self._answer_invalid(message, broken, answer)
-                    else:
-                        submitted = self._start(message, stream_key, answer, submitted)
-            finally:
-                # No await here: this also runs when the call is cancelled. A full queue
-                # needs no marker: the writer drains it, then sees reading_done.
-                reading_done.set()
-                if not pending.full():
-                    pending.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+        call = SegmentCall(self, request_iterator, context)
         try:
-            while not (pending.empty() and reading_done.is_set()):
-                answer = await pending.get()
-                if answer is None:
-                    break
-                result = await answer
-                ready = time.monotonic()
-                message = await self._to_proto(result)
-                try:
-                    # A client that stops reading fills gRPC's flow-control window and this
-                    # write stalls; past the timeout the stream is ended rather than held.
-                    await asyncio.wait_for(context.write(message), self.config.send_timeout_s)
-                except asyncio.TimeoutError:
-                    self.pipeline.metrics.stream_aborts.labels("slow_client").inc()
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"client did not read results for {self.config.send_timeout_s:g} s; stream closed",
-                    )
-                self._observe_send(result, time.monotonic() - ready)
-            await reader
-            if self.draining:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "server shutting down: every frame it read was answered; send the rest elsewhere",
-                )
+            await call.run()
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            self.pipeline.close_stream(stream_key)
-            self.active_streams -= 1
-            self.pipeline.metrics.active_streams.dec()
+            call.release()  # before any await: a cancellation cannot skip it
+            await call.stop_reading()
 
-    async def _until_draining(self, requests: AsyncIterator[pb.Frame]) -> AsyncIterator[pb.Frame]:
+    async def until_draining(self, requests: AsyncIterator[pb.Frame]) -> AsyncIterator[pb.Frame]:
         """The stream's frames, until it ends or the server starts draining (then no more are read)."""
         iterator = aiter(requests)
         drain = asyncio.ensure_future(self.drain_started.wait())
+        following: asyncio.Future[pb.Frame] | None = None
         try:
             while True:
                 following = asyncio.ensure_future(anext(iterator))
                 await asyncio.wait({following, drain}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():  # draining: this frame is not read, so not accepted
-                    following.cancel()
-                    await asyncio.gather(following, return_exceptions=True)
                     return
                 try:
                     message = following.result()
                 except StopAsyncIteration:
                     return
+                following = None
                 yield message
         finally:
             drain.cancel()
+            if following is not None:  # left waiting for a frame: nobody will take its outcome
+                following.cancel()
+                following.add_done_callback(_consume_outcome)
 
     def start_draining(self) -> None:
         """Refuse new streams and stop reading open ones; frames already read are still answered."""
         self.draining = True
         self.drain_started.set()
 
-    def _answer_invalid(self, message: pb.Frame, error: str, answer: asyncio.Future[Result]) -> None:
-        result = invalid_result(message.stream_id, message.index, error, time.monotonic(), message.client_time_ns)
+    def answer_invalid(self, message: pb.Frame, error: str, answer: asyncio.Future[_Answer]) -> None:
+        result = invalid_result(_cut(message.stream_id), message.index, error, time.monotonic(), message.client_time_ns)
         self.pipeline.record(result, "grpc")
-        answer.set_result(result)
+        answer.set_result(_Answer.of(result))
 
     async def _to_proto(self, result: Result) -> pb.FrameResult:
         """Protobuf for a Result; PNG/JPEG encoding runs on the worker pool, not the event loop."""
@@ -246,43 +386,60 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
 
-    def _observe_send(self, result: Result, send_s: float) -> None:
+    def observe_send(self, server_s: float, send_s: float) -> None:
         stages = self.pipeline.metrics.stage_seconds
         stages.labels("send").observe(send_s)
-        stages.labels("end_to_end").observe(result.timing.server_s + send_s)
+        stages.labels("end_to_end").observe(server_s + send_s)
 
-    def _start(
+    def start_frame(
         self,
         message: pb.Frame,
         stream_key: str,
-        answer: asyncio.Future[Result],
+        answer: asyncio.Future[_Answer],
         previous: asyncio.Future[None] | None,
     ) -> asyncio.Future[None]:
-        """Decode off the event loop, then submit in stream order; returns 'submitted'."""
+        """Decode off the event loop, then submit in stream order; returns 'submitted'.
+
+        The answer is encoded (mask PNG, overlay JPEG) as soon as its result is ready, on the
+        worker pool, so that what waits to be sent holds no full-resolution pixels."""
         loop = asyncio.get_running_loop()
         received_at = time.monotonic()
         submitted: asyncio.Future[None] = loop.create_future()
 
-        def deliver(result: Result) -> None:
+        def settle(ready: _Answer) -> None:
             if not answer.done():
-                answer.set_result(result)
+                answer.set_result(ready)
 
-        def deliver_threadsafe(result: Result) -> None:
+        def deliver(result: Result) -> None:  # on the event loop
+            settle(_Answer.of(result))
+
+        def encode_and_settle(result: Result) -> None:  # on a worker
+            ready = _Answer.of(result)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
+                loop.call_soon_threadsafe(settle, ready)
+
+        def deliver_threadsafe(result: Result) -> None:  # on the batcher's thread
+            if result.mask is not None or result.overlay is not None:
+                with contextlib.suppress(RuntimeError):  # pool shut down: encoded on the loop instead
+                    self.pipeline.decode_pool.submit(encode_and_settle, result)
+                    return
             with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
                 loop.call_soon_threadsafe(deliver, result)
 
         async def run() -> None:
+            client_id = message.stream_id
             try:
                 frame = await loop.run_in_executor(
                     self.pipeline.decode_pool, self._decode, message, stream_key, received_at
                 )
             except InvalidFrameError as exc:
                 frame = None
-                result = invalid_result(message.stream_id, message.index, str(exc), received_at, message.client_time_ns)
+                result = invalid_result(client_id, message.index, str(exc), received_at, message.client_time_ns)
             except Exception as exc:
-                logger.exception("decoding frame %s#%d failed", message.stream_id, message.index)
+                logger.exception("decoding frame %s#%d failed", _cut(client_id, 64), message.index)
                 frame = None
-                result = invalid_result(message.stream_id, message.index, f"cannot read frame: {exc}", received_at)
+                error = f"cannot read frame: {exc}"
+                result = invalid_result(client_id, message.index, error, received_at, message.client_time_ns)
             if previous is not None:
                 await previous
             try:
@@ -336,6 +493,11 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def Watch(  # noqa: N802
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
+        if len(request.source) > MAX_ID_CHARS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"source name is {len(request.source)} characters long; at most {MAX_ID_CHARS} are allowed",
+            )
         hub = self.sources.get(request.source)
         if hub is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
@@ -377,7 +539,9 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     ) -> pb.ListSourcesResponse:
         return pb.ListSourcesResponse(
             sources=[
-                pb.SourceInfo(name=h.name, uri=h.uri, state=h.state, frames=h.frames, subscribers=h.subscriber_count)
+                pb.SourceInfo(
+                    name=h.name, uri=h.shown_uri, state=h.state, frames=h.frames, subscribers=h.subscriber_count
+                )
                 for h in self.sources.values()
             ]
         )

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from service.batcher import BatcherStoppedError, QueueFullError
-from service.capture import FrameSource, SourceError, is_live, open_source
+from service.capture import FrameSource, SourceError, is_live, open_source, redact_uri
 from service.frames import FrameOptions, Result
 from service.pipeline import Pipeline
 
@@ -50,6 +50,7 @@ class SourceHub:
     def __init__(self, name: str, uri: str, pipeline: Pipeline, *, realtime: bool = True, inflight: int = 4) -> None:
         self.name = name
         self.uri = uri
+        self.shown_uri = redact_uri(uri)  # what logs and ListSources show: no credentials
         self.pipeline = pipeline
         self.realtime = realtime
         self.live = is_live(uri)
@@ -151,13 +152,13 @@ class SourceHub:
             try:
                 source = self._take_opened() or self._open_new()
             except SourceError as exc:
-                self.error = str(exc)
+                self.error = str(exc).replace(self.uri, self.shown_uri)  # whoever wrote it, no credentials
                 if not self.live:
-                    logger.error("source %s: %s", self.name, exc)
+                    logger.error("source %s: %s", self.name, self.error)
                     self.state = "failed"
                     self._finish()
                     return
-                logger.warning("source %s: %s; retrying in %.1f s", self.name, exc, backoff)
+                logger.warning("source %s: %s; retrying in %.1f s", self.name, self.error, backoff)
             else:
                 self.state = "running"
                 if self._pump(source):

@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from models.training.cache import load_cache
+from service.runner import record_checksum
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -298,6 +299,7 @@ def main() -> None:
             "polypstream.training": f"seed={args.seed} epochs={len(history)} val_dice={best:.4f}",
         },
     )
+    record_checksum(onnx_path)  # a named model is checked against it when loaded
     (args.out / f"{args.preset}.training.json").write_text(json.dumps(record, indent=1) + "\n")
     # The held-out ids: what models.training.tune_regions may tune on (never test.txt).
     (args.out / f"{args.preset}.val-ids.txt").write_text("\n".join(ids[i] for i in val_idx) + "\n")

@@ -18,7 +18,7 @@ import onnx
 from service.dataset import load_split
 from service.evaluate import match_boxes, read_as_served
 from service.postprocess import MIN_AREA_FRACTION, locate_polyps
-from service.runner import META_PREFIX, Runner
+from service.runner import META_PREFIX, Runner, record_checksum
 
 FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -62,7 +62,8 @@ def main() -> None:
         model.metadata_props.extend(kept)
         model.metadata_props.add(key=META_PREFIX + "min_region_score", value=f"{best[0]:g}")
         onnx.save(model, str(args.model))
-        print(f"wrote {META_PREFIX}min_region_score={best[0]:g} into {args.model}")
+        record_checksum(args.model)  # a named model is checked against it when loaded
+        print(f"wrote {META_PREFIX}min_region_score={best[0]:g} into {args.model} (SHA256SUMS updated)")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,20 @@ def test_serve_refuses_a_stream_url_that_does_not_answer(tiny_model: Path) -> No
     assert line.startswith(f"polypstream serve: error: source 'scope': {url}: cannot open")
 
 
+def test_serve_never_prints_the_password_of_a_source_url(tiny_model: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    url = f"http://viewer:S3CRET@127.0.0.1:{port}/live.ts"
+    done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={url}", "--metrics-address", "")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"polypstream serve: error: source 'scope': http://***@127.0.0.1:{port}/live.ts: cannot open"
+    )
+    assert "S3CRET" not in done.stderr + done.stdout
+
+
 def test_help_lists_the_commands() -> None:
     done = polypstream("--help")
     assert done.returncode == 0

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
 from service.client import SegmenterClient, encode_frame
 from service.config import ServerConfig
 from service.frames import FrameOptions
@@ -55,9 +56,29 @@ def test_a_client_that_stops_reading_loses_its_stream_and_no_one_else_does(
             for _ in responses:
                 pass
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "did not read results" in (err.value.details() or "")
+        assert "results could not be delivered for 1 s" in (err.value.details() or "")
         wait_for(lambda: registry.get_sample_value("polypstream_active_streams") == 0)
         slow_channel.close()
+
+
+def test_a_client_that_never_reads_frees_its_slot_when_the_server_gives_up_on_it(
+    pipeline: Pipeline, registry: CollectorRegistry
+) -> None:
+    # Given a server with room for one stream, and a client that sends overlays and never reads
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_streams=1, send_timeout_s=1.0)
+    with serve_in_thread(pipeline, config) as running:
+        channel = grpc.insecure_channel(running.address)
+        responses = pb_grpc.SegmenterStub(channel).Segment(big_frames(400))
+        wait_for(lambda: registry.get_sample_value("polypstream_stream_aborts_total", {"reason": "slow_client"}) == 1)
+        # Then its slot is free while it still has not read anything nor hung up
+        wait_for(lambda: registry.get_sample_value("polypstream_active_streams") == 0)
+        assert not pipeline._trackers
+        wait_for(lambda: registry.get_sample_value("polypstream_frame_memory_bytes") == 0)
+        with SegmenterClient(running.address) as other:
+            good = [encode_frame(square_image(), "good", i, FrameOptions(no_drop=True)) for i in range(3)]
+            assert [a.status for a in other.segment(iter(good))] == ["OK"] * 3
+        responses.cancel()
+        channel.close()
 
 
 def test_a_client_that_disconnects_mid_stream_leaves_nothing_behind(

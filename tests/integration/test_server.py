@@ -328,3 +328,34 @@ def test_reflection_lists_the_services(client: SegmenterClient) -> None:
         iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="polypstream.v1.Segmenter")])
     )
     assert described.file_descriptor_response.file_descriptor_proto  # what grpcurl needs to call it
+
+
+def test_an_overlong_stream_id_is_refused_without_being_echoed_and_the_stream_goes_on(client: SegmenterClient) -> None:
+    huge = "x" * (11 * 1024 * 1024)  # 11 MiB: echoed whole, the answer would outgrow the message limit
+    good = list(frames(2, stream_id="s"))
+    bad = encode_frame(square_image(box=SQUARE), huge, 0, FrameOptions(no_drop=True))
+    answers = list(client.segment(iter([bad, good[1]])))
+    assert [a.status for a in answers] == ["INVALID_FRAME", "OK"]
+    refused = answers[0].result
+    assert refused.error == f"stream_id is {len(huge)} characters long; at most 256 are allowed"
+    assert refused.stream_id == "x" * 256 + "…"
+    assert answers[1].result.stream_id == "s"
+
+
+def test_watch_refuses_an_overlong_source_name_and_does_not_echo_it(server: RunningServer) -> None:
+    with SegmenterClient(server.address) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            list(c.stub.Watch(pb.WatchRequest(source="n" * 100_000)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "source name is 100000 characters long; at most 256 are allowed"
+        with pytest.raises(grpc.RpcError) as err:
+            list(c.stub.Watch(pb.WatchRequest(source="n" * 256)))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_sources_hides_the_password_of_a_source_url(pipeline: Pipeline) -> None:
+    hub = SourceHub("scope", "rtsp://viewer:S3CRET@camera.invalid/live", pipeline)  # never started
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as c:
+        (info,) = c.stub.ListSources(pb.ListSourcesRequest()).sources
+        assert info.uri == "rtsp://***@camera.invalid/live"

@@ -191,3 +191,51 @@ def test_realtime_pacing_follows_the_files_frame_rate(tmp_path: Path, monkeypatc
     assert slept == pytest.approx([0.1] * 9)  # frame i is handed out i/10 s after the start
     slept.clear()
     assert len(list(VideoSource(str(clip), realtime=False))) == 10 and slept == []  # fast: no waiting
+
+
+def progressive(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+
+
+def with_repeated_last_scan(data: bytes, times: int) -> bytes:
+    """A crafted JPEG: its last (refinement) scan repeated, as a decoder-pinning attack does."""
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * times + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_decodes_with_its_size_from_the_header() -> None:
+    data = progressive(square_image(96, 80))
+    assert data.count(b"\xff\xda") == 10  # libjpeg's standard progression for colour
+    assert capture.jpeg_size(data) == (96, 80)
+    image, size = decode_encoded(data, min_size=(16, 16))
+    assert size == (96, 80) and image.shape == (20, 24, 3)  # decoded at 1/4
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    crafted = with_repeated_last_scan(progressive(square_image(96, 80)), 2500)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("imdecode must not be reached")
+
+    monkeypatch.setattr(capture.cv2, "imdecode", no_decoding)
+    with pytest.raises(InvalidFrameError, match=r"^JPEG 96x80 has 2510 scans; at most 64 are decoded at this size$"):
+        decode_encoded(crafted)
+
+
+def test_the_scan_limit_shrinks_with_the_image_so_the_decode_cost_stays_bounded() -> None:
+    # 16 x max_pixels scan-pixels: a frame of a quarter of the limit may have 64 scans,
+    # one of half the limit 32 (a standard progressive JPEG has 10).
+    data = with_repeated_last_scan(progressive(square_image(100, 100)), 23)  # 33 scans
+    assert data.count(b"\xff\xda") == 33
+    decode_encoded(data, max_pixels=40_000)  # 100x100 is a quarter: up to 64 scans
+    with pytest.raises(InvalidFrameError, match="has 33 scans; at most 32 are decoded at this size"):
+        decode_encoded(data, max_pixels=20_000)  # half the limit: up to 32 scans
+
+
+def test_a_jpeg_with_hundreds_of_segments_before_its_frame_header_is_refused() -> None:
+    data = jpeg(square_image())
+    comments = b"\xff\xfe\x00\x03x" * 300  # 300 one-byte COM segments
+    with pytest.raises(InvalidFrameError, match="more than 256 segments before its frame header"):
+        decode_encoded(data[:2] + comments + data[2:])
+    image, _ = decode_encoded(data[:2] + comments[: 5 * 200] + data[2:])  # 200 are fine
+    assert image.shape == (80, 96, 3)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.runner import ModelContract, ModelError, Runner, resolve_model
+from service.runner import ModelContract, ModelError, Runner, record_checksum, resolve_model
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
 
@@ -99,11 +100,51 @@ def test_resolve_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mod
     with pytest.raises(ModelError, match=r"no fast\.onnx or accurate\.onnx"):
         resolve_model(None)
     (tmp_path / "fast.onnx").write_bytes(tiny_model.read_bytes())
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(tiny_model.read_bytes()).hexdigest()}  fast.onnx\n")
     assert resolve_model(None) == tmp_path / "fast.onnx"
     assert resolve_model("fast") == tmp_path / "fast.onnx"
     assert resolve_model(str(tiny_model)) == tiny_model
     with pytest.raises(ModelError, match=r"accurate\.onnx: model file not found"):
         resolve_model("accurate")
+
+
+def test_a_named_model_that_does_not_match_its_recorded_sha256_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    # Given a named model whose checksum is recorded, then 64 bytes flipped mid-file
+    monkeypatch.setenv("POLYPSTREAM_MODELS_DIR", str(tmp_path))
+    data = bytearray(tiny_model.read_bytes())
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()}  fast.onnx\n")
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    (tmp_path / "fast.onnx").write_bytes(bytes(data))
+    # Then loading it by name (or by default) is refused, saying so; by path it loads
+    for spec in ("fast", None):
+        with pytest.raises(ModelError, match=r"fast\.onnx: SHA-256 [0-9a-f]{12}… does not match the recorded"):
+            resolve_model(spec)
+    assert resolve_model(str(tmp_path / "fast.onnx")) == tmp_path / "fast.onnx"
+
+
+def test_a_named_model_without_a_recorded_sha256_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    monkeypatch.setenv("POLYPSTREAM_MODELS_DIR", str(tmp_path))
+    (tmp_path / "fast.onnx").write_bytes(tiny_model.read_bytes())
+    with pytest.raises(ModelError, match=r"fast\.onnx: no SHA-256 recorded for it in .*SHA256SUMS"):
+        resolve_model("fast")
+    record_checksum(tmp_path / "fast.onnx")  # what the training tools do after writing a model
+    assert resolve_model("fast") == tmp_path / "fast.onnx"
+    assert (
+        tmp_path / "SHA256SUMS"
+    ).read_text() == f"{hashlib.sha256(tiny_model.read_bytes()).hexdigest()}  fast.onnx\n"
+
+
+def test_the_shipped_models_match_their_recorded_sha256() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "models"
+    recorded = (shipped / "SHA256SUMS").read_text().split()
+    assert recorded[1::2] == sorted(p.name for p in shipped.glob("*.onnx"))
+    for digest, name in zip(recorded[::2], recorded[1::2], strict=True):
+        assert hashlib.sha256((shipped / name).read_bytes()).hexdigest() == digest
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tiny_model: Path) -> None:

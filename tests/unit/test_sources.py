@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service import sources as sources_module
-from service.capture import CapturedFrame, SourceError
+from service.capture import CapturedFrame, SourceError, redact_uri
 from service.frames import FrameOptions, Result, Status
 from service.pipeline import Pipeline
 from service.sources import SourceHub, Subscription
@@ -129,3 +129,35 @@ def test_a_source_makes_the_frame_resolution_mask_if_any_watcher_wants_it(
         assert wanted.return_mask and wanted.return_overlay and not wanted.mask_at_model_resolution
     finally:
         loop.close()
+
+
+def test_a_live_source_never_logs_or_reports_its_password(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FlakyFeed.opens = 0
+    monkeypatch.setattr(sources_module, "open_source", FlakyFeed)
+    hub = SourceHub("scope", "rtsp://viewer:S3CRET@camera.invalid/live", pipeline)
+    hub.backoff_s = 0.01
+    with caplog.at_level("WARNING", logger="service.sources"):
+        hub.start()
+        wait_for(lambda: hub.reconnects >= 2)  # a failed open and a stop: both logged
+        hub.stop()
+    assert hub.shown_uri == "rtsp://***@camera.invalid/live"
+    assert "rtsp://***@camera.invalid/live: connection refused" in caplog.text
+    assert "S3CRET" not in caplog.text + hub.error
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("rtsp://viewer:S3CRET@10.0.0.5:554/live?ch=1", "rtsp://***@10.0.0.5:554/live?ch=1"),
+        ("http://token@host/a.ts", "http://***@host/a.ts"),
+        ("rtsp://a:b@c@host/x", "rtsp://***@host/x"),  # '@' inside the password
+        ("rtsp://host/path@not-user-info", "rtsp://host/path@not-user-info"),
+        ("https://host/x?next=a@b", "https://host/x?next=a@b"),
+        ("videos/clip@2x.avi", "videos/clip@2x.avi"),
+        ("0", "0"),
+    ],
+)
+def test_redact_uri_hides_user_info_only(uri: str, shown: str) -> None:
+    assert redact_uri(uri) == shown

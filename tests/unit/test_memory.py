@@ -1,0 +1,112 @@
+"""The byte budget frames of client streams share, and what one frame is charged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import cv2
+import numpy as np
+import pytest
+
+from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service.memory import MemoryBudget
+from service.server import frame_cost
+
+
+def test_a_stream_waits_for_its_own_share_and_others_go_on() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=40)
+        assert await budget.reserve("a", 30) == 30
+        blocked = asyncio.ensure_future(budget.reserve("a", 30))  # 60 > a's share of 40
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        assert await budget.reserve("b", 40) == 40  # another stream is not held up by a's wait
+        budget.release("a", 30)
+        assert await blocked == 30
+        assert (budget.held, budget.held_by("a"), budget.held_by("b")) == (70, 30, 40)
+
+    asyncio.run(scenario())
+
+
+def test_the_total_is_granted_in_arrival_order() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=100)
+        await budget.reserve("a", 90)
+        big = asyncio.ensure_future(budget.reserve("b", 60))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(budget.reserve("c", 10))  # fits now, but b came first
+        await asyncio.sleep(0)
+        assert not big.done() and not small.done()
+        budget.release("a", 90)
+        assert (await big, await small) == (60, 10)
+        assert budget.held == 70
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_larger_than_a_share_is_charged_the_share_so_it_can_pass() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=40)
+        assert await budget.reserve("a", 1000) == 40
+        assert budget.held_by("a") == 40
+
+    asyncio.run(scenario())
+
+
+def test_closing_a_stream_gives_back_what_it_holds_and_cancels_what_it_waits_for() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=50, per_stream=50)
+        await budget.reserve("a", 50)
+        waiting_a = asyncio.ensure_future(budget.reserve("a", 10))
+        waiting_b = asyncio.ensure_future(budget.reserve("b", 20))
+        await asyncio.sleep(0)
+        budget.close_stream("a")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting_a
+        assert await waiting_b == 20
+        assert (budget.held, budget.held_by("a")) == (20, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_wait_takes_nothing_and_lets_the_next_in() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=100)
+        await budget.reserve("a", 50)
+        first = asyncio.ensure_future(budget.reserve("b", 80))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(budget.reserve("c", 40))
+        await asyncio.sleep(0)
+        first.cancel()  # the head of the queue leaves: c now fits
+        assert await second == 40
+        assert (budget.held, budget.held_by("b")) == (90, 0)
+
+    asyncio.run(scenario())
+
+
+def test_limits_must_be_consistent() -> None:
+    with pytest.raises(ValueError, match="per stream"):
+        MemoryBudget(limit=10, per_stream=20)
+
+
+def jpeg_bytes(width: int, height: int) -> bytes:
+    return cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+
+
+def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
+    model = (160, 160)
+    model_bytes = 16 * 160 * 160  # float32 CHW input (12 bytes a pixel) + float32 probabilities
+    data = jpeg_bytes(1920, 1080)
+    # A JPEG without overlay is decoded at the smallest scale covering 160x160: 1/4 -> 480x270
+    plain = pb.Frame(encoded=data)
+    assert frame_cost(plain, model) == len(data) + model_bytes + 3 * 480 * 270
+    # An overlay needs the full decode, the boolean mask and its 0/255 copy, and the overlay
+    overlay = pb.Frame(encoded=data, options=pb.FrameOptions(return_overlay=True))
+    assert frame_cost(overlay, model) == len(data) + model_bytes + 3 * 1920 * 1080 + 2 * 1920 * 1080 + 3 * 1920 * 1080
+    # A mask at the model's resolution costs no frame-sized buffer
+    small_mask = pb.Frame(encoded=data, options=pb.FrameOptions(return_mask=True, mask_at_model_resolution=True))
+    assert frame_cost(small_mask, model) == frame_cost(plain, model)
+    # Raw pixels are used as they come; unreadable bytes cost what they weigh
+    raw = pb.Frame(raw=pb.RawImage(width=64, height=48, format=pb.PIXEL_FORMAT_BGR8, data=b"\0" * 9216))
+    assert frame_cost(raw, model) == 9216 + model_bytes + 3 * 64 * 48
+    assert frame_cost(pb.Frame(encoded=b"garbage"), model) == 7 + model_bytes
