@@ -1,6 +1,10 @@
 """Soak: K client streams for M minutes against a running server, mixing valid frames,
-bad frames and clients that hang up mid-stream; every frame must be accounted for and the
-server's memory must stay flat.
+bad frames and clients that hang up mid-stream, beside the ordinary clients that used to
+break it (--adversarial, on by default): clients that cancel after a few answers, clients
+that never read, an offline client sending as fast as it may, and oversized frames (4096x4096
+JPEGs with overlays; a JPEG with thousands of scans). Every frame must be accounted for,
+the server's memory must stay bounded, every stream slot must come back, live streams must
+keep their budget, and the server must log no ERROR line.
 
     python -m benchmarks.soak --minutes 10 --streams 4 [--server ADDR --metrics URL] [--json OUT]
 
@@ -14,6 +18,7 @@ get no answer are 'abandoned'; any other unanswered frame is 'lost' (must be 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import threading
 import time
@@ -21,7 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import grpc
+import numpy as np
 
 from benchmarks.common import (
     command_line,
@@ -33,6 +40,7 @@ from benchmarks.common import (
     write_result,
 )
 from service._proto.polypstream.v1 import segmenter_pb2 as pb
+from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
 from service.client import SegmenterClient
 from service.replay import percentiles
 
@@ -113,8 +121,109 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
                 totals.errors.append(error)
 
 
-def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: float, seed: int) -> dict[str, object]:
+@dataclass
+class Adversaries:
+    cancels: int = 0
+    non_readers: int = 0
+    offline_sent: int = 0
+    offline_answered: dict[str, int] = field(default_factory=dict)
+    offline_errors: list[str] = field(default_factory=list)
+    oversized: dict[str, int] = field(default_factory=dict)
+
+
+def canceller(address: str, encoded: list[bytes], stop_at: float, rng: random.Random, adv: Adversaries) -> None:
+    """Sends at 15 frames/s, reads a few answers and cancels: normal behaviour, over and over."""
+    while time.monotonic() < stop_at:
+        channel = grpc.insecure_channel(address)
+        stub = pb_grpc.SegmenterStub(channel)
+
+        def frames() -> Iterator[pb.Frame]:
+            for i in range(1000):
+                yield pb.Frame(stream_id="cancel", index=i, encoded=encoded[i % len(encoded)])
+                time.sleep(1 / 15)
+
+        call = stub.Segment(frames())
+        with contextlib.suppress(grpc.RpcError):
+            for _ in range(rng.randint(1, 5)):
+                next(call)
+        call.cancel()
+        adv.cancels += 1
+        channel.close()
+        time.sleep(0.5)
+
+
+def non_reader(address: str, big: bytes, stop_at: float, hold_s: float, adv: Adversaries) -> None:
+    """Sends 1080p frames at 10 frames/s asking for overlays, never reads one; hangs up after `hold_s`."""
+    options = pb.FrameOptions(return_overlay=True, return_mask=True)
+    while time.monotonic() < stop_at:
+        channel = grpc.insecure_channel(address)
+
+        def frames() -> Iterator[pb.Frame]:
+            for i in range(10_000):
+                yield pb.Frame(stream_id="mute", index=i, encoded=big, options=options)
+                time.sleep(0.1)  # a live feed at 10 frames/s whose results nobody reads
+
+        call = pb_grpc.SegmenterStub(channel).Segment(frames())
+        time.sleep(min(hold_s, max(0.0, stop_at - time.monotonic())))
+        call.cancel()
+        adv.non_readers += 1
+        channel.close()
+
+
+def offline_client(address: str, encoded: list[bytes], stop_at: float, adv: Adversaries) -> None:
+    """No-drop streams of 200 frames as fast as the server takes them: every one answered."""
+    n = 0
+    while time.monotonic() < stop_at:
+        frames = [
+            pb.Frame(stream_id=f"offline{n}", index=i, encoded=encoded[i % len(encoded)],
+                     options=pb.FrameOptions(no_drop=True))
+            for i in range(200)
+        ]  # fmt: skip
+        adv.offline_sent += len(frames)
+        try:
+            with SegmenterClient(address) as client:
+                for answer in client.segment(iter(frames)):
+                    adv.offline_answered[answer.status] = adv.offline_answered.get(answer.status, 0) + 1
+        except grpc.RpcError as exc:
+            adv.offline_errors.append(f"{exc.code().name}: {exc.details()}")
+        n += 1
+
+
+def oversized(address: str, big: bytes, crafted: bytes, stop_at: float, adv: Adversaries) -> None:
+    """Every few seconds a 4096x4096 JPEG with overlay and mask, and a JPEG of 2,500 scans."""
+    options = pb.FrameOptions(return_overlay=True, return_mask=True)
+    n = 0
+    while time.monotonic() < stop_at:
+        frames = [
+            pb.Frame(stream_id=f"big{n}", index=0, encoded=big, options=options),
+            pb.Frame(stream_id=f"big{n}", index=1, encoded=crafted),
+        ]
+        try:
+            with SegmenterClient(address) as client:
+                for answer in client.segment(iter(frames)):
+                    adv.oversized[answer.status] = adv.oversized.get(answer.status, 0) + 1
+        except grpc.RpcError as exc:
+            key = f"error {exc.code().name}"
+            adv.oversized[key] = adv.oversized.get(key, 0) + 1
+        n += 1
+        time.sleep(5.0)
+
+
+def crafted_jpeg(image: np.ndarray, scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: thousands of scans in a small file."""
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * scans + b"\xff\xd9"
+
+
+def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: float, seed: int,
+         adversarial: bool = True, hold_s: float = 12.0, budget_ms: float = 40.0) -> dict[str, object]:  # fmt: skip
     encoded = [jpeg(f) for f in endoscopy_frames(24)]
+    big_image = cv2.resize(endoscopy_frames(1)[0], (4096, 4096))
+    big = jpeg(big_image)
+    crafted = crafted_jpeg(np.full((4096, 4096, 3), 128, np.uint8), 2500)  # small file, 2,510 scans
+    hd = jpeg(cv2.resize(big_image, (1920, 1080)))
+    adv = Adversaries()
     totals, lock = Totals(), threading.Lock()
     rss: list[tuple[float, float]] = []
     started = time.perf_counter()
@@ -128,6 +237,15 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             n += 1
 
     threads = [threading.Thread(target=worker, args=(k,), name=f"soak-{k}") for k in range(streams)]
+    if adversarial:
+        end = time.monotonic() + seconds
+        rng = random.Random(seed)
+        threads += [
+            threading.Thread(target=canceller, args=(address, encoded, end, rng, adv)),
+            threading.Thread(target=non_reader, args=(address, hd, end, hold_s, adv)),
+            threading.Thread(target=offline_client, args=(address, encoded, end, adv)),
+            threading.Thread(target=oversized, args=(address, big, crafted, end, adv)),
+        ]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -136,6 +254,8 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             t.join(timeout=max(1.0, seconds / 30))
     rss.append((time.perf_counter() - started, scrape(metrics_url).get(RSS, 0.0)))
     wall = time.perf_counter() - started
+    time.sleep(2.0)  # the last streams' ends reach the server
+    after = scrape(metrics_url)
     window = max(5.0, seconds / 20)
     over_time = []
     for i in range(int(wall // window) + 1):
@@ -165,6 +285,27 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             "max": round(max(v for _, v in rss) / 2**20, 1),
         },
         "rss_growth_mb": round((last - first) / 2**20, 1),
+        "live_ok_within_budget_share": round(
+            sum(1 for _, ms in totals.latencies if ms <= budget_ms)
+            / max(1, sum(n for status, n in totals.answered.items() if status != "INVALID_FRAME")),
+            4,
+        ),
+        "adversarial": {
+            "cancelled_streams": adv.cancels,
+            "non_reading_streams": adv.non_readers,
+            "offline_sent": adv.offline_sent,
+            "offline_answered": adv.offline_answered,
+            "offline_lost": adv.offline_sent - sum(adv.offline_answered.values()),
+            "offline_errors": adv.offline_errors[:20],
+            "oversized_answers": adv.oversized,
+        }
+        if adversarial
+        else None,
+        "after": {
+            "active_streams": after.get("polypstream_active_streams"),
+            "frame_memory_bytes": after.get("polypstream_frame_memory_bytes"),
+            "slow_client_aborts": after.get('polypstream_stream_aborts_total{reason="slow_client"}'),
+        },
     }
 
 
@@ -178,6 +319,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="overrides --minutes (short runs)")
     parser.add_argument("--fps", type=float, default=25.0, help="frames/s per stream")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--send-timeout", type=float, default=5.0, help="serve --send-timeout (server started here)")
+    parser.add_argument("--no-adversarial", action="store_true", help="only the live streams")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>-soak.json)")
     args = parser.parse_args()
     seconds = args.seconds or args.minutes * 60
@@ -187,15 +330,24 @@ def main() -> None:
             parser.error("--server needs --metrics (the server's /metrics URL, for its memory)")
         address, metrics_url = args.server, args.metrics
     else:
-        proc, address, metrics_url = start_server_process("--model", args.model)
+        serve_args = ("--model", args.model, "--send-timeout", str(args.send_timeout))
+        proc, address, metrics_url = start_server_process(*serve_args)
+    server_log = ""
     try:
-        report = soak(address, metrics_url, streams=args.streams, seconds=seconds, fps=args.fps, seed=args.seed)
+        report = soak(
+            address, metrics_url, streams=args.streams, seconds=seconds, fps=args.fps, seed=args.seed,
+            adversarial=not args.no_adversarial, hold_s=2 * args.send_timeout + 2,
+        )  # fmt: skip
     finally:
         if proc is not None:
             proc.terminate()
-            proc.communicate(timeout=60)
-    server = args.server or f"started here: polypstream serve --model {args.model}"
+            server_log = proc.communicate(timeout=60)[1]
+    server = args.server or "started here: polypstream serve " + " ".join(serve_args)
     payload = {"benchmark": "soak", "device": device_name(), "server": server, **report}
+    if proc is not None:
+        errors = [line for line in server_log.splitlines() if " ERROR " in line or "Traceback" in line]
+        payload["server_error_lines"] = len(errors)
+        payload["server_error_examples"] = errors[:10]
     payload["command"] = command_line("benchmarks.soak", args)
     out = write_result("soak", payload, args.out)
     lat = report["latency_ms"]
@@ -203,7 +355,9 @@ def main() -> None:
     print(
         f"{report['seconds']} s, {report['stream_runs']} streams ({report['abandoned_streams']} abandoned): "
         f"sent {report['frames_sent']}, answered {report['answered']}, abandoned {report['abandoned']}, "
-        f"lost {report['lost']}; p99 {lat['p99']} ms; RSS {report['rss_mb']} (growth {report['rss_growth_mb']} MB)"
+        f"lost {report['lost']}; p99 {lat['p99']} ms; RSS {report['rss_mb']} (growth {report['rss_growth_mb']} MB); "
+        f"live OK within budget {report['live_ok_within_budget_share']}; after {report['after']}; "
+        f"adversarial {report['adversarial']}; server ERROR lines {payload.get('server_error_lines')}"
     )
     print(f"wrote {out}")
 

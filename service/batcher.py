@@ -1,10 +1,17 @@
-"""Deadline-aware dynamic batching shared by every stream.
+"""Deadline-aware dynamic batching shared by every stream, live frames first.
 
 A batch launches when it is full, when its oldest frame has waited `max_wait_s`, or when
 waiting for one more frame would make the earliest deadline unreachable. Frames that can
 no longer meet their deadline (and did not ask for no-drop) are answered DROPPED_LATE;
 a batch whose processing raises answers every frame in it with FAILED. No frame submitted
 is ever left without an answer, including at shutdown (the queue is drained).
+
+Live frames (droppable, with a deadline) come first, earliest deadline first. Offline
+(no-drop) frames fill the rest of a batch, but only as many as keep its live frames within
+their deadlines; while live streams are active, a batch of offline frames alone is kept to
+`offline_slice_s`, so a live frame arriving during it can still make its deadline. An
+offline frame that has waited `offline_max_wait_s` gets a place in the next batch whatever
+the live load: offline streams are slowed, never starved.
 """
 
 from __future__ import annotations
@@ -80,6 +87,14 @@ class ServiceTimeEstimator:
             return known[nearest] * batch_size / nearest
 
 
+def _largest(limit: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 0..limit with fits(n), for a `fits` that holds up to some n and not after."""
+    n = 0
+    while n < limit and fits(n + 1):
+        n += 1
+    return n
+
+
 def dropped_result(queued: Queued, now: float) -> Result:
     frame = queued.frame
     queue_s = now - queued.enqueued_at
@@ -122,6 +137,9 @@ class Batcher:
         estimator: ServiceTimeEstimator | None = None,
         launch_margin_s: float = 0.002,
         discard: Callable[[Frame], bool] | None = None,
+        offline_slice_s: float = 0.010,
+        offline_max_wait_s: float = 1.0,
+        live_window_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or capacity < 1:
@@ -135,6 +153,10 @@ class Batcher:
         # turn a frame that could just make its deadline into a dropped one.
         self.launch_margin_s = launch_margin_s
         self._discard = discard  # frames nobody waits for any more (their stream closed)
+        self.offline_slice_s = offline_slice_s
+        self.offline_max_wait_s = offline_max_wait_s
+        self.live_window_s = live_window_s  # live streams count as active this long after a live frame
+        self._last_live_at = -float("inf")
         self._clock = clock
         self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
@@ -145,9 +167,13 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Accept frames (without a worker thread yet: tests take batches with `plan`)."""
         with self._cond:
             self._accepting = True
+
+    def start(self) -> None:
+        self.open()
         self._thread = threading.Thread(target=self._run, name="polypstream-batcher", daemon=True)
         self._thread.start()
 
@@ -166,7 +192,10 @@ class Batcher:
                 raise BatcherStoppedError("the server is shutting down")
             if len(self._queue) >= self.capacity:
                 raise QueueFullError(f"inference queue full ({self.capacity} frames)")
-            self._queue.append(Queued(frame, on_done, self._clock()))
+            now = self._clock()
+            self._queue.append(Queued(frame, on_done, now))
+            if not frame.options.no_drop:
+                self._last_live_at = now
             self._cond.notify()
 
     def _launch_time(self) -> float:
@@ -192,28 +221,49 @@ class Batcher:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
-                hopeless = self._take_hopeless(now)
-                batch: list[Queued] = []
-                discarded: list[Queued] = []
-                while self._queue and len(batch) < self.max_batch:
-                    queued = self._queue.popleft()
-                    if self._discard is not None and self._discard(queued.frame):
-                        discarded.append(queued)
-                    else:
-                        batch.append(queued)
-                batch, late = self._split_late(batch, now)
-                return batch, hopeless + late, discarded
+                return self.plan(now)
+
+    def plan(self, now: float) -> tuple[list[Queued], list[Queued], list[Queued]]:
+        """Take the next batch off the queue: (batch, late, discarded); the worker calls it
+        with the lock held when a batch is due."""
+        hopeless = self._take_hopeless(now)
+        discarded = [q for q in self._queue if self._discard is not None and self._discard(q.frame)]
+        closed = set(map(id, discarded))
+        waiting = [q for q in self._queue if id(q) not in closed]
+        live = sorted((q for q in waiting if not q.frame.options.no_drop), key=lambda q: q.frame.deadline)
+        offline = [q for q in waiting if q.frame.options.no_drop]  # in arrival order
+        batch, late = self._split_late(live[: self.max_batch], now)
+        starving = bool(offline) and now - offline[0].enqueued_at >= self.offline_max_wait_s
+        if starving and len(batch) == self.max_batch:
+            batch.pop()  # the live frame with the latest deadline waits for the next batch
+        taken = self._offline_share(batch, min(len(offline), self.max_batch - len(batch)), now)
+        batch += offline[: max(taken, 1) if starving else taken]
+        gone = set(map(id, batch + late)) | closed
+        self._queue = deque(q for q in self._queue if id(q) not in gone)
+        return batch, hopeless + late, discarded
+
+    def _offline_share(self, live: list[Queued], room: int, now: float) -> int:
+        """How many of `room` offline frames may join a batch holding these live frames."""
+        if room <= 0:
+            return 0
+        if live:  # as many as keep every live frame of the batch within its deadline
+            deadline = min(q.frame.deadline for q in live) - self.launch_margin_s
+            return _largest(room, lambda n: now + self.estimator.estimate(len(live) + n) <= deadline)
+        if now - self._last_live_at <= self.live_window_s:  # room for a live frame arriving meanwhile
+            return max(1, _largest(room, lambda n: self.estimator.estimate(n) <= self.offline_slice_s))
+        return room
 
     def _take_hopeless(self, now: float) -> list[Queued]:
         """Remove, from anywhere in the queue, the droppable frames that would miss their
-        deadline even in a batch of one. Latest frame wins: if that is every frame queued,
-        the freshest stays, so its stream still gets results and the time estimate stays
-        current (a batcher that only drops never measures again, and drops from then on)."""
+        deadline even in a batch of one. Latest frame wins: if that is every live frame
+        queued, the freshest stays, so its stream still gets results and the time estimate
+        stays current (a batcher that only drops never measures again, and drops from then on)."""
         one = self.estimator.estimate(1)
-        hopeless = [q for q in self._queue if not q.frame.options.no_drop and now + one > q.frame.deadline]
+        live = [q for q in self._queue if not q.frame.options.no_drop]
+        hopeless = [q for q in live if now + one > q.frame.deadline]
         if not hopeless:
             return []
-        if len(hopeless) == len(self._queue):
+        if len(hopeless) == len(live):
             hopeless.remove(max(hopeless, key=lambda q: q.frame.received_at))
         doomed = set(map(id, hopeless))
         self._queue = deque(q for q in self._queue if id(q) not in doomed)

@@ -39,9 +39,17 @@ class Pipeline:
             capacity=capacity,
             estimator=ServiceTimeEstimator(),
             discard=lambda frame: frame.stream_key not in self._trackers,
+            # While live streams are active, offline work runs in slices of a quarter of the
+            # budget: a live frame arriving meanwhile still has three quarters left.
+            offline_slice_s=self.budget_s / 4,
         )
         workers = config.decode_workers or os.cpu_count() or 2
         self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-decode")
+        # Offline (no-drop) frames are decoded on their own, smaller pool: a client sending as
+        # fast as it may keeps it busy, never the queue that live frames wait in.
+        self.offline_decode_pool = ThreadPoolExecutor(
+            max_workers=max(1, workers // 2), thread_name_prefix="polypstream-decode-offline"
+        )
         self._trackers: dict[str, IouTracker] = {}
         self._lock = threading.Lock()
         metrics.track_queue_depth(lambda: self.batcher.depth)
@@ -72,6 +80,7 @@ class Pipeline:
         """Answer every accepted frame, then stop the worker threads."""
         self.batcher.stop()
         self.decode_pool.shutdown(wait=True)
+        self.offline_decode_pool.shutdown(wait=True)
 
     def make_frame(
         self,

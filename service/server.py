@@ -426,12 +426,12 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
                 loop.call_soon_threadsafe(deliver, result)
 
+        pool = self.pipeline.offline_decode_pool if message.options.no_drop else self.pipeline.decode_pool
+
         async def run() -> None:
             client_id = message.stream_id
             try:
-                frame = await loop.run_in_executor(
-                    self.pipeline.decode_pool, self._decode, message, stream_key, received_at
-                )
+                frame = await loop.run_in_executor(pool, self._decode, message, stream_key, received_at)
             except InvalidFrameError as exc:
                 frame = None
                 result = invalid_result(client_id, message.index, str(exc), received_at, message.client_time_ns)

@@ -65,7 +65,7 @@ def test_full_batch_launches_without_waiting() -> None:
     batcher = Batcher(model, max_batch=4, max_wait_s=60, capacity=16)
     collect = Collector(4)
     # Given a stopped worker, queue four frames so they are all there when it starts.
-    batcher._accepting = True
+    batcher.open()
     for i in range(4):
         batcher.submit(make_frame(i), collect)
     started = time.monotonic()
@@ -112,7 +112,7 @@ def test_late_frames_are_answered_dropped_unless_no_drop() -> None:
     batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16)
     collect = Collector(3)
     past = time.monotonic() - 1.0
-    batcher._accepting = True
+    batcher.open()
     batcher.submit(make_frame(0, budget_s=0.1, now=past), collect)  # already 0.9 s late
     batcher.submit(make_frame(1, budget_s=0.1, now=past, no_drop=True), collect)  # late, but offline
     batcher.submit(make_frame(2), collect)
@@ -122,7 +122,7 @@ def test_late_frames_are_answered_dropped_unless_no_drop() -> None:
     assert "deadline" in by_index[0].error
     assert by_index[1].status is Status.OK
     assert by_index[2].status is Status.OK
-    assert model.batches == [[1, 2]]
+    assert model.batches == [[2, 1]]  # the live frame first, the offline one in the room left
     batcher.stop()
 
 
@@ -135,7 +135,7 @@ def test_when_every_frame_is_late_the_freshest_is_served() -> None:
     batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16, estimator=estimator)
     now = time.monotonic()
     collect = Collector(3)
-    batcher._accepting = True
+    batcher.open()
     for i in range(3):
         batcher.submit(make_frame(i, budget_s=0.1, now=now + i * 0.01), collect)
     batcher.start()
@@ -149,7 +149,7 @@ def test_failed_batch_fails_only_its_frames() -> None:
     model = FakeModel(fail_on={0})
     batcher = Batcher(model, max_batch=2, max_wait_s=0, capacity=16)
     collect = Collector(4)
-    batcher._accepting = True
+    batcher.open()
     for i in range(4):
         batcher.submit(make_frame(i), collect)
     batcher.start()
@@ -174,7 +174,7 @@ def test_stop_answers_everything_queued_then_refuses() -> None:
 
 def test_queue_is_bounded() -> None:
     batcher = Batcher(FakeModel(), max_batch=2, max_wait_s=0, capacity=2)
-    batcher._accepting = True
+    batcher.open()
     batcher.submit(make_frame(0), lambda r: None)
     batcher.submit(make_frame(1), lambda r: None)
     with pytest.raises(QueueFullError, match="2 frames"):
@@ -212,7 +212,7 @@ def test_frames_of_closed_streams_are_answered_not_run() -> None:
     closed = {"gone"}
     batcher = Batcher(model, max_batch=4, max_wait_s=0, capacity=16, discard=lambda f: f.stream_key in closed)
     collect = Collector(3)
-    batcher._accepting = True
+    batcher.open()
     gone = make_frame(0)
     batcher.submit(Frame(**{**gone.__dict__, "stream_key": "gone"}), collect)
     batcher.submit(make_frame(1), collect)
@@ -233,7 +233,7 @@ def test_a_frame_is_dropped_when_the_batch_it_would_join_finishes_too_late() -> 
     model = FakeModel()
     batcher = Batcher(model, max_batch=2, max_wait_s=0, capacity=8, estimator=estimator)
     now = time.monotonic()
-    batcher._accepting = True
+    batcher.open()
     collect = Collector(2)
     batcher.submit(make_frame(0, budget_s=0.030, now=now), collect)
     batcher.submit(make_frame(1, budget_s=10, now=now), collect)
@@ -242,3 +242,88 @@ def test_a_frame_is_dropped_when_the_batch_it_would_join_finishes_too_late() -> 
     assert by_index[0].status is Status.DROPPED_LATE and by_index[1].status is Status.OK
     assert model.batches == [[1]]
     batcher.stop()
+
+
+# --- live first: batches planned on a fake clock ------------------------------------------
+
+
+def linear_estimator(per_frame_s: float, up_to: int = 16) -> ServiceTimeEstimator:
+    """A batch of n frames takes n x per_frame_s (no spread)."""
+    estimator = ServiceTimeEstimator()
+    for n in range(1, up_to + 1):
+        estimator.observe(n, n * per_frame_s)
+    return estimator
+
+
+def planned(batch: list[Queued]) -> list[int]:
+    return [q.frame.index for q in batch]
+
+
+def frame_at(index: int, now: float, *, budget_s: float = 10.0, no_drop: bool = False) -> Frame:
+    return make_frame(index, budget_s=budget_s, no_drop=no_drop, now=now)
+
+
+def opened_batcher(max_batch: int, per_frame_s: float, clock: list[float], **kw: float) -> Batcher:
+    batcher = Batcher(
+        FakeModel(), max_batch=max_batch, max_wait_s=0, capacity=64, estimator=linear_estimator(per_frame_s),
+        launch_margin_s=0.0, clock=lambda: clock[0], **kw,
+    )  # fmt: skip
+    batcher.open()
+    return batcher
+
+
+def test_live_frames_go_first_earliest_deadline_first_then_offline_in_arrival_order() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.001, clock, live_window_s=0.0)
+    for i in range(3):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 100.0, budget_s=0.5), print)
+    batcher.submit(frame_at(11, 100.0, budget_s=0.2), print)  # earlier deadline, later arrival
+    batch, late, discarded = batcher.plan(100.0)
+    assert (planned(batch), late, discarded) == ([11, 10, 0, 1], [], [])
+    assert planned(batcher.plan(100.0)[0]) == [2]
+
+
+def test_offline_frames_join_a_live_batch_only_while_its_deadline_holds() -> None:
+    # 10 ms a frame; the live frame is due in 25 ms: a batch of 2 (20 ms) fits, 3 (30 ms) does not
+    clock = [100.0]
+    batcher = opened_batcher(8, 0.010, clock)
+    for i in range(5):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 100.0, budget_s=0.025), print)
+    assert planned(batcher.plan(100.0)[0]) == [10, 0]
+
+
+def test_while_live_streams_are_active_offline_batches_stay_within_their_slice() -> None:
+    # 4 ms a frame, 10 ms slices: 2 offline frames a batch while a live frame was seen in the
+    # last second; a full batch once live streams have been quiet longer than that
+    clock = [100.0]
+    batcher = opened_batcher(8, 0.004, clock, offline_slice_s=0.010, live_window_s=1.0)
+    batcher.submit(frame_at(10, 100.0, budget_s=0.04), print)
+    assert planned(batcher.plan(100.0)[0]) == [10]
+    for i in range(12):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    assert planned(batcher.plan(100.5)[0]) == [0, 1]
+    assert planned(batcher.plan(101.0)[0]) == [2, 3]
+    assert planned(batcher.plan(101.01)[0]) == [4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_an_offline_frame_that_waited_too_long_gets_a_place_in_a_full_live_batch() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(2, 0.001, clock, offline_max_wait_s=1.0)
+    batcher.submit(frame_at(0, 100.0, no_drop=True), print)
+    for i in (10, 11, 12, 13):
+        batcher.submit(frame_at(i, 100.9, budget_s=0.04 + i / 1000), print)
+    assert planned(batcher.plan(100.9)[0]) == [10, 11]  # waited 0.9 s: live first
+    assert planned(batcher.plan(101.0)[0]) == [12, 0]  # waited 1.0 s: one place is its
+
+
+def test_when_every_live_frame_is_late_the_freshest_is_served_beside_offline_work() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.010, clock)
+    batcher.submit(frame_at(0, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 99.9, budget_s=0.04), print)
+    batcher.submit(frame_at(11, 99.95, budget_s=0.04), print)
+    batch, late, _ = batcher.plan(100.0)
+    assert planned(late) == [10]
+    assert planned(batch)[0] == 11
