@@ -10,8 +10,9 @@ Live frames (droppable, with a deadline) come first, earliest deadline first. Of
 (no-drop) frames fill the rest of a batch, but only as many as keep its live frames within
 their deadlines; while live streams are active, a batch of offline frames alone is kept to
 `offline_slice_s`, so a live frame arriving during it can still make its deadline. An
-offline frame that has waited `offline_max_wait_s` gets a place in the next batch whatever
-the live load: offline streams are slowed, never starved.
+offline frame that has waited `offline_max_wait_s` gets a place in a batch at least every
+`offline_interval_s`, whatever the live load. While live frames are being dropped (no
+capacity is left over), offline frames run only at that pace: slowed, never starved.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class Batcher:
         offline_slice_s: float = 0.010,
         offline_max_wait_s: float = 1.0,
         live_window_s: float = 1.0,
+        offline_interval_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or capacity < 1:
@@ -157,6 +159,11 @@ class Batcher:
         self.offline_max_wait_s = offline_max_wait_s
         self.live_window_s = live_window_s  # live streams count as active this long after a live frame
         self._last_live_at = -float("inf")
+        # While live frames are being dropped, the machine has no capacity left over: offline
+        # frames then run at most one slice per `offline_interval_s` (slowed, not starved).
+        self.offline_interval_s = offline_interval_s
+        self._last_live_drop_at = -float("inf")
+        self._last_offline_at = -float("inf")
         self._clock = clock
         self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
@@ -221,6 +228,10 @@ class Batcher:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
+                held = self._offline_held_until(now)
+                if held > now and all(q.frame.options.no_drop for q in self._queue) and self._accepting:
+                    self._cond.wait(held - now)
+                    continue
                 return self.plan(now)
 
     def plan(self, now: float) -> tuple[list[Queued], list[Queued], list[Queued]]:
@@ -233,14 +244,29 @@ class Batcher:
         live = sorted((q for q in waiting if not q.frame.options.no_drop), key=lambda q: q.frame.deadline)
         offline = [q for q in waiting if q.frame.options.no_drop]  # in arrival order
         batch, late = self._split_late(live[: self.max_batch], now)
-        starving = bool(offline) and now - offline[0].enqueued_at >= self.offline_max_wait_s
+        starving = (
+            bool(offline)
+            and now - offline[0].enqueued_at >= self.offline_max_wait_s
+            and now - self._last_offline_at >= self.offline_interval_s
+        )
         if starving and len(batch) == self.max_batch:
             batch.pop()  # the live frame with the latest deadline waits for the next batch
         taken = self._offline_share(batch, min(len(offline), self.max_batch - len(batch)), now)
-        batch += offline[: max(taken, 1) if starving else taken]
+        chosen = offline[: max(taken, 1) if starving else taken]
+        batch += chosen
+        if chosen:
+            self._last_offline_at = now
+        if hopeless or late:
+            self._last_live_drop_at = now
         gone = set(map(id, batch + late)) | closed
         self._queue = deque(q for q in self._queue if id(q) not in gone)
         return batch, hopeless + late, discarded
+
+    def _offline_held_until(self, now: float) -> float:
+        """Until when offline frames alone wait, live frames having been dropped recently."""
+        if now - self._last_live_drop_at > self.live_window_s:
+            return now
+        return self._last_offline_at + self.offline_interval_s
 
     def _offline_share(self, live: list[Queued], room: int, now: float) -> int:
         """How many of `room` offline frames may join a batch holding these live frames."""
@@ -249,6 +275,8 @@ class Batcher:
         if live:  # as many as keep every live frame of the batch within its deadline
             deadline = min(q.frame.deadline for q in live) - self.launch_margin_s
             return _largest(room, lambda n: now + self.estimator.estimate(len(live) + n) <= deadline)
+        if self._offline_held_until(now) > now:
+            return 0
         if now - self._last_live_at <= self.live_window_s:  # room for a live frame arriving meanwhile
             return max(1, _largest(room, lambda n: self.estimator.estimate(n) <= self.offline_slice_s))
         return room

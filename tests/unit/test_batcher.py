@@ -327,3 +327,16 @@ def test_when_every_live_frame_is_late_the_freshest_is_served_beside_offline_wor
     batch, late, _ = batcher.plan(100.0)
     assert planned(late) == [10]
     assert planned(batch)[0] == 11
+
+
+def test_while_live_frames_are_being_dropped_offline_frames_run_one_slice_per_interval() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.010, clock, offline_interval_s=0.05, live_window_s=1.0)
+    for i in range(4):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 99.0, budget_s=0.04), print)  # hopeless: dropped (the only live frame kept)
+    batcher.submit(frame_at(11, 99.99, budget_s=0.035), print)  # due at 100.025: room for one offline frame
+    batch, late, _ = batcher.plan(100.0)
+    assert (planned(batch), planned(late)) == ([11, 0], [10])  # a live drop: offline now paced
+    assert planned(batcher.plan(100.02)[0]) == []  # 20 ms later: offline waits
+    assert planned(batcher.plan(100.05)[0]) == [1]  # 50 ms after the last offline slice
