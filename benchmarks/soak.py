@@ -345,9 +345,10 @@ def main() -> None:
     server = args.server or "started here: polypstream serve " + " ".join(serve_args)
     payload = {"benchmark": "soak", "device": device_name(), "server": server, **report}
     if proc is not None:
-        errors = [line for line in server_log.splitlines() if " ERROR " in line or "Traceback" in line]
+        lines = server_log.splitlines()
+        errors = [i for i, line in enumerate(lines) if " ERROR " in line]
         payload["server_error_lines"] = len(errors)
-        payload["server_error_examples"] = errors[:10]
+        payload["server_error_examples"] = ["\n".join(lines[i : i + 25]) for i in errors[:3]]
     payload["command"] = command_line("benchmarks.soak", args)
     out = write_result("soak", payload, args.out)
     lat = report["latency_ms"]

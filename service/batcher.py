@@ -11,8 +11,9 @@ Live frames (droppable, with a deadline) come first, earliest deadline first. Of
 their deadlines; while live streams are active, a batch of offline frames alone is kept to
 `offline_slice_s`, so a live frame arriving during it can still make its deadline. An
 offline frame that has waited `offline_max_wait_s` gets a place in a batch at least every
-`offline_interval_s`, whatever the live load. While live frames are being dropped (no
-capacity is left over), offline frames run only at that pace: slowed, never starved.
+`offline_interval_s`, whatever the live load. While live frames are being dropped, or
+finish with less than a slice to spare (no capacity is left over), offline frames run only
+at that pace: slowed, never starved.
 """
 
 from __future__ import annotations
@@ -159,10 +160,11 @@ class Batcher:
         self.offline_max_wait_s = offline_max_wait_s
         self.live_window_s = live_window_s  # live streams count as active this long after a live frame
         self._last_live_at = -float("inf")
-        # While live frames are being dropped, the machine has no capacity left over: offline
-        # frames then run at most one slice per `offline_interval_s` (slowed, not starved).
+        # While live frames are being dropped, or finish with less than a slice to spare, the
+        # machine has no capacity left over: offline frames then run at most one slice per
+        # `offline_interval_s` (slowed, not starved).
         self.offline_interval_s = offline_interval_s
-        self._last_live_drop_at = -float("inf")
+        self._last_live_pressure_at = -float("inf")
         self._last_offline_at = -float("inf")
         self._clock = clock
         self._queue: deque[Queued] = deque()
@@ -256,15 +258,20 @@ class Batcher:
         batch += chosen
         if chosen:
             self._last_offline_at = now
-        if hopeless or late:
-            self._last_live_drop_at = now
+        if hopeless or late or self._tight(batch, now):
+            self._last_live_pressure_at = now
         gone = set(map(id, batch + late)) | closed
         self._queue = deque(q for q in self._queue if id(q) not in gone)
         return batch, hopeless + late, discarded
 
+    def _tight(self, batch: list[Queued], now: float) -> bool:
+        """Whether a live frame of this batch will finish with less than a slice to spare."""
+        live = [q.frame.deadline for q in batch if not q.frame.options.no_drop]
+        return bool(live) and min(live) - (now + self.estimator.estimate(len(batch))) < self.offline_slice_s
+
     def _offline_held_until(self, now: float) -> float:
-        """Until when offline frames alone wait, live frames having been dropped recently."""
-        if now - self._last_live_drop_at > self.live_window_s:
+        """Until when offline frames alone wait, live frames having been dropped (or nearly) lately."""
+        if now - self._last_live_pressure_at > self.live_window_s:
             return now
         return self._last_offline_at + self.offline_interval_s
 

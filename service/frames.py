@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,3 +95,6 @@ class Result:
     mask: np.ndarray | None = None
     overlay: np.ndarray | None = None
     client_time_ns: int = 0
+    # Set while the frame-resolution mask or overlay asked for is still to be drawn: the
+    # pipeline calls it on a worker (never the batcher's thread) before anyone sees the Result.
+    render: Callable[[], Result] | None = None

@@ -11,6 +11,8 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -126,7 +128,28 @@ class Pipeline:
             self.record(result, origin)
             on_done(result)
 
-        self.batcher.submit(frame, finish)
+        def finish_rendered(result: Result) -> None:
+            finish(self._rendered(result))
+
+        def done(result: Result) -> None:  # on the batcher's thread
+            if result.render is None:
+                finish(result)
+                return
+            try:  # drawing a frame-sized mask or overlay must not hold up the next batch
+                self.decode_pool.submit(finish_rendered, result)
+            except RuntimeError:  # the pool is shut down: draw it here
+                finish_rendered(result)
+
+        self.batcher.submit(frame, done)
+
+    def _rendered(self, result: Result) -> Result:
+        assert result.render is not None
+        try:
+            return result.render()
+        except Exception as exc:
+            logger.exception("drawing the mask or overlay of %s#%d failed", result.stream_id, result.index)
+            return replace(result, status=Status.FAILED, error=f"drawing the mask or overlay failed: {exc}",
+                           polyps=(), render=None)  # fmt: skip
 
     def record(self, result: Result, origin: str) -> None:
         """Count a result and observe its timings (also for results made outside the batcher)."""
@@ -193,15 +216,10 @@ class Pipeline:
         )
         polyps = tuple(self._tracker(frame.stream_key).update(found))
         options = frame.options
-        full_mask = None  # the frame-resolution mask is only made when it is asked for
-        if options.return_overlay or (options.return_mask and not options.mask_at_model_resolution):
-            full_mask = probability_to_mask(prob, width, height, contract.threshold)[0]
-        mask = None
-        if options.return_mask:
-            mask = prob > contract.threshold if options.mask_at_model_resolution else full_mask
-        overlay = draw_overlay(frame.image, full_mask, polyps) if options.return_overlay else None
-        done = time.monotonic()
-        return Result(
+        mask = None  # the frame-resolution mask and the overlay are drawn later, off this thread
+        if options.return_mask and options.mask_at_model_resolution and not options.return_overlay:
+            mask = prob > contract.threshold
+        result = Result(
             stream_id=frame.stream_id,
             index=frame.index,
             status=Status.OK,
@@ -214,12 +232,34 @@ class Pipeline:
                 batch_size=size,
                 inference_s=inference_s,
                 postprocess_s=time.perf_counter() - start,
-                server_s=done - frame.received_at,
+                server_s=time.monotonic() - frame.received_at,
             ),
             mask=mask,
-            overlay=overlay,
             client_time_ns=frame.client_time_ns,
         )
+        if options.return_overlay or (options.return_mask and mask is None):
+            # a copy: the runner may reuse its output buffer for the next batch before this is drawn
+            result = replace(result, render=partial(self._render, result, frame, prob.copy()))
+        return result
+
+    def _render(self, result: Result, frame: Frame, prob: np.ndarray) -> Result:
+        """`result` with the mask and overlay its frame asked for (the frame-resolution mask is
+        made only if one of them needs it); the time taken counts as post-processing."""
+        start = time.perf_counter()
+        options, threshold = frame.options, self.runner.contract.threshold
+        full_mask = None
+        if options.return_overlay or (options.return_mask and not options.mask_at_model_resolution):
+            full_mask = probability_to_mask(prob, frame.width, frame.height, threshold)[0]
+        mask = None
+        if options.return_mask:
+            mask = prob > threshold if options.mask_at_model_resolution else full_mask
+        overlay = draw_overlay(frame.image, full_mask, result.polyps) if options.return_overlay else None
+        timing = replace(
+            result.timing,
+            postprocess_s=result.timing.postprocess_s + time.perf_counter() - start,
+            server_s=time.monotonic() - frame.received_at,
+        )
+        return replace(result, mask=mask, overlay=overlay, timing=timing, render=None)
 
 
 def invalid_result(stream_id: str, index: int, message: str, received_at: float, client_time_ns: int = 0) -> Result:

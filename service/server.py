@@ -400,8 +400,8 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     ) -> asyncio.Future[None]:
         """Decode off the event loop, then submit in stream order; returns 'submitted'.
 
-        The answer is encoded (mask PNG, overlay JPEG) as soon as its result is ready, on the
-        worker pool, so that what waits to be sent holds no full-resolution pixels."""
+        The answer is encoded (mask PNG, overlay JPEG) on the worker that drew them, as soon
+        as they are drawn, so that what waits to be sent holds no full-resolution pixels."""
         loop = asyncio.get_running_loop()
         received_at = time.monotonic()
         submitted: asyncio.Future[None] = loop.create_future()
@@ -413,18 +413,14 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         def deliver(result: Result) -> None:  # on the event loop
             settle(_Answer.of(result))
 
-        def encode_and_settle(result: Result) -> None:  # on a worker
-            ready = _Answer.of(result)
+        def deliver_threadsafe(result: Result) -> None:  # on the batcher's thread, or a worker
+            # A result with pixels comes from the worker that drew them: encode them there.
+            ready = _Answer.of(result) if result.mask is not None or result.overlay is not None else None
             with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
-                loop.call_soon_threadsafe(settle, ready)
-
-        def deliver_threadsafe(result: Result) -> None:  # on the batcher's thread
-            if result.mask is not None or result.overlay is not None:
-                with contextlib.suppress(RuntimeError):  # pool shut down: encoded on the loop instead
-                    self.pipeline.decode_pool.submit(encode_and_settle, result)
-                    return
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
-                loop.call_soon_threadsafe(deliver, result)
+                if ready is None:
+                    loop.call_soon_threadsafe(deliver, result)
+                else:
+                    loop.call_soon_threadsafe(settle, ready)
 
         pool = self.pipeline.offline_decode_pool if message.options.no_drop else self.pipeline.decode_pool
 

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from service.batcher import BatcherStoppedError, QueueFullError
@@ -69,6 +70,11 @@ class SourceHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._opened: FrameSource | None = None  # opened by open(), played first by the capture thread
+        # Results may finish out of order (masks and overlays are drawn on workers): they are
+        # published in the order their frames were submitted.
+        self._submitted: deque[int] = deque()
+        self._finished: dict[int, Result] = {}
+        self._order_lock = threading.Lock()
         self._metrics = pipeline.metrics
 
     @property
@@ -206,9 +212,13 @@ class SourceHub:
                     time.monotonic(),
                     options=self._wanted_options(),
                 )
+                with self._order_lock:
+                    self._submitted.append(index)
                 try:
                     self.pipeline.submit(frame, self._on_result, origin=self.name)
                 except (QueueFullError, BatcherStoppedError) as exc:
+                    with self._order_lock:
+                        self._submitted.pop()
                     self._slots.release()
                     logger.warning("source %s: frame %d not accepted: %s", self.name, index, exc)
                     if isinstance(exc, BatcherStoppedError):
@@ -233,8 +243,11 @@ class SourceHub:
         return True
 
     def _on_result(self, result: Result) -> None:
+        with self._order_lock:
+            self._finished[result.index] = result
+            while self._submitted and self._submitted[0] in self._finished:
+                self._publish(self._finished.pop(self._submitted.popleft()))
         self._slots.release()
-        self._publish(result)
 
     def _finish(self) -> None:
         self._publish(None)

@@ -1,0 +1,58 @@
+"""The pipeline's threads: what runs on the batcher's thread and what does not."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from service import pipeline as pipeline_module
+from service.frames import FrameOptions, Result, Status
+from service.pipeline import Pipeline
+from tests.conftest import square_image
+
+
+def run_one(pipeline: Pipeline, options: FrameOptions) -> Result:
+    done = threading.Event()
+    got: list[Result] = []
+
+    def on_done(result: Result) -> None:
+        got.append(result)
+        done.set()
+
+    frame = pipeline.make_frame("k", "s", 0, square_image(), 0.0, options=options)
+    pipeline.open_stream("k")
+    pipeline.submit(frame, on_done)
+    assert done.wait(10)
+    pipeline.close_stream("k")
+    return got[0]
+
+
+def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn_on: list[str] = []
+    real: Callable[..., np.ndarray] = pipeline_module.draw_overlay
+
+    def spy(*args: object) -> np.ndarray:
+        drawn_on.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(pipeline_module, "draw_overlay", spy)
+    result = run_one(pipeline, FrameOptions(return_overlay=True, return_mask=True))
+    assert result.status is Status.OK and result.render is None
+    assert result.overlay is not None and result.overlay.shape == (80, 96, 3)
+    assert result.mask is not None and result.mask.shape == (80, 96)
+    assert result.mask[27:45, 19:45].all() and not result.mask[:20].any()  # the white square (edges ±2 px)
+    assert len(drawn_on) == 1 and drawn_on[0].startswith("polypstream-decode")
+
+
+def test_a_result_whose_drawing_fails_is_answered_failed(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> np.ndarray:
+        raise MemoryError("no room for the overlay")
+
+    monkeypatch.setattr(pipeline_module, "draw_overlay", broken)
+    result = run_one(pipeline, FrameOptions(return_overlay=True))
+    assert result.status is Status.FAILED
+    assert result.error == "drawing the mask or overlay failed: no room for the overlay"
+    assert (result.overlay, result.render, result.polyps) == (None, None, ())
