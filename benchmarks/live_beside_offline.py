@@ -54,6 +54,11 @@ def side(answers: list[list[Answer]], wall: float, budget_ms: float | None) -> d
         "served_fps": round(len(ok) / wall, 1),
         "latency_ms": percentiles([a.latency_s * 1e3 for a in ok]),
         "server_ms": percentiles([a.result.timing.server_ms for a in ok]),
+        "server_stages_ms": {
+            stage: percentiles([getattr(a.result.timing, f"{stage}_ms") for a in ok])
+            for stage in ("decode", "queue", "inference", "postprocess")
+        },
+        "mean_batch": round(sum(a.result.timing.batch_size for a in ok) / len(ok), 2) if ok else None,
     }
     if budget_ms is not None and flat:
         within = sum(1 for a in ok if a.result.timing.server_ms <= budget_ms)

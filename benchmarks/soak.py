@@ -45,6 +45,7 @@ from service.client import SegmenterClient
 from service.replay import percentiles
 
 RSS = "process_resident_memory_bytes"
+ADVERSARIES = ("cancel", "mute", "offline", "oversized")
 
 
 @dataclass
@@ -217,7 +218,8 @@ def crafted_jpeg(image: np.ndarray, scans: int) -> bytes:
 
 
 def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: float, seed: int,
-         adversarial: bool = True, hold_s: float = 12.0, budget_ms: float = 40.0) -> dict[str, object]:  # fmt: skip
+         adversarial: tuple[str, ...] = ADVERSARIES, hold_s: float = 12.0,
+         budget_ms: float = 40.0) -> dict[str, object]:  # fmt: skip
     encoded = [jpeg(f) for f in endoscopy_frames(24)]
     big_image = cv2.resize(endoscopy_frames(1)[0], (4096, 4096))
     big = jpeg(big_image)
@@ -240,12 +242,13 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     if adversarial:
         end = time.monotonic() + seconds
         rng = random.Random(seed)
-        threads += [
-            threading.Thread(target=canceller, args=(address, encoded, end, rng, adv)),
-            threading.Thread(target=non_reader, args=(address, hd, end, hold_s, adv)),
-            threading.Thread(target=offline_client, args=(address, encoded, end, adv)),
-            threading.Thread(target=oversized, args=(address, big, crafted, end, adv)),
-        ]
+        kinds = {
+            "cancel": (canceller, (address, encoded, end, rng, adv)),
+            "mute": (non_reader, (address, hd, end, hold_s, adv)),
+            "offline": (offline_client, (address, encoded, end, adv)),
+            "oversized": (oversized, (address, big, crafted, end, adv)),
+        }
+        threads += [threading.Thread(target=kinds[k][0], args=kinds[k][1]) for k in adversarial]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -320,7 +323,9 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=25.0, help="frames/s per stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--send-timeout", type=float, default=5.0, help="serve --send-timeout (server started here)")
-    parser.add_argument("--no-adversarial", action="store_true", help="only the live streams")
+    parser.add_argument(
+        "--adversaries", default=",".join(ADVERSARIES), help="which clients run beside the live streams ('' for none)"
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>-soak.json)")
     args = parser.parse_args()
     seconds = args.seconds or args.minutes * 60
@@ -336,7 +341,7 @@ def main() -> None:
     try:
         report = soak(
             address, metrics_url, streams=args.streams, seconds=seconds, fps=args.fps, seed=args.seed,
-            adversarial=not args.no_adversarial, hold_s=2 * args.send_timeout + 2,
+            adversarial=tuple(k for k in args.adversaries.split(",") if k), hold_s=2 * args.send_timeout + 2,
         )  # fmt: skip
     finally:
         if proc is not None:

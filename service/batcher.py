@@ -8,12 +8,12 @@ is ever left without an answer, including at shutdown (the queue is drained).
 
 Live frames (droppable, with a deadline) come first, earliest deadline first. Offline
 (no-drop) frames fill the rest of a batch, but only as many as keep its live frames within
-their deadlines; while live streams are active, a batch of offline frames alone is kept to
-`offline_slice_s`, so a live frame arriving during it can still make its deadline. An
-offline frame that has waited `offline_max_wait_s` gets a place in a batch at least every
-`offline_interval_s`, whatever the live load. While live frames are being dropped, or
-finish with less than a slice to spare (no capacity is left over), offline frames run only
-at that pace: slowed, never starved.
+their deadlines and add at most `offline_slice_s` to it; while live streams are active, a
+batch of offline frames alone is kept to `offline_slice_s` too, so a live frame arriving
+during it can still make its deadline. An offline frame that has waited `offline_max_wait_s`
+gets a place in a batch at least every `offline_interval_s`, whatever the live load. While
+live frames are being dropped, or finish with less than a slice to spare (no capacity is
+left over), offline frames run only at that pace: slowed, never starved.
 """
 
 from __future__ import annotations
@@ -279,9 +279,15 @@ class Batcher:
         """How many of `room` offline frames may join a batch holding these live frames."""
         if room <= 0:
             return 0
-        if live:  # as many as keep every live frame of the batch within its deadline
+        if live:  # as many as keep the batch's live frames within their deadlines, adding at most a slice
             deadline = min(q.frame.deadline for q in live) - self.launch_margin_s
-            return _largest(room, lambda n: now + self.estimator.estimate(len(live) + n) <= deadline)
+            alone = self.estimator.estimate(len(live))
+
+            def fits(n: int) -> bool:
+                grown = self.estimator.estimate(len(live) + n)
+                return now + grown <= deadline and grown - alone <= self.offline_slice_s
+
+            return _largest(room, fits)
         if self._offline_held_until(now) > now:
             return 0
         if now - self._last_live_at <= self.live_window_s:  # room for a live frame arriving meanwhile

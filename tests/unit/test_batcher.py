@@ -340,3 +340,14 @@ def test_while_live_frames_are_being_dropped_offline_frames_run_one_slice_per_in
     assert (planned(batch), planned(late)) == ([11, 0], [10])  # a live drop: offline now paced
     assert planned(batcher.plan(100.02)[0]) == []  # 20 ms later: offline waits
     assert planned(batcher.plan(100.05)[0]) == [1]  # 50 ms after the last offline slice
+
+
+def test_offline_frames_joining_a_live_batch_add_at_most_a_slice() -> None:
+    # 4 ms a frame; the live frame is due in 1 s, so its deadline allows many, but a 10 ms
+    # slice allows two: a live frame arriving meanwhile must not wait behind a long batch
+    clock = [100.0]
+    batcher = opened_batcher(8, 0.004, clock, offline_slice_s=0.010)
+    for i in range(6):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 100.0, budget_s=1.0), print)
+    assert planned(batcher.plan(100.0)[0]) == [10, 0, 1]
