@@ -291,6 +291,10 @@ class SegmentCall:
             except asyncio.TimeoutError:
                 await self._give_up_on_slow_client()
                 return False
+            except Exception:
+                if self._client_gone():  # it hung up as this was written: nobody to answer
+                    return False
+                raise
             self.servicer.memory.release(self.key, pending.reserved)
             self.servicer.observe_send(answer.server_s, time.monotonic() - answer.ready_at)
         return True
@@ -300,7 +304,7 @@ class SegmentCall:
         # Its status cannot overtake the results it has not read, so it may never be
         # delivered: free what the stream holds first, whatever the client does next.
         self.release()
-        with contextlib.suppress(asyncio.TimeoutError):
+        try:
             await asyncio.wait_for(
                 self.context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -309,6 +313,16 @@ class SegmentCall:
                 ),
                 ABORT_WAIT_S,
             )
+        except asyncio.TimeoutError:
+            pass  # the status waits behind the unread results; the call ends when the client goes
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            if not self._client_gone():  # it hung up meanwhile: the status has nobody to reach
+                raise
+
+    def _client_gone(self) -> bool:
+        return bool(self.context.cancelled() or self.context.done())
 
 
 class SegmenterServicer(pb_grpc.SegmenterServicer):

@@ -92,3 +92,32 @@ def test_a_call_that_ends_while_waiting_for_a_frame_leaves_no_unretrieved_except
     asyncio.run(scenario())
     gc.collect()
     assert [c.get("message") for c in reported] == []
+
+
+class HungUpDuringWrite:
+    """A ServicerContext whose write fails because the client has just hung up (or not)."""
+
+    def __init__(self, gone: bool) -> None:
+        self.gone = gone
+
+    async def write(self, message: pb.FrameResult) -> None:
+        raise RuntimeError('Failed "execute_batch"')  # what grpc's core raises for a call that is over
+
+    def cancelled(self) -> bool:
+        return self.gone
+
+    def done(self) -> bool:
+        return self.gone
+
+
+def test_a_write_that_fails_because_the_client_hung_up_ends_the_call_quietly(pipeline: Pipeline) -> None:
+    async def scenario(gone: bool) -> None:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        done = asyncio.Event()
+        done.set()
+        await servicer.Segment(frames_then_wait(2, done), HungUpDuringWrite(gone))  # type: ignore[arg-type]
+        assert servicer.active_streams == 0
+
+    asyncio.run(scenario(gone=True))  # no exception: grpc would log it as an ERROR
+    with pytest.raises(RuntimeError, match="execute_batch"):  # a failure with the client still there is not hidden
+        asyncio.run(scenario(gone=False))
