@@ -133,9 +133,9 @@ def main() -> None:
     limit_fps = max(float(str(r["fps"])) for r in limit)
     best = max(float(str(r["throughput_fps"])) for r in service)  # the capacity only if the sweep saturates it
     held = [int(str(r["streams"])) for r in service if r["holds"]]
-    ratios = {
-        "best_served_over_limit": round(best / limit_fps, 3),
-        "best_served_over_naive": round(best / naive["fps"], 3),
+    ratios = {  # three significant digits: a small ratio is small, never rounded to 0
+        "best_served_over_limit": float(f"{best / limit_fps:.3g}"),
+        "best_served_over_naive": float(f"{best / naive['fps']:.3g}"),
     }
     payload: dict[str, object] = {
         "benchmark": "sweep",

@@ -10,10 +10,11 @@ Live frames (droppable, with a deadline) come first, earliest deadline first. Of
 (no-drop) frames fill the rest of a batch, but only as many as keep its live frames within
 their deadlines and add at most `offline_slice_s` to it; while live streams are active, a
 batch of offline frames alone is kept to `offline_slice_s` too, so a live frame arriving
-during it can still make its deadline. An offline frame that has waited `offline_max_wait_s`
-gets a place in a batch at least every `offline_interval_s`, whatever the live load. While
-live frames are being dropped, or finish with less than a slice to spare (no capacity is
-left over), offline frames run only at that pace: slowed, never starved.
+during it can still make its deadline. While live frames are being dropped, or finish with
+less than a slice to spare (no capacity is left over), offline frames run one slice per
+`offline_interval_s` at most. Whatever the live load, an offline frame that has waited
+`offline_max_wait_s`, with no offline frame run for as long, takes a place in the next
+batch: offline streams are slowed, never starved.
 """
 
 from __future__ import annotations
@@ -246,10 +247,12 @@ class Batcher:
         live = sorted((q for q in waiting if not q.frame.options.no_drop), key=lambda q: q.frame.deadline)
         offline = [q for q in waiting if q.frame.options.no_drop]  # in arrival order
         batch, late = self._split_late(live[: self.max_batch], now)
+        # Starving: an offline frame has waited offline_max_wait_s and none has run for as long.
+        # It then takes a place even from a live frame, once per offline_max_wait_s at most.
         starving = (
             bool(offline)
             and now - offline[0].enqueued_at >= self.offline_max_wait_s
-            and now - self._last_offline_at >= self.offline_interval_s
+            and now - self._last_offline_at >= self.offline_max_wait_s
         )
         if starving and len(batch) == self.max_batch:
             batch.pop()  # the live frame with the latest deadline waits for the next batch

@@ -292,7 +292,7 @@ class SegmentCall:
                 await self._give_up_on_slow_client()
                 return False
             except Exception:
-                if self._client_gone():  # it hung up as this was written: nobody to answer
+                if await self._client_gone():  # it hung up as this was written: nobody to answer
                     return False
                 raise
             self.servicer.memory.release(self.key, pending.reserved)
@@ -318,11 +318,17 @@ class SegmentCall:
         except grpc.aio.AbortError:
             raise
         except Exception:
-            if not self._client_gone():  # it hung up meanwhile: the status has nobody to reach
+            if not await self._client_gone():  # it hung up meanwhile: the status has nobody to reach
                 raise
 
-    def _client_gone(self) -> bool:
-        return bool(self.context.cancelled() or self.context.done())
+    async def _client_gone(self) -> bool:
+        """Whether the call is over on the client's side. A write fails as soon as the client
+        has hung up; grpc tells the event loop a moment later (or cancels this task)."""
+        for _ in range(20):
+            if self.context.cancelled() or self.context.done():
+                return True
+            await asyncio.sleep(0.005)
+        return False
 
 
 class SegmenterServicer(pb_grpc.SegmenterServicer):
@@ -581,6 +587,11 @@ class RunningServer:
         await asyncio.gather(*self.servicer.tasks, return_exceptions=True)
 
 
+# gRPC sets SO_REUSEPORT on Linux, so a second server on a port in use would start and
+# silently share its connections; without it, binding a port in use fails.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
 def _bound(address: str, port: int) -> str:
     if address.startswith("unix:"):
         return address
@@ -591,7 +602,7 @@ def _bound(address: str, port: int) -> str:
 
 async def _start_health_server(address: str, health_servicer: HealthServicer) -> tuple[grpc.aio.Server, str]:
     """A plaintext server with grpc.health.v1 only: probes reach it without TLS or a token."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = _bound(address, server.add_insecure_port(address))
     await server.start()
@@ -605,6 +616,7 @@ async def start_server(
     limits = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        EXCLUSIVE_PORT,
     ]
     interceptors = []
     if config.token:

@@ -225,6 +225,15 @@ def test_serve_refuses_a_stream_url_that_does_not_answer(tiny_model: Path) -> No
     assert line.startswith(f"polypstream serve: error: source 'scope': {url}: cannot open")
 
 
+def test_a_second_serve_on_a_port_in_use_fails_naming_the_address(
+    server: tuple[subprocess.Popen[str], str, str], tiny_model: Path
+) -> None:
+    _, address, _ = server  # a running serve holds the port (gRPC would share it: SO_REUSEPORT)
+    done = polypstream("serve", "--model", str(tiny_model), "--address", address, "--metrics-address", "", timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"polypstream serve: error: cannot listen on {address}")
+
+
 def test_serve_never_prints_the_password_of_a_source_url(tiny_model: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

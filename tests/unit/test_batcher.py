@@ -351,3 +351,16 @@ def test_offline_frames_joining_a_live_batch_add_at_most_a_slice() -> None:
         batcher.submit(frame_at(i, 100.0, no_drop=True), print)
     batcher.submit(frame_at(10, 100.0, budget_s=1.0), print)
     assert planned(batcher.plan(100.0)[0]) == [10, 0, 1]
+
+
+def test_a_starving_offline_stream_displaces_a_live_frame_once_per_max_wait_only() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(1, 0.001, clock, offline_max_wait_s=1.0)
+    for i in range(3):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    for i in (10, 11, 12):
+        batcher.submit(frame_at(i, 101.0, budget_s=5.0 + i), print)
+    assert planned(batcher.plan(101.0)[0]) == [0]  # waited 1 s: it takes the live frame's place
+    assert planned(batcher.plan(101.1)[0]) == [10]  # not again before another second
+    assert planned(batcher.plan(101.5)[0]) == [11]
+    assert planned(batcher.plan(102.0)[0]) == [1]
