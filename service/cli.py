@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -88,6 +89,19 @@ def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipelin
     return Pipeline(runner, config, Metrics(registry))
 
 
+def check_listen_address(flag: str, address: str) -> None:
+    """Raise CliError (one line) unless `address` is HOST:PORT with a host that resolves, or unix:PATH."""
+    if address.startswith("unix:"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise CliError(f"{flag} {address}: expected HOST:PORT (e.g. 127.0.0.1:50051) or unix:PATH")
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port))
+    except (OSError, UnicodeError) as exc:
+        raise CliError(f"{flag} {address}: cannot resolve '{host}' ({exc})") from exc
+
+
 def is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
     return address.startswith("unix:") or host in ("127.0.0.1", "localhost", "::1")
@@ -116,6 +130,9 @@ def connect(args: argparse.Namespace, address: str | None = None) -> SegmenterCl
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    for flag, address in (("--address", args.address), ("--health-address", args.health_address)):
+        if address:
+            check_listen_address(flag, address)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):

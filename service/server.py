@@ -1,7 +1,10 @@
 """The gRPC layer: translates protobuf to Frames and Results to protobuf, streams, health.
 
 It holds no model logic; everything between a decoded frame and its Result is the
-Pipeline's. Every frame received on a Segment stream is answered exactly once, in order.
+Pipeline's. Every frame received on a Segment stream is answered exactly once, in order,
+while the client reads its answers: a stream whose answers cannot be delivered for
+`send_timeout_s` is ended (RESOURCE_EXHAUSTED) with its remaining answers unsent, and one
+the client cancels gets no more.
 """
 
 from __future__ import annotations

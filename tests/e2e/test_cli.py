@@ -234,6 +234,20 @@ def test_a_second_serve_on_a_port_in_use_fails_naming_the_address(
     assert done.stderr.strip().splitlines()[-1].startswith(f"polypstream serve: error: cannot listen on {address}")
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("garbage", "expected HOST:PORT (e.g. 127.0.0.1:50051) or unix:PATH"),
+        ("127.0.0.1:99999", "expected HOST:PORT (e.g. 127.0.0.1:50051) or unix:PATH"),
+    ],
+)
+def test_serve_refuses_a_malformed_address_with_one_line(tiny_model: Path, address: str, why: str) -> None:
+    done = polypstream("serve", "--model", str(tiny_model), "--address", address, "--metrics-address", "")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # no raw gRPC core line before it
+    assert line.startswith(f"polypstream serve: error: --address {address}: {why}")
+
+
 def test_serve_never_prints_the_password_of_a_source_url(tiny_model: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
