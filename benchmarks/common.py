@@ -81,7 +81,7 @@ def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, 
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    match = re.search(r"serving on (\S+), metrics on (\S+)", line)
+    match = re.search(r"serving on (\S+), metrics on ([^\s,]+)", line)
     if not match:
         proc.kill()
         _, err = proc.communicate(timeout=30)

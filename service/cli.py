@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -237,7 +238,9 @@ async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sou
     if running.health_address:
         metrics += f", health on {running.health_address}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
-    print(f"polypstream serving on {running.address}{metrics}", flush=True)
+    runner = pipeline.runner
+    model = f"model {runner.contract.name} {runner.contract.version} on {runner.provider}"
+    print(f"polypstream serving on {running.address}{metrics} ({model})", flush=True)
     await stop.wait()
     logger.info("shutting down: finishing accepted frames (grace %.0f s)", config.grace_s)
     await running.shutdown(config.grace_s)
@@ -351,14 +354,27 @@ def open_source(uri: str, realtime: bool) -> FrameSource:
         raise CliError(str(exc)) from exc
 
 
+def wait_for_server(client: SegmenterClient, address: str, timeout_s: float) -> None:
+    """Wait for the server's channel to be ready, saying so when it takes a moment."""
+    try:
+        client.wait_ready(min(1.0, timeout_s))
+        return
+    except grpc.FutureTimeoutError:
+        print(f"polypstream: waiting up to {timeout_s:g} s for the server at {address}…", file=sys.stderr, flush=True)
+    try:
+        client.wait_ready(max(0.0, timeout_s - 1.0))
+    except grpc.FutureTimeoutError as exc:
+        raise CliError(
+            f"no polypstream server answered at {address} within {timeout_s:g} s "
+            "(is `polypstream serve` running there? --server sets the address, --connect-timeout the wait)"
+        ) from exc
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     source = open_source(args.source, realtime=args.realtime)
     no_drop = not (args.live or is_live(args.source))
     with connect(args) as client:
-        try:
-            client.wait_ready(args.connect_timeout)
-        except grpc.FutureTimeoutError as exc:
-            raise CliError(f"cannot reach polypstream server at {args.server}") from exc
+        wait_for_server(client, args.server, args.connect_timeout)
         summary = stream_video(
             client,
             source,
@@ -493,7 +509,16 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        status = client.health(timeout=args.timeout)
+        try:
+            status = client.health(timeout=args.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            print(
+                f"UNREACHABLE: no polypstream server answered at {args.server} within {args.timeout:g} s "
+                "(is `polypstream serve` running there?)"
+            )
+            return 1
     print(status)
     return 0 if status == "SERVING" else 1
 
@@ -521,10 +546,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- main --------------------------------------------------------------------------------
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata), or 'unknown' when run from a bare checkout."""
+    try:
+        return importlib.metadata.version("polypstream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
     )
+    parser.add_argument("--version", action="version", version=f"polypstream {package_version()}")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -550,7 +550,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             threshold=c.threshold,
             max_batch=self.pipeline.batcher.max_batch,
             budget_ms=self.pipeline.config.budget_ms,
-            path=str(runner.path),
+            path=runner.path.name,  # which file, not where the server keeps it
         )
 
     async def ListSources(  # noqa: N802

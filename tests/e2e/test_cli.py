@@ -188,9 +188,29 @@ def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[s
     assert missing.stderr.strip().splitlines() == [f"polypstream stream: error: {tmp_path / 'nope.mp4'}: no such file"]
     clip = write_clip(tmp_path / "clip.avi", frames=2)
     unreachable = polypstream("stream", str(clip), "--server", "127.0.0.1:1", "--jsonl", str(tmp_path / "o.jsonl"),
-                              "--connect-timeout", "1")  # fmt: skip
+                              "--connect-timeout", "2")  # fmt: skip
     assert unreachable.returncode == 2
-    assert "cannot reach polypstream server at 127.0.0.1:1" in unreachable.stderr
+    assert unreachable.stderr.strip().splitlines() == [
+        "polypstream: waiting up to 2 s for the server at 127.0.0.1:1…",
+        "polypstream stream: error: no polypstream server answered at 127.0.0.1:1 within 2 s (is `polypstream serve` "
+        "running there? --server sets the address, --connect-timeout the wait)",
+    ]
+
+
+def test_health_without_a_server_says_none_answered() -> None:
+    done = polypstream("health", "--server", "127.0.0.1:1", "--timeout", "1")
+    assert done.returncode == 1
+    assert done.stdout.strip() == (
+        "UNREACHABLE: no polypstream server answered at 127.0.0.1:1 within 1 s (is `polypstream serve` running there?)"
+    )
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    found = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert found is not None
+    version = found.group(1)
+    done = polypstream("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"polypstream {version}")
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt", "wrong-shape"])

@@ -151,11 +151,12 @@ def test_health_model_info_and_sources(server: RunningServer, client: SegmenterC
             health.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
         )
     info = client.model_info()
-    assert (info.name, info.input_width, info.provider, info.max_batch) == (
+    assert (info.name, info.input_width, info.provider, info.max_batch, info.path) == (
         "tiny-brightness",
         64,
         "CPUExecutionProvider",
         4,
+        "tiny.onnx",  # the file's name: where the server keeps it is not the client's business
     )
     assert list(client.stub.ListSources(pb.ListSourcesRequest()).sources) == []
     with pytest.raises(grpc.RpcError) as err:
