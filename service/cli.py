@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -424,7 +425,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     def progress(tally: Tally, total: int) -> None:
-        print(f"\r{tally.videos}/{total} videos, {tally.sent} frames", end="", file=sys.stderr, flush=True)
+        end = "" if sys.stderr.isatty() else "\n"  # redrawn on a terminal, one line each in a log
+        print(f"\r{tally.videos}/{total} videos, {tally.sent} frames", end=end, file=sys.stderr, flush=True)
 
     try:
         if args.server:
@@ -455,9 +457,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     assert isinstance(mismatches, list)
     if mismatches:
         print(f"{len(mismatches)} videos disagree with the metadata CSV, e.g. {mismatches[0]}", file=sys.stderr)
+    interrupted = "interrupted: " if report["interrupted"] else ""
     print(
-        f"{report['videos']} videos, {report['frames']} frames at {report['fps']} frames/s; "
-        f"latency p50 {lat['p50']} ms, p99 {lat['p99']} ms; dropped {report['dropped']}, "
+        f"{interrupted}{report['videos']} of {report['videos_found']} videos, {report['frames']} frames at "
+        f"{report['fps']} frames/s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms; dropped {report['dropped']}, "
         f"errors {report['errors']}{dice}"
     )
     accounting = report["accounting"]
@@ -466,6 +469,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         messages = report["error_messages"]
         assert isinstance(messages, list)
         print(f"{report['failed_videos']} videos failed, e.g. {messages[0]}", file=sys.stderr)
+    if report["interrupted"]:
+        return 130
     return 0 if accounting["all_accounted"] and not report["errors"] and not report["failed_videos"] else 1
 
 
@@ -487,15 +492,34 @@ def _replay_in_process(args: argparse.Namespace, progress: Callable[[Tally, int]
 def cmd_corpus(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()):
         raise CliError(f"{args.out}: exists and is not empty (choose a new folder)")
+    existed = args.out.exists()
     plans = plan_corpus(args.videos, args.seconds, args.fps, args.seed)
+    written = 0
 
     def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} videos", end="", file=sys.stderr, flush=True)
+        nonlocal written
+        written = done
+        end = "" if sys.stderr.isatty() else "\n"  # redrawn on a terminal, one line each in a log
+        print(f"\r{done}/{total} videos", end=end, file=sys.stderr, flush=True)
 
     try:
         write_corpus(args.out, args.source, plans, seed=args.seed, progress=progress)
     except DatasetError as exc:
         raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        # Half a corpus is no corpus (its CSV and ground truth would disagree with its videos),
+        # and a non-empty folder would block the rerun: take back what was written.
+        if existed:
+            for child in args.out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(args.out, ignore_errors=True)
+        print(
+            f"\npolypstream corpus: interrupted after {written} of {len(plans)} videos; "
+            f"removed what was written to {args.out}",
+            file=sys.stderr,
+        )
+        return 130
     print(file=sys.stderr)
     frames = sum(p.frames for p in plans)
     print(
@@ -715,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polypstream {args.command}: error: server answered {code}: {details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(f"polypstream {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

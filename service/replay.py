@@ -127,7 +127,13 @@ def _frame_dice(answer: Answer, truth_of: Callable[[int], np.ndarray | None] | N
 
 
 def _replay_video(
-    client: SegmenterClient, path: Path, root: Path, tally: Tally, lock: threading.Lock, context: VideoContext
+    client: SegmenterClient,
+    path: Path,
+    root: Path,
+    tally: Tally,
+    lock: threading.Lock,
+    context: VideoContext,
+    stop: threading.Event,
 ) -> None:
     stream_id = str(path.relative_to(root)) if path != root else path.name
     sent = 0
@@ -148,6 +154,8 @@ def _replay_video(
     def frames() -> Iterator[CapturedFrame]:
         nonlocal sent
         for captured in source:
+            if stop.is_set():  # interrupted: what was sent is still answered
+                return
             sent += 1
             yield captured
 
@@ -164,7 +172,8 @@ def _replay_video(
                     dice.append(score)
     except grpc.RpcError as exc:
         error = f"{stream_id}: {exc.code().name}: {exc.details()}"
-    outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, context.expected_frames)
+    expected = None if stop.is_set() else context.expected_frames  # cut short: its count proves nothing
+    outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, expected)
     with lock:
         tally.add(outcome, client.address)
 
@@ -177,7 +186,10 @@ def replay(
     connect: Callable[[str], SegmenterClient] = SegmenterClient,
     progress: Callable[[Tally, int], None] | None = None,
 ) -> dict[str, object]:
-    """Run every video under `root` through `servers` with `streams` concurrent streams."""
+    """Run every video under `root` through `servers` with `streams` concurrent streams.
+
+    Ctrl-C (KeyboardInterrupt) stops it cleanly: no new frame is sent, every frame sent is
+    still answered and counted, and the report (with `interrupted: true`) covers that much."""
     videos = find_videos(root)
     if not videos:
         raise FileNotFoundError(f"{root}: no videos ({', '.join(VIDEO_SUFFIXES)})")
@@ -197,28 +209,38 @@ def replay(
     for video in videos:
         todo.put(video)
     tally, lock = Tally(), threading.Lock()
+    stop = threading.Event()
+
+    workers = max(1, streams)
+    finished = [threading.Event() for _ in range(workers)]
 
     def worker(k: int) -> None:
-        with connect(servers[k % len(servers)]) as client:
-            while True:
-                try:
-                    video = todo.get_nowait()
-                except queue.Empty:
-                    return
-                _replay_video(client, video, root, tally, lock, context(video))
-                if progress is not None:
-                    progress(tally, len(videos))
+        try:
+            with connect(servers[k % len(servers)]) as client:
+                while not stop.is_set():
+                    try:
+                        video = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    _replay_video(client, video, root, tally, lock, context(video), stop)
+                    if progress is not None:
+                        progress(tally, len(videos))
+        finally:
+            finished[k].set()
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(k,), name=f"replay-{k}") for k in range(max(1, streams))]
+    threads = [threading.Thread(target=worker, args=(k,), name=f"replay-{k}") for k in range(workers)]
     for thread in threads:
         thread.start()
+    _wait_until_interrupted(finished, stop)
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
     answered = sum(tally.statuses.values())
     ok = tally.statuses.get("OK", 0)
     return {
+        "interrupted": stop.is_set(),
+        "videos_found": len(videos),
         "videos": tally.videos,
         "frames": tally.sent,
         "fps": round(ok / wall, 1) if wall else None,
@@ -247,6 +269,21 @@ def replay(
         "dice_frames": len(tally.dice),
         "latency_cdf_ms": _cdf(tally.latencies_ms),
     }
+
+
+def _wait_until_interrupted(finished: list[threading.Event], stop: threading.Event) -> None:
+    """Wait for every worker to finish; on Ctrl-C set `stop`, then wait for them to wind down.
+
+    Waits on events, not Thread.join: a join interrupted by Ctrl-C can leave the thread marked
+    as stopped while it still runs (CPython gh-90882), and the report would miss its frames."""
+    try:
+        for done in finished:
+            while not done.wait(0.1):  # timed, so that Ctrl-C reaches this thread
+                pass
+    except KeyboardInterrupt:
+        stop.set()
+    for done in finished:
+        done.wait()
 
 
 def _cdf(values_ms: list[float], points: int = 101) -> list[float]:

@@ -18,7 +18,7 @@ import cv2
 import pytest
 
 from benchmarks.common import scrape, start_server_process
-from tests.conftest import write_clip
+from tests.conftest import KVASIR_FIXTURES, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,6 +177,57 @@ def test_replay_in_process_writes_a_report(tmp_path: Path, tiny_model: Path) -> 
     assert (report["videos"], report["frames"], report["errors"]) == (2, 10, 0)
     assert report["accounting"]["all_accounted"] is True
     assert "2 videos, 10 frames" in done.stdout
+
+
+def test_ctrl_c_on_replay_stops_it_with_a_partial_report_and_exit_130(tmp_path: Path, tiny_model: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(20):
+        write_clip(corpus / f"v{k:02d}.avi", frames=300)
+    report_path = tmp_path / "replay.json"
+    command = ["replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    line = ""
+    while "videos" not in line:  # not a terminal: one progress line per video
+        line = proc.stderr.readline()
+        assert line, "replay ended before it reported progress"
+    assert line.strip("\r\n").startswith("1/20 videos"), line
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert out.strip().splitlines()[-1].startswith("interrupted: ")
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] is True and report["videos"] < 20
+    assert report["accounting"]["all_accounted"] is True and report["frame_count_mismatches"] == [], (
+        report["accounting"],
+        report["error_messages"],
+        report["frame_count_mismatches"],
+    )
+
+
+def test_ctrl_c_on_corpus_leaves_nothing_that_blocks_a_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "stand-in"
+    command = ["corpus", str(out), "--from", str(KVASIR_FIXTURES), "--videos", "200", "--seconds", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    line = ""
+    while "videos" not in line:
+        line = proc.stderr.readline()
+        assert line, "corpus ended before it reported progress"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert re.search(r"polypstream corpus: interrupted after \d+ of 200 videos; removed what was written", err)
+    assert not out.exists()
+    rerun = polypstream(*command[:-4], "--videos", "1", "--seconds", "0.5")
+    assert rerun.returncode == 0, rerun.stderr
 
 
 def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
