@@ -416,7 +416,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pipeline.stop()
     (args.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=1) + "\n")
     print(summary.line())
-    print(f"wrote {args.out / 'results.jsonl'} and {args.out / 'overlay.mp4'}")
+    print(f"wrote {args.out / 'results.jsonl'}, {args.out / 'overlay.mp4'} and {args.out / 'summary.json'}")
     return 0
 
 
@@ -563,7 +563,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         c = runner.contract
         print(f"{c.name} {c.version} on {scores['images']} images of {args.split or args.data}:")
         for key in ("dice", "iou", "precision", "recall", "box_precision", "box_recall"):
-            print(f"  {key:<14} {scores[key]:.4f}")
+            value = scores[key]
+            shown = "not measured (no ground-truth boxes in the data)" if value is None else f"{value:.4f}"
+            print(f"  {key:<14} {shown}")
     return 0
 
 

@@ -84,8 +84,9 @@ def read_as_served(path: Path, model_size: tuple[int, int]) -> tuple[np.ndarray,
 
 def evaluate(
     runner: Runner, data_dir: Path, split_file: Path | None = None, *, min_area_fraction: float = MIN_AREA_FRACTION
-) -> dict[str, float | int]:
-    """Mean per-image mask metrics and pooled box precision/recall over a split."""
+) -> dict[str, float | int | None]:
+    """Mean per-image mask metrics and pooled box precision/recall over a split (None for the
+    box metrics when the data has no ground-truth boxes: they were not measured)."""
     samples = [s for s in load_split(data_dir, split_file) if s.mask_path is not None]
     if not samples:
         raise ValueError(f"{data_dir}: no images with masks to evaluate")
@@ -117,7 +118,7 @@ def evaluate(
         "iou": float(np.mean([s.iou for s in scores])),
         "precision": float(np.mean([s.precision for s in scores])),
         "recall": float(np.mean([s.recall for s in scores])),
-        "box_precision": tp / n_pred if n_pred else 0.0,
-        "box_recall": tp / n_truth if n_truth else 0.0,
+        "box_precision": (tp / n_pred if n_pred else 0.0) if n_truth else None,
+        "box_recall": tp / n_truth if n_truth else None,
         "images": len(scores),
     }

@@ -108,6 +108,11 @@ def resolve_model(spec: str | None) -> Path:
                 return path
         raise ModelError(f"{models_dir()}: no fast.onnx or accurate.onnx (pass --model PATH)")
     path = models_dir() / f"{spec}.onnx" if spec in NAMED_MODELS else Path(spec)
+    if not path.is_file() and spec == "accurate":
+        raise ModelError(
+            f"{path}: the accurate model is not shipped yet (it needs GPU training; see models/README.md); "
+            "use --model fast"
+        )
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     if spec in NAMED_MODELS:

@@ -52,6 +52,9 @@ def test_demo_writes_results_overlay_and_summary(tmp_path: Path, tiny_model: Pat
     assert "64 frames (OK 64)" in done.stdout and "latency p50" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 64
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"wrote {out / 'results.jsonl'}, {out / 'overlay.mp4'} and {out / 'summary.json'}"
+    )
 
 
 @pytest.mark.skipif(not (ROOT / "models" / "fast.onnx").is_file(), reason="no shipped model yet")

@@ -104,8 +104,10 @@ def test_resolve_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mod
     assert resolve_model(None) == tmp_path / "fast.onnx"
     assert resolve_model("fast") == tmp_path / "fast.onnx"
     assert resolve_model(str(tiny_model)) == tiny_model
-    with pytest.raises(ModelError, match=r"accurate\.onnx: model file not found"):
+    with pytest.raises(ModelError, match=r"accurate\.onnx: the accurate model is not shipped yet .*use --model fast$"):
         resolve_model("accurate")
+    with pytest.raises(ModelError, match=r"elsewhere\.onnx: model file not found"):
+        resolve_model(str(tmp_path / "elsewhere.onnx"))
 
 
 def test_a_named_model_that_does_not_match_its_recorded_sha256_is_refused(
