@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -57,7 +58,12 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         default=env_default("MODEL", "") or None,
         help="fast, accurate or an ONNX path (default: accurate on CUDA, else fast)",
     )
-    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default=env_default("DEVICE", "auto"))
+    g.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default=env_default("DEVICE", "auto"),
+        help="auto: CUDA when usable; cuda: fail without it",
+    )
     g.add_argument("--max-batch", type=int, default=int(env_default("MAX_BATCH", "8")), help="largest inference batch")
     g.add_argument(
         "--budget-ms", type=float, default=float(env_default("BUDGET_MS", "40")), help="per-frame latency budget"
@@ -572,6 +578,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- main --------------------------------------------------------------------------------
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none to show (no value,
+    an on/off flag) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, []) or action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: its --help shows every option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def package_version() -> str:
     """The installed package's version (its metadata), or 'unknown' when run from a bare checkout."""
     try:
@@ -586,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"polypstream {package_version()}")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     serve = sub.add_parser("serve", help="run the gRPC server and the metrics endpoint")
     serve.add_argument("--address", default=env_default("ADDRESS", ServerConfig.address), help="host:port or unix:PATH")
@@ -596,7 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port; empty for none",
     )
     serve.add_argument(
-        "--max-streams", type=int, default=int(env_default("MAX_STREAMS", str(ServerConfig.max_streams)))
+        "--max-streams",
+        type=int,
+        default=int(env_default("MAX_STREAMS", str(ServerConfig.max_streams))),
+        help="concurrent Segment streams; more are refused (RESOURCE_EXHAUSTED)",
     )
     serve.add_argument(
         "--source",
@@ -665,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="let the server drop late frames (default for URLs and devices)"
     )
     stream.add_argument("--realtime", action="store_true", help="send a file at its own frame rate")
-    stream.add_argument("--connect-timeout", type=float, default=10.0)
+    stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
     stream.set_defaults(func=cmd_stream)
 
     demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
@@ -694,23 +722,28 @@ def build_parser() -> argparse.ArgumentParser:
     corpus = sub.add_parser("corpus", help="write a HyperKvasir-shaped stand-in corpus made from Kvasir-SEG images")
     corpus.add_argument("out", type=Path, help="new folder")
     corpus.add_argument("--from", dest="source", type=Path, required=True, help="Kvasir-SEG layout folder")
-    corpus.add_argument("--videos", type=int, default=374)
+    corpus.add_argument("--videos", type=int, default=374, help="how many videos (HyperKvasir has 374)")
     corpus.add_argument("--seconds", type=float, default=2.0, help="median video length (the real median is 83 s)")
     corpus.add_argument("--fps", type=float, help="one frame rate for all (default: the official mix)")
-    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same corpus")
     corpus.set_defaults(func=cmd_corpus)
 
     health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
     add_client_flags(health)
-    health.add_argument("--timeout", type=float, default=5.0)
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     health.set_defaults(func=cmd_health)
 
     evaluate_ = sub.add_parser("eval", help="Dice/IoU/precision/recall and box metrics on a Kvasir-SEG folder")
     evaluate_.add_argument("--data", type=Path, required=True, help="folder with images/, masks/, kavsir_bboxes.json")
     evaluate_.add_argument("--split", type=Path, help="file of image ids, one per line (default: every image)")
     evaluate_.add_argument("--model", default=env_default("MODEL", "") or None, help="fast, accurate or an ONNX path")
-    evaluate_.add_argument("--device", choices=["auto", "cuda", "cpu"], default=env_default("DEVICE", "auto"))
-    evaluate_.add_argument("--batch", type=int, default=8)
+    evaluate_.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default=env_default("DEVICE", "auto"),
+        help="auto: CUDA when usable; cuda: fail without it",
+    )
+    evaluate_.add_argument("--batch", type=int, default=8, help="images per model run")
     evaluate_.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_.set_defaults(func=cmd_eval)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import cv2
 import pytest
 
 from benchmarks.common import scrape, start_server_process
+from service.cli import build_parser
 from tests.conftest import KVASIR_FIXTURES, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,6 +259,22 @@ def test_health_without_a_server_says_none_answered() -> None:
     assert done.stdout.strip() == (
         "UNREACHABLE: no polypstream server answered at 127.0.0.1:1 within 1 s (is `polypstream serve` running there?)"
     )
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+    serve_help = " ".join(polypstream("serve", "--help").stdout.split())
+    assert (
+        "--max-streams MAX_STREAMS concurrent Segment streams; more are refused (RESOURCE_EXHAUSTED) (default: 64)"
+        in (serve_help)
+    )
+    assert "--budget-ms BUDGET_MS per-frame latency budget (default: 40.0)" in serve_help
+    assert "(default: None)" not in serve_help and "(default: [])" not in serve_help
 
 
 def test_version_comes_from_the_package_metadata() -> None:
