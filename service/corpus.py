@@ -16,9 +16,12 @@ folders only reproduce the layout. The real HyperKvasir folder with its CSV repl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -91,6 +94,25 @@ def plan_corpus(videos: int, seconds: float, fps: float | None, seed: int = 0) -
     return plans
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced(silence: bool) -> Iterator[None]:
+    """Keep the C library's stderr quiet for a moment: OpenCV's FFmpeg writer prints "tag ... is
+    not supported" straight to it for every MPEG program stream (whose muxer takes no codec
+    tags), bypassing OpenCV's log level; the file it writes is fine."""
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _fourcc(path: str) -> int:
     return cv2.VideoWriter.fourcc(*("PIM1" if path.endswith(".mpg") else "XVID"))
 
@@ -130,7 +152,8 @@ def write_corpus(
         path = out / plan.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         size = (plan.width, plan.height)
-        writer = cv2.VideoWriter(str(path), _fourcc(plan.relpath), plan.fps, size)
+        with _c_stderr_silenced(path.suffix == ".mpg"):
+            writer = cv2.VideoWriter(str(path), _fourcc(plan.relpath), plan.fps, size)
         if not writer.isOpened():
             raise OSError(f"{path}: cannot open a video writer")
         frames = []

@@ -214,6 +214,15 @@ def test_ctrl_c_on_replay_stops_it_with_a_partial_report_and_exit_130(tmp_path: 
     )
 
 
+def test_corpus_prints_progress_and_nothing_of_opencv(tmp_path: Path) -> None:
+    out = tmp_path / "stand-in"
+    done = polypstream("corpus", str(out), "--from", str(KVASIR_FIXTURES), "--videos", "10", "--seconds", "0.3")
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.rglob("*.mpg"))) == 1  # the MPEG program stream OpenCV's writer complains about
+    lines = [line.strip("\r") for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"{n}/10 videos" for n in range(1, 11)]
+
+
 def test_ctrl_c_on_corpus_leaves_nothing_that_blocks_a_rerun(tmp_path: Path) -> None:
     out = tmp_path / "stand-in"
     command = ["corpus", str(out), "--from", str(KVASIR_FIXTURES), "--videos", "200", "--seconds", "2"]
