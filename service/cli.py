@@ -266,6 +266,7 @@ class StreamSummary:
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    flat_out: bool = False  # frames sent as fast as the server took them (not at the source's pace)
 
     def as_dict(self) -> dict[str, object]:
         def pct(values: list[float], q: float) -> float | None:
@@ -287,10 +288,12 @@ class StreamSummary:
         lat, srv = d["latency_ms"], d["server_ms"]
         assert isinstance(lat, dict) and isinstance(srv, dict)
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        # Sent flat out, a frame waits behind the ones before it: that is the client's queue, not service time.
+        queueing = ", mostly queueing: frames were sent as fast as the server took them" if self.flat_out else ""
         return (
             f"{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
             f"{self.detections} detections, {len(self.tracks)} tracks; latency p50 {lat['p50']} ms, "
-            f"p99 {lat['p99']} ms (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
+            f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
         )
 
 
@@ -314,7 +317,7 @@ def stream_video(
                 originals[captured.index] = captured.image
             yield captured
 
-    summary = StreamSummary()
+    summary = StreamSummary(flat_out=not source.realtime)
     started = time.perf_counter()
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     try:

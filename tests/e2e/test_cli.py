@@ -82,6 +82,7 @@ def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], s
     assert all(line["status"] == "OK" and len(line["polyps"]) == 1 for line in lines)
     assert lines[0]["latency_ms"] > 0 and lines[0]["stream_id"] == "clip"
     assert int(cv2.VideoCapture(str(tmp_path / "overlay.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert "ms, mostly queueing: frames were sent as fast as the server took them (server p50" in done.stdout
 
     metrics = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     assert 'polypstream_frames_total{source="grpc",status="OK"} 12.0' in metrics
