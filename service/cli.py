@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -267,6 +268,7 @@ class StreamSummary:
     server_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     flat_out: bool = False  # frames sent as fast as the server took them (not at the source's pace)
+    interrupted: bool = False  # Ctrl-C: no more frames were sent; those sent were answered
 
     def as_dict(self) -> dict[str, object]:
         def pct(values: list[float], q: float) -> float | None:
@@ -281,6 +283,7 @@ class StreamSummary:
             "latency_ms": {"p50": pct(self.latencies_ms, 50), "p99": pct(self.latencies_ms, 99)},
             "server_ms": {"p50": pct(self.server_ms, 50), "p99": pct(self.server_ms, 99)},
             "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
+            "interrupted": self.interrupted,
         }
 
     def line(self) -> str:
@@ -290,8 +293,9 @@ class StreamSummary:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
         # Sent flat out, a frame waits behind the ones before it: that is the client's queue, not service time.
         queueing = ", mostly queueing: frames were sent as fast as the server took them" if self.flat_out else ""
+        interrupted = "interrupted: " if self.interrupted else ""
         return (
-            f"{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
+            f"{interrupted}{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
             f"{self.detections} detections, {len(self.tracks)} tracks; latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
         )
@@ -311,8 +315,12 @@ def stream_video(
     originals: dict[int, np.ndarray] = {}
     writer: cv2.VideoWriter | None = None
 
+    stop = threading.Event()
+
     def frames() -> Iterator[CapturedFrame]:
         for captured in source:
+            if stop.is_set():  # Ctrl-C: send no more; what was sent is still answered and written
+                return
             if overlay_path is not None:
                 originals[captured.index] = captured.image
             yield captured
@@ -321,7 +329,7 @@ def stream_video(
     started = time.perf_counter()
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with jsonl_path.open("w") as out:
+        with jsonl_path.open("w") as out, ctrl_c_sets(stop):
             for answer in client.segment_video(frames(), stream_id, options):
                 line = answer.to_json()
                 out.write(json.dumps(line) + "\n")
@@ -354,7 +362,28 @@ def stream_video(
         if writer is not None:
             writer.release()
     summary.wall_s = time.perf_counter() - started
+    summary.interrupted = stop.is_set()
     return summary
+
+
+@contextlib.contextmanager
+def ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While inside, a first Ctrl-C sets `stop` (the caller winds down cleanly); a second one
+    interrupts as usual. Only in the main thread (elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def open_source(uri: str, realtime: bool) -> FrameSource:
@@ -394,7 +423,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             no_drop=no_drop,
         )
     print(summary.line())
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 # --- demo --------------------------------------------------------------------------------
@@ -426,7 +455,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=1) + "\n")
     print(summary.line())
     print(f"wrote {args.out / 'results.jsonl'}, {args.out / 'overlay.mp4'} and {args.out / 'summary.json'}")
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 # --- replay ------------------------------------------------------------------------------

@@ -123,6 +123,33 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     assert [line["index"] for line in lines] == list(range(len(lines)))
 
 
+def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
+    server: tuple[subprocess.Popen[str], str, str], tmp_path: Path
+) -> None:
+    _, address, _ = server
+    clip = write_clip(tmp_path / "clip.avi", frames=200, fps=20)  # 10 s at its own rate
+    out = tmp_path / "out.jsonl"
+    command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out)]
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:  # created as streaming starts
+        time.sleep(0.05)
+    time.sleep(1.0)  # about 20 frames sent
+    stream.send_signal(signal.SIGINT)
+    client_out, client_err = stream.communicate(timeout=30)
+    assert stream.returncode == 130, client_err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 0 < len(lines) < 200 and [line["index"] for line in lines] == list(range(len(lines)))
+    (summary,) = client_out.strip().splitlines()
+    assert summary.startswith(f"interrupted: {len(lines)} frames (OK {len(lines)})")
+
+
 def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
     _, address, metrics_url = server
     clip = write_clip(tmp_path / "clip.avi", frames=40, fps=10)  # 4 s at its own rate
