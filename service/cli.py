@@ -257,6 +257,19 @@ async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sou
 # --- stream ------------------------------------------------------------------------------
 
 
+def show_progress(what: str, done: int, total: int, started: float) -> None:
+    """`what`, the rate and the time left, on stderr: redrawn in place on a terminal, one line
+    each in a log (no carriage returns in it)."""
+    elapsed = time.monotonic() - started
+    if done and elapsed > 0:
+        rate = done / elapsed
+        what += f" ({rate:.1f}/s, {max(0.0, (total - done) / rate):.0f} s left)"
+    if sys.stderr.isatty():
+        print(f"\r{what}\x1b[K", end="", file=sys.stderr, flush=True)
+    else:
+        print(what, file=sys.stderr, flush=True)
+
+
 @dataclass
 class StreamSummary:
     frames: int = 0
@@ -462,9 +475,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+
     def progress(tally: Tally, total: int) -> None:
-        end = "" if sys.stderr.isatty() else "\n"  # redrawn on a terminal, one line each in a log
-        print(f"\r{tally.videos}/{total} videos, {tally.sent} frames", end=end, file=sys.stderr, flush=True)
+        show_progress(f"{tally.videos}/{total} videos, {tally.sent} frames", tally.videos, total, started)
 
     try:
         if args.server:
@@ -534,11 +548,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     plans = plan_corpus(args.videos, args.seconds, args.fps, args.seed)
     written = 0
 
+    started = time.monotonic()
+
     def progress(done: int, total: int) -> None:
         nonlocal written
         written = done
-        end = "" if sys.stderr.isatty() else "\n"  # redrawn on a terminal, one line each in a log
-        print(f"\r{done}/{total} videos", end=end, file=sys.stderr, flush=True)
+        show_progress(f"{done}/{total} videos", done, total, started)
 
     try:
         write_corpus(args.out, args.source, plans, seed=args.seed, progress=progress)
