@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -116,20 +117,17 @@ def release_freed_memory_promptly() -> None:
     then come from the heap, where a few live ones pin the rest, and a server that once held
     gigabytes for big frames keeps them after the streams end. A fixed 1 MiB threshold keeps
     every frame-sized buffer in its own mapping. No-op where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return
     m_mmap_threshold = -3  # from glibc's malloc.h
     if mallopt(m_mmap_threshold, MIB) != 1:
         logger.debug("mallopt(M_MMAP_THRESHOLD) refused; freed frame memory may be kept by the allocator")
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (find_library runs ldconfig: not for every stream's end)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
