@@ -52,8 +52,8 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("engine")
+def add_model_flags(g: argparse._ActionsContainer) -> None:
+    """--model and --device, for every command that loads a model."""
     g.add_argument(
         "--model",
         default=env_default("MODEL", "") or None,
@@ -65,6 +65,11 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         default=env_default("DEVICE", "auto"),
         help="auto: CUDA when usable; cuda: fail without it",
     )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    add_model_flags(g)
     g.add_argument("--max-batch", type=int, default=int(env_default("MAX_BATCH", "8")), help="largest inference batch")
     g.add_argument(
         "--budget-ms", type=float, default=float(env_default("BUDGET_MS", "40")), help="per-frame latency budget"
@@ -783,13 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_ = sub.add_parser("eval", help="Dice/IoU/precision/recall and box metrics on a Kvasir-SEG folder")
     evaluate_.add_argument("--data", type=Path, required=True, help="folder with images/, masks/, kavsir_bboxes.json")
     evaluate_.add_argument("--split", type=Path, help="file of image ids, one per line (default: every image)")
-    evaluate_.add_argument("--model", default=env_default("MODEL", "") or None, help="fast, accurate or an ONNX path")
-    evaluate_.add_argument(
-        "--device",
-        choices=["auto", "cuda", "cpu"],
-        default=env_default("DEVICE", "auto"),
-        help="auto: CUDA when usable; cuda: fail without it",
-    )
+    add_model_flags(evaluate_)
     evaluate_.add_argument("--batch", type=int, default=8, help="images per model run")
     evaluate_.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_.set_defaults(func=cmd_eval)

@@ -31,6 +31,27 @@ def polypstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     )
 
 
+def spawn(*args: str) -> subprocess.Popen[str]:
+    """`polypstream ARGS` running in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def first_progress_line(proc: subprocess.Popen[str]) -> str:
+    """The first progress line on the command's stderr (not a terminal: one line per step)."""
+    assert proc.stderr is not None
+    line = ""
+    while "videos" not in line:
+        line = proc.stderr.readline()
+        assert line, "the command ended before it reported progress"
+    return line
+
+
 @pytest.fixture
 def server(tiny_model: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """`polypstream serve` on free ports; yields (process, gRPC address, metrics URL)."""
@@ -102,13 +123,7 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     clip = write_clip(tmp_path / "clip.avi", frames=200, fps=20)  # 10 s at its own rate
     out = tmp_path / "out.jsonl"
     command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out)]
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *command],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stream = spawn(*command)
     deadline = time.monotonic() + 30
     while (not out.exists() or len(out.read_text().splitlines()) < 10) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -130,13 +145,7 @@ def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
     clip = write_clip(tmp_path / "clip.avi", frames=200, fps=20)  # 10 s at its own rate
     out = tmp_path / "out.jsonl"
     command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out)]
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *command],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stream = spawn(*command)
     deadline = time.monotonic() + 60
     while not out.exists() and time.monotonic() < deadline:  # created as streaming starts
         time.sleep(0.05)
@@ -153,11 +162,7 @@ def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
 def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
     _, address, metrics_url = server
     clip = write_clip(tmp_path / "clip.avi", frames=40, fps=10)  # 4 s at its own rate
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "stream", str(clip), "--server", address, "--realtime",
-         "--jsonl", str(tmp_path / "out.jsonl")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    stream = spawn("stream", str(clip), "--server", address, "--realtime", "--jsonl", str(tmp_path / "out.jsonl"))
     ok = 'polypstream_frames_total{source="grpc",status="OK"}'
     seen: list[dict[str, float]] = []
     deadline = time.monotonic() + 60
@@ -218,16 +223,8 @@ def test_ctrl_c_on_replay_stops_it_with_a_partial_report_and_exit_130(tmp_path: 
     for k in range(20):
         write_clip(corpus / f"v{k:02d}.avi", frames=300)
     report_path = tmp_path / "replay.json"
-    command = ["replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *command],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    line = ""
-    while "videos" not in line:  # not a terminal: one progress line per video
-        line = proc.stderr.readline()
-        assert line, "replay ended before it reported progress"
+    proc = spawn("replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path))
+    line = first_progress_line(proc)
     assert re.match(r"[12]/20 videos, \d+ frames \(\d+\.\d/s, \d+ s left\)$", line), line
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -256,15 +253,8 @@ def test_corpus_prints_progress_and_nothing_of_opencv(tmp_path: Path) -> None:
 def test_ctrl_c_on_corpus_leaves_nothing_that_blocks_a_rerun(tmp_path: Path) -> None:
     out = tmp_path / "stand-in"
     command = ["corpus", str(out), "--from", str(KVASIR_FIXTURES), "--videos", "200", "--seconds", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *command],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    line = ""
-    while "videos" not in line:
-        line = proc.stderr.readline()
-        assert line, "corpus ended before it reported progress"
+    proc = spawn(*command)
+    first_progress_line(proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
