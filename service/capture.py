@@ -45,6 +45,8 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: carries the image size
 _UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
 _SOS = b"\xff\xda"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # An ordinary JPEG has a few dozen segments before its frame header (APPn, DQT, DHT, COM);
 # more is a crafted file, and walking it would cost time before anything is decoded.
 MAX_JPEG_HEADER_SEGMENTS = 256
@@ -114,15 +116,23 @@ def check_jpeg_scans(data: bytes, header: JpegHeader, max_pixels: int) -> None:
         )
 
 
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == _JPEG_MAGIC
+
+
+def is_png(data: bytes) -> bool:
+    return data[:8] == _PNG_MAGIC
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of JPEG or PNG bytes from their header, or None when it cannot be read
     (decoding then says what is wrong)."""
     try:
-        if data[:3] == b"\xff\xd8\xff":
+        if is_jpeg(data):
             return jpeg_size(data)
     except InvalidFrameError:
         return None
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    if is_png(data) and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return None
 
@@ -161,7 +171,7 @@ def decode_encoded(
         raise InvalidFrameError("empty frame: no image bytes")
     buffer = np.frombuffer(data, dtype=np.uint8)
     factor, flag = 1, cv2.IMREAD_COLOR
-    if data[:3] == b"\xff\xd8\xff":
+    if is_jpeg(data):
         kind = "JPEG"
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise InvalidFrameError("truncated JPEG: no end-of-image marker")
@@ -170,7 +180,7 @@ def decode_encoded(
         _check_size(width, height, max_pixels)
         check_jpeg_scans(data, header, max_pixels)
         factor, flag = _jpeg_reduction(width, height, min_size)
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+    elif is_png(data):
         kind = "PNG"
         if len(data) >= 24:
             _check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), max_pixels)

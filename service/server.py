@@ -34,6 +34,7 @@ from service.capture import (
     decode_encoded,
     decode_raw,
     image_size,
+    is_jpeg,
     jpeg_decoded_size,
 )
 from service.config import ServerConfig
@@ -166,7 +167,7 @@ def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
         data_bytes, size, jpeg = len(message.raw.data), (message.raw.width, message.raw.height), False
     else:
         data_bytes, size = len(message.encoded), image_size(message.encoded)
-        jpeg = message.encoded[:3] == b"\xff\xd8\xff"
+        jpeg = is_jpeg(message.encoded)
     model_w, model_h = model_size
     cost = data_bytes + (3 * 4 + 4) * model_w * model_h  # float32 CHW input + float32 probabilities
     if size is None:  # unreadable: refused before anything is decoded
