@@ -9,20 +9,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /app
+WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY proto/ proto/
 COPY service/ service/
+# The shipped models install inside the package (polypstream/models/), as with `pip install polypstream`.
+COPY models/*.onnx models/SHA256SUMS models/README.md models/
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[gpu]"
-# The models are baked in; the service finds them through POLYPSTREAM_MODELS_DIR.
-COPY models/*.onnx models/SHA256SUMS models/README.md /app/models/
+    && /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
+    && cd / && rm -rf /src
+WORKDIR /
 
 RUN useradd --create-home --uid 10001 polypstream
 USER polypstream
 
 ENV PATH=/opt/venv/bin:$PATH \
-    POLYPSTREAM_MODELS_DIR=/app/models \
     POLYPSTREAM_ADDRESS=0.0.0.0:50051 \
     POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000 \
     POLYPSTREAM_HEALTH_ADDRESS=127.0.0.1:50052

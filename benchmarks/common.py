@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.dataset import load_split, read_image, read_mask
-from service.synth import render_clip
+from polypstream.dataset import load_split, read_image, read_mask
+from polypstream.synth import render_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,7 +76,7 @@ def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, 
     Reads the server's first line ("serving on ADDR, metrics on URL"); the caller owns the
     process and must end it (terminate, then communicate to close its pipes).
     """
-    command = [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "polypstream", "serve", "--address", "127.0.0.1:0"]
     command += ["--metrics-address", "127.0.0.1:0", *serve_args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None

@@ -23,14 +23,14 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.common import FIXTURES, command_line, device_name, write_result
 from benchmarks.model_throughput import naive_step, time_batches
-from service.capture import VideoSource
-from service.config import EngineConfig, ServerConfig
-from service.corpus import plan_corpus, write_corpus
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.replay import find_videos, replay
-from service.runner import Runner, resolve_model
-from service.server import serve_in_thread
+from polypstream.capture import VideoSource
+from polypstream.config import EngineConfig, ServerConfig
+from polypstream.corpus import plan_corpus, write_corpus
+from polypstream.metrics import Metrics
+from polypstream.pipeline import Pipeline
+from polypstream.replay import find_videos, replay
+from polypstream.runner import Runner, resolve_model
+from polypstream.server import serve_in_thread
 
 
 def naive_over_videos(runner: Runner, videos: list[Path], seconds: float) -> dict[str, float]:

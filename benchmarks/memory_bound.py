@@ -19,8 +19,8 @@ import grpc
 
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, scrape, start_server_process
 from benchmarks.common import write_result as write_json
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import SegmenterClient
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient
 
 RSS = "process_resident_memory_bytes"
 HELD = "polypstream_frame_memory_bytes"

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
-from service.capture import decode_encoded
-from service.postprocess import draw_overlay, find_polyps, min_region_area, probability_to_mask
-from service.runner import Runner, resolve_model
+from polypstream.capture import decode_encoded
+from polypstream.postprocess import draw_overlay, find_polyps, min_region_area, probability_to_mask
+from polypstream.runner import Runner, resolve_model
 
 
 def time_batches(runner: Runner, batch: int, seconds: float) -> dict[str, float]:

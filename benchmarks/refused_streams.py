@@ -30,8 +30,8 @@ from benchmarks.common import (
     write_result,
 )
 from benchmarks.service_latency import run_streams
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import SegmenterClient
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient
 
 REFUSED = 'polypstream_streams_refused_total{reason="limit"}'
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import Answer, SegmenterClient
-from service.config import EngineConfig, ServerConfig
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.replay import percentiles
-from service.runner import Runner, resolve_model
-from service.server import serve_in_thread
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import Answer, SegmenterClient
+from polypstream.config import EngineConfig, ServerConfig
+from polypstream.metrics import Metrics
+from polypstream.pipeline import Pipeline
+from polypstream.replay import percentiles
+from polypstream.runner import Runner, resolve_model
+from polypstream.server import serve_in_thread
 
 STAGES = ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "server_ms")
 

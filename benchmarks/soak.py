@@ -39,10 +39,10 @@ from benchmarks.common import (
     start_server_process,
     write_result,
 )
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
-from service.client import SegmenterClient
-from service.replay import percentiles
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from polypstream.client import SegmenterClient
+from polypstream.replay import percentiles
 
 RSS = "process_resident_memory_bytes"
 ADVERSARIES = ("cancel", "mute", "offline", "oversized")

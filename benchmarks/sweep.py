@@ -23,9 +23,9 @@ from pathlib import Path
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_server_process, write_result
 from benchmarks.model_throughput import naive_loop, time_batches
 from benchmarks.service_latency import STAGES, run_streams
-from service.client import SegmenterClient
-from service.plots import pyplot
-from service.runner import Runner, resolve_model
+from polypstream.client import SegmenterClient
+from polypstream.plots import pyplot
+from polypstream.runner import Runner, resolve_model
 
 
 def parse_size(text: str) -> tuple[int, int]:

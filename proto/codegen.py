@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -20,6 +21,21 @@ OUT_DIR = ROOT / "service" / "_proto"
 
 def proto_files() -> list[Path]:
     return sorted(PROTO_DIR.rglob("*.proto"))
+
+
+def relative(here: tuple[str, ...], module: str) -> str:
+    """`module` (absolute, under OUT_DIR) as seen from the package `here`: ("a", "v1"), "a.v1" -> "."."""
+    parts = module.split(".")
+    common = 0
+    while common < min(len(here), len(parts)) and here[common] == parts[common]:
+        common += 1
+    return "." * (len(here) - common + 1) + ".".join(parts[common:])
+
+
+def relative_to(path: Path) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement: an absolute `from X import` line as seen from `path`'s package."""
+    here = path.parent.relative_to(OUT_DIR).parts
+    return lambda match: f"from {relative(here, match[1])} import"
 
 
 def main() -> int:
@@ -36,10 +52,11 @@ def main() -> int:
     if protoc.main(args) != 0:
         print("protoc failed", file=sys.stderr)
         return 1
-    # protoc writes absolute imports ("from polypstream.v1 import ..."); make them package-relative.
+    # protoc writes absolute imports ("from polypstream.v1 import ..."); make them relative, so that
+    # the generated code works wherever the package is installed (it installs as polypstream._proto).
     for path in OUT_DIR.rglob("*.py*"):
         text = path.read_text()
-        fixed = re.sub(r"^from polypstream\.", "from service._proto.polypstream.", text, flags=re.M)
+        fixed = re.sub(r"^from (polypstream(?:\.\w+)*) import", relative_to(path), text, flags=re.M)
         if fixed != text:
             path.write_text(fixed)
     for folder in [OUT_DIR, *[p for p in OUT_DIR.rglob("*") if p.is_dir()]]:

@@ -1,3 +1,8 @@
 """polypstream: real-time polyp segmentation of colonoscopy video, served over gRPC."""
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("polypstream")  # the installed package's metadata
+except importlib.metadata.PackageNotFoundError:  # a bare checkout run as `python -m service`
+    __version__ = "unknown"

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.frames import Frame, Result, Status, Timing
+from .frames import Frame, Result, Status, Timing
 
 logger = logging.getLogger(__name__)
 

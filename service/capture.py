@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.dataset import IMAGE_SUFFIXES
+from .dataset import IMAGE_SUFFIXES
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -26,23 +25,23 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service import capture
-from service.capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from service.client import SegmenterClient
-from service.config import EngineConfig, ServerConfig, env_default
-from service.corpus import plan_corpus, write_corpus
-from service.dataset import DatasetError
-from service.evaluate import evaluate
-from service.frames import FrameOptions
-from service.memory import MIB, release_freed_memory_promptly
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.plots import PlotUnavailableError, plot_replay
-from service.replay import Tally, replay
-from service.runner import ModelError, Runner, resolve_model
-from service.security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
-from service.server import serve_in_thread, start_server
-from service.sources import SourceHub
+from . import __version__, capture
+from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
+from .client import SegmenterClient
+from .config import EngineConfig, ServerConfig, env_default
+from .corpus import plan_corpus, write_corpus
+from .dataset import DatasetError
+from .evaluate import evaluate
+from .frames import FrameOptions
+from .memory import MIB, release_freed_memory_promptly
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .plots import PlotUnavailableError, plot_replay
+from .replay import Tally, replay
+from .runner import ModelError, Runner, resolve_model
+from .security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
+from .server import serve_in_thread, start_server
+from .sources import SourceHub
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -649,19 +648,11 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def package_version() -> str:
-    """The installed package's version (its metadata), or 'unknown' when run from a bare checkout."""
-    try:
-        return importlib.metadata.version("polypstream")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
     )
-    parser.add_argument("--version", action="version", version=f"polypstream {package_version()}")
+    parser.add_argument("--version", action="version", version=f"polypstream {__version__}")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 

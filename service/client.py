@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
-from service.capture import CapturedFrame
-from service.frames import FrameOptions
+from ._proto.polypstream.v1 import segmenter_pb2 as pb
+from ._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from .capture import CapturedFrame
+from .frames import FrameOptions
 
 STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from service.capture import DEFAULT_MAX_PIXELS
-from service.memory import MIB
-from service.postprocess import MIN_AREA_FRACTION
-from service.security import TlsFiles
+from .capture import DEFAULT_MAX_PIXELS
+from .memory import MIB
+from .postprocess import MIN_AREA_FRACTION
+from .security import TlsFiles
 
 
 def env_default(name: str, fallback: str) -> str:

@@ -30,8 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.dataset import load_split, read_image, read_mask
-from service.synth import CameraPose, camera_poses, render_frame, warp_mask
+from .dataset import load_split, read_image, read_mask
+from .synth import CameraPose, camera_poses, render_frame, warp_mask
 
 METADATA_CSV = "hyper-kvasir-video-metadata.csv"
 CSV_FIELDS = ("file-name", "finding", "width", "height", "number-of-frames", "fps", "length", "kilobytes")

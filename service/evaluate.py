@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.capture import InvalidFrameError, decode_encoded
-from service.dataset import DatasetError, load_split, read_image, read_mask
-from service.postprocess import MIN_AREA_FRACTION, box_iou, locate_polyps, probability_to_mask
-from service.runner import Runner
+from .capture import InvalidFrameError, decode_encoded
+from .dataset import DatasetError, load_split, read_image, read_mask
+from .postprocess import MIN_AREA_FRACTION, box_iou, locate_polyps, probability_to_mask
+from .runner import Runner
 
 BOX_IOU = 0.5
 CLIENT_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a client sends as encoded frames

@@ -16,12 +16,12 @@ from functools import partial
 
 import numpy as np
 
-from service.batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
-from service.config import EngineConfig
-from service.frames import Frame, FrameOptions, Result, Status, Timing
-from service.metrics import Metrics
-from service.postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask
-from service.runner import Runner
+from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
+from .config import EngineConfig
+from .frames import Frame, FrameOptions, Result, Status, Timing
+from .metrics import Metrics
+from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask
+from .runner import Runner
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from service.frames import Polyp
+from .frames import Polyp
 
 MASK_COLOUR = (0, 255, 0)  # BGR
 MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps

@@ -24,11 +24,11 @@ import cv2
 import grpc
 import numpy as np
 
-from service.capture import CapturedFrame, SourceError, VideoSource
-from service.client import Answer, SegmenterClient
-from service.corpus import GroundTruth, read_metadata
-from service.evaluate import mask_scores
-from service.frames import FrameOptions
+from .capture import CapturedFrame, SourceError, VideoSource
+from .client import Answer, SegmenterClient
+from .corpus import GroundTruth, read_metadata
+from .evaluate import mask_scores
+from .frames import FrameOptions
 
 logger = logging.getLogger(__name__)
 

@@ -85,9 +85,14 @@ class ModelContract:
 
 
 def models_dir() -> Path:
-    """Where the named models live: $POLYPSTREAM_MODELS_DIR, else the checkout's models/."""
+    """Where the named models live: $POLYPSTREAM_MODELS_DIR, else the installed package's models/
+    (polypstream/models/), else the checkout's models/ beside service/."""
     override = os.environ.get(MODELS_DIR_ENV)
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    installed = package / "models"
+    return installed if installed.is_dir() else package.parent / "models"
 
 
 def cuda_available() -> bool:

@@ -25,10 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
-from service.batcher import BatcherStoppedError, QueueFullError
-from service.capture import (
+from ._proto.polypstream.v1 import segmenter_pb2 as pb
+from ._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from .batcher import BatcherStoppedError, QueueFullError
+from .capture import (
     InvalidFrameError,
     PixelFormat,
     decode_encoded,
@@ -37,12 +37,12 @@ from service.capture import (
     is_jpeg,
     jpeg_decoded_size,
 )
-from service.config import ServerConfig
-from service.frames import Frame, FrameOptions, Result, Status
-from service.memory import MemoryBudget, trim_heap
-from service.pipeline import Pipeline, invalid_result
-from service.security import TokenAuthInterceptor
-from service.sources import SourceHub
+from .config import ServerConfig
+from .frames import Frame, FrameOptions, Result, Status
+from .memory import MemoryBudget, trim_heap
+from .pipeline import Pipeline, invalid_result
+from .security import TokenAuthInterceptor
+from .sources import SourceHub
 
 logger = logging.getLogger(__name__)
 

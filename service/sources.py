@@ -20,10 +20,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from service.batcher import BatcherStoppedError, QueueFullError
-from service.capture import FrameSource, SourceError, is_live, open_source, redact_uri
-from service.frames import FrameOptions, Result
-from service.pipeline import Pipeline
+from .batcher import BatcherStoppedError, QueueFullError
+from .capture import FrameSource, SourceError, is_live, open_source, redact_uri
+from .frames import FrameOptions, Result
+from .pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.dataset import load_split, read_image, read_mask
+from .dataset import load_split, read_image, read_mask
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.config import EngineConfig
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.runner import Runner
+from polypstream.config import EngineConfig
+from polypstream.metrics import Metrics
+from polypstream.pipeline import Pipeline
+from polypstream.runner import Runner
 from tests.tiny_model import build_tiny_model
 
 DATA = Path(__file__).parent / "data"

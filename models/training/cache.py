@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.dataset import load_split, read_image, read_mask
+from polypstream.dataset import load_split, read_image, read_mask
 
 
 def _pack(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

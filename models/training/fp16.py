@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from service.runner import META_PREFIX
+from polypstream.runner import META_PREFIX
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:

@@ -19,7 +19,7 @@ import cv2
 import pytest
 
 from benchmarks.common import scrape, start_server_process
-from service.cli import build_parser
+from polypstream.cli import build_parser
 from tests.conftest import KVASIR_FIXTURES, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def polypstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", "polypstream", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
     """`polypstream ARGS` running in the background, its output piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "polypstream", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -193,7 +193,7 @@ def test_token_from_a_file_for_serve_and_from_the_environment_for_clients(tmp_pa
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
         env = {**os.environ, "POLYPSTREAM_TOKEN": "e2e-secret"}
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+            [sys.executable, "-m", "polypstream", *args], capture_output=True, text=True, env=env, cwd=ROOT
         )
         assert done.returncode == 0, done.stderr
     finally:

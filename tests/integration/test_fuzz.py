@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import SegmenterClient
-from service.config import EngineConfig, ServerConfig
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.runner import Runner
-from service.server import serve_in_thread
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient
+from polypstream.config import EngineConfig, ServerConfig
+from polypstream.metrics import Metrics
+from polypstream.pipeline import Pipeline
+from polypstream.runner import Runner
+from polypstream.server import serve_in_thread
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
 

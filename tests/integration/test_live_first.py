@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import Answer, SegmenterClient, encode_frame
-from service.config import EngineConfig, ServerConfig
-from service.frames import FrameOptions
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.runner import Runner
-from service.server import serve_in_thread
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import Answer, SegmenterClient, encode_frame
+from polypstream.config import EngineConfig, ServerConfig
+from polypstream.frames import FrameOptions
+from polypstream.metrics import Metrics
+from polypstream.pipeline import Pipeline
+from polypstream.runner import Runner
+from polypstream.server import serve_in_thread
 from tests.conftest import square_image
 
 BATCH_S = 0.1  # each batch of one frame takes 100 ms: 16 offline frames queued are 1.6 s of work

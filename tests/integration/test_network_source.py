@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import SegmenterClient
-from service.config import ServerConfig
-from service.pipeline import Pipeline
-from service.server import serve_in_thread
-from service.sources import SourceHub
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient
+from polypstream.config import ServerConfig
+from polypstream.pipeline import Pipeline
+from polypstream.server import serve_in_thread
+from polypstream.sources import SourceHub
 from tests.conftest import write_clip
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
@@ -98,7 +98,7 @@ def test_a_live_http_stream_survives_its_ffmpeg_being_killed_and_restarted(
 
 
 def test_a_stream_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
-    from service.capture import SourceError, VideoSource
+    from polypstream.capture import SourceError, VideoSource
 
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"http://127\.0\.0\.1:\d+/none\.ts: cannot open"):

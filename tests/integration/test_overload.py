@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
-from service.client import SegmenterClient, encode_frame
-from service.config import ServerConfig
-from service.frames import FrameOptions
-from service.pipeline import Pipeline
-from service.server import serve_in_thread
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from polypstream.client import SegmenterClient, encode_frame
+from polypstream.config import ServerConfig
+from polypstream.frames import FrameOptions
+from polypstream.pipeline import Pipeline
+from polypstream.server import serve_in_thread
 from tests.conftest import square_image
 
 BIG = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # noisy: large JPEG overlays

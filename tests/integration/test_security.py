@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
-from service.client import SegmenterClient
-from service.config import ServerConfig
-from service.frames import FrameOptions
-from service.pipeline import Pipeline
-from service.security import SecurityConfigError, TlsFiles, client_credentials, load_token
-from service.server import serve_in_thread
+from polypstream.client import SegmenterClient
+from polypstream.config import ServerConfig
+from polypstream.frames import FrameOptions
+from polypstream.pipeline import Pipeline
+from polypstream.security import SecurityConfigError, TlsFiles, client_credentials, load_token
+from polypstream.server import serve_in_thread
 from tests.conftest import square_image
 
 TOKEN = "s3cret-token-for-tests"
@@ -71,7 +71,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _one_frame(client: SegmenterClient) -> str:
-    from service.client import encode_frame
+    from polypstream.client import encode_frame
 
     frame = encode_frame(square_image(), "sec", 0, FrameOptions(no_drop=True))
     return next(iter(client.segment(iter([frame])))).status

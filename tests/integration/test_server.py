@@ -13,15 +13,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import SegmenterClient, encode_frame
-from service.config import ServerConfig
-from service.corpus import METADATA_CSV, plan_corpus, write_corpus
-from service.frames import FrameOptions
-from service.pipeline import Pipeline
-from service.replay import replay
-from service.server import RunningServer, serve_in_thread
-from service.sources import SourceHub
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient, encode_frame
+from polypstream.config import ServerConfig
+from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
+from polypstream.frames import FrameOptions
+from polypstream.pipeline import Pipeline
+from polypstream.replay import replay
+from polypstream.server import RunningServer, serve_in_thread
+from polypstream.sources import SourceHub
 from tests.conftest import KVASIR_FIXTURES, square_image, write_clip
 
 SQUARE = (16, 24, 32, 24)

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, BatcherStoppedError, Queued, QueueFullError, ServiceTimeEstimator
-from service.frames import Frame, FrameOptions, Result, Status
+from polypstream.batcher import Batcher, BatcherStoppedError, Queued, QueueFullError, ServiceTimeEstimator
+from polypstream.frames import Frame, FrameOptions, Result, Status
 
 
 def make_frame(index: int, *, budget_s: float = 10.0, no_drop: bool = False, now: float | None = None) -> Frame:

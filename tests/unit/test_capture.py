@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import capture
-from service.capture import (
+from polypstream import capture
+from polypstream.capture import (
     ImageSequenceSource,
     InvalidFrameError,
     PixelFormat,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.capture import VideoSource
-from service.corpus import METADATA_CSV, GroundTruth, plan_corpus, read_metadata, write_corpus
-from service.dataset import read_image, read_mask
-from service.replay import find_videos
-from service.synth import CameraPose, render_frame, warp_mask
+from polypstream.capture import VideoSource
+from polypstream.corpus import METADATA_CSV, GroundTruth, plan_corpus, read_metadata, write_corpus
+from polypstream.dataset import read_image, read_mask
+from polypstream.replay import find_videos
+from polypstream.synth import CameraPose, render_frame, warp_mask
 from tests.conftest import KVASIR_FIXTURES
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.dataset import DatasetError, load_split, read_image, read_mask
+from polypstream.dataset import DatasetError, load_split, read_image, read_mask
 from tests.conftest import KVASIR_FIXTURES
 
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.cli import build_parser
-from service.config import ServerConfig
-from service.metrics import Metrics
+from polypstream.cli import build_parser
+from polypstream.config import ServerConfig
+from polypstream.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_NAME = re.compile(r"\b((?:polypstream|process)_[a-z_]+)\b")

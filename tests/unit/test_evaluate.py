@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.evaluate import evaluate, mask_scores, match_boxes
-from service.runner import Runner
+from polypstream.evaluate import evaluate, mask_scores, match_boxes
+from polypstream.runner import Runner
 from tests.conftest import KVASIR_FIXTURES
 
 
@@ -56,7 +56,7 @@ def test_eval_on_fixtures_with_the_tiny_model(tiny_model: Path) -> None:
 
 def test_eval_cli_prints_json(tiny_model: Path) -> None:
     command = ["eval", "--data", str(KVASIR_FIXTURES), "--model", str(tiny_model), "--json"]
-    done = subprocess.run([sys.executable, "-m", "service.cli", *command], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "polypstream", *command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     scores = json.loads(done.stdout)
     assert {"dice", "iou", "precision", "recall", "box_precision", "box_recall", "images"} <= set(scores)
@@ -67,7 +67,7 @@ def test_box_metrics_are_not_measured_without_ground_truth_boxes(tiny_model: Pat
     data = tmp_path / "no-boxes"
     shutil.copytree(KVASIR_FIXTURES, data, ignore=shutil.ignore_patterns("kavsir_bboxes.json"))
     command = ["eval", "--data", str(data), "--model", str(tiny_model)]
-    done = subprocess.run([sys.executable, "-m", "service.cli", *command], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "polypstream", *command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "  box_precision  not measured (no ground-truth boxes in the data)" in done.stdout.splitlines()
     assert "  box_recall     not measured (no ground-truth boxes in the data)" in done.stdout.splitlines()

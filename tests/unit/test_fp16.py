@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto
 
 from models.training.fp16 import to_fp16
-from service.runner import Runner
+from polypstream.runner import Runner
 from tests.conftest import square_image
 
 

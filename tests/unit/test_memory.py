@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.memory import MemoryBudget
-from service.server import frame_cost
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.memory import MemoryBudget
+from polypstream.server import frame_cost
 
 
 def test_a_stream_waits_for_its_own_share_and_others_go_on() -> None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service import pipeline as pipeline_module
-from service.frames import FrameOptions, Result, Status
-from service.pipeline import Pipeline
+from polypstream import pipeline as pipeline_module
+from polypstream.frames import FrameOptions, Result, Status
+from polypstream.pipeline import Pipeline
 from tests.conftest import square_image
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.frames import Polyp
-from service.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, locate_polyps, probability_to_mask
+from polypstream.frames import Polyp
+from polypstream.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, locate_polyps, probability_to_mask
 
 
 def test_boxes_are_exact_for_known_regions() -> None:

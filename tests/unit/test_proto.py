@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from service._proto.polypstream.v1 import segmenter_pb2
+from polypstream._proto.polypstream.v1 import segmenter_pb2
 
 protoc = pytest.importorskip("grpc_tools.protoc")
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.runner import ModelContract, ModelError, Runner, record_checksum, resolve_model
+from polypstream.runner import ModelContract, ModelError, Runner, record_checksum, resolve_model
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from service._proto.polypstream.v1 import segmenter_pb2 as pb
-from service.client import encode_frame
-from service.config import ServerConfig
-from service.frames import FrameOptions
-from service.pipeline import Pipeline
-from service.server import SegmenterServicer
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import encode_frame
+from polypstream.config import ServerConfig
+from polypstream.frames import FrameOptions
+from polypstream.pipeline import Pipeline
+from polypstream.server import SegmenterServicer
 from tests.conftest import square_image
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service import sources as sources_module
-from service.capture import CapturedFrame, SourceError, redact_uri
-from service.frames import FrameOptions, Result, Status
-from service.pipeline import Pipeline
-from service.sources import SourceHub, Subscription
+from polypstream import sources as sources_module
+from polypstream.capture import CapturedFrame, SourceError, redact_uri
+from polypstream.frames import FrameOptions, Result, Status
+from polypstream.pipeline import Pipeline
+from polypstream.sources import SourceHub, Subscription
 
 
 class FlakyFeed:
@@ -138,7 +138,7 @@ def test_a_live_source_never_logs_or_reports_its_password(
     monkeypatch.setattr(sources_module, "open_source", FlakyFeed)
     hub = SourceHub("scope", "rtsp://viewer:S3CRET@camera.invalid/live", pipeline)
     hub.backoff_s = 0.01
-    with caplog.at_level("WARNING", logger="service.sources"):
+    with caplog.at_level("WARNING", logger="polypstream.sources"):
         hub.start()
         wait_for(lambda: hub.reconnects >= 2)  # a failed open and a stop: both logged
         hub.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.server import StreamRules
+from polypstream.server import StreamRules
 
 
 def test_increasing_indexes_with_gaps_are_fine() -> None:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service._proto.polypstream.v1 import segmenter_pb2 as polypstream_dot_v1_dot_segmenter__pb2
+from . import segmenter_pb2 as polypstream_dot_v1_dot_segmenter__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
