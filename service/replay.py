@@ -27,8 +27,8 @@ import numpy as np
 from .capture import CapturedFrame, SourceError, VideoSource
 from .client import Answer, SegmenterClient
 from .corpus import GroundTruth, read_metadata
-from .evaluate import mask_scores
 from .frames import FrameOptions
+from .scores import mask_scores
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import onnx
 
 from polypstream.dataset import load_split
-from polypstream.evaluate import match_boxes, read_as_served
+from polypstream.evaluate import read_as_served
 from polypstream.postprocess import MIN_AREA_FRACTION, locate_polyps
 from polypstream.runner import META_PREFIX, Runner, record_checksum
+from polypstream.scores import match_boxes
 
 FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 

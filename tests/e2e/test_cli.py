@@ -42,11 +42,11 @@ def spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def first_progress_line(proc: subprocess.Popen[str]) -> str:
+def first_progress_line(proc: subprocess.Popen[str], counting: str = "videos") -> str:
     """The first progress line on the command's stderr (not a terminal: one line per step)."""
     assert proc.stderr is not None
     line = ""
-    while "videos" not in line:
+    while counting not in line:
         line = proc.stderr.readline()
         assert line, "the command ended before it reported progress"
     return line
@@ -389,3 +389,34 @@ def test_help_lists_the_commands() -> None:
     for command in ("serve", "stream", "demo"):
         assert command in done.stdout
     assert os.access(sys.executable, os.X_OK)
+
+
+def test_ctrl_c_on_eval_reports_the_scores_of_the_images_done_so_far(tmp_path: Path, tiny_model: Path) -> None:
+    # 4,000 copies of one fixture image: every image scores the same, so the scores of any
+    # number of them are that image's own scores.
+    name = "cju16d65tzw9d0799ouslsw25"
+    data = tmp_path / "copies"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+        for k in range(4000):
+            (data / folder / f"{k:05d}.jpg").symlink_to(KVASIR_FIXTURES / folder / f"{name}.jpg")
+    box = json.loads((KVASIR_FIXTURES / "kavsir_bboxes.json").read_text())[name]
+    (data / "kavsir_bboxes.json").write_text(json.dumps({f"{k:05d}": box for k in range(4000)}))
+    (tmp_path / "one.txt").write_text(name + "\n")
+    split = tmp_path / "one.txt"
+    one = polypstream(
+        "eval", "--data", str(KVASIR_FIXTURES), "--split", str(split), "--model", str(tiny_model), "--json"
+    )
+    assert one.returncode == 0, one.stderr
+    expected = json.loads(one.stdout)
+
+    proc = spawn("eval", "--data", str(data), "--model", str(tiny_model), "--json")
+    assert re.match(r"\d+/4000 images \(", first_progress_line(proc, "images"))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    assert 0 < report["images"] < 4000
+    for key in ("dice", "iou", "precision", "recall", "box_precision", "box_recall"):
+        assert report[key] == pytest.approx(expected[key]), key

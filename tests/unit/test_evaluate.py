@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polypstream.evaluate import evaluate, mask_scores, match_boxes
+from polypstream.evaluate import evaluate
 from polypstream.runner import Runner
+from polypstream.scores import mask_scores, match_boxes
 from tests.conftest import KVASIR_FIXTURES
 
 

@@ -56,3 +56,21 @@ def test_a_result_whose_drawing_fails_is_answered_failed(pipeline: Pipeline, mon
     assert result.status is Status.FAILED
     assert result.error == "drawing the mask or overlay failed: no room for the overlay"
     assert (result.overlay, result.render, result.polyps) == (None, None, ())
+
+
+def test_every_decode_worker_thread_is_warmed_once_at_start() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polypstream.pipeline import on_every_thread
+
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        with lock:
+            seen.append(threading.get_ident())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        on_every_thread(pool, 4, work)
+        assert len(seen) == 4 and len(set(seen)) == 4  # each of the 4 threads once, none twice
+        assert set(seen) == {t.ident for t in pool._threads}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from polypstream.frames import Polyp
-from polypstream.postprocess import IouTracker, box_iou, draw_overlay, find_polyps, locate_polyps, probability_to_mask
+from polypstream.postprocess import IouTracker, draw_overlay, find_polyps, locate_polyps, probability_to_mask
+from polypstream.scores import box_iou
 
 
 def test_boxes_are_exact_for_known_regions() -> None:
