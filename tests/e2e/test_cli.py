@@ -159,6 +159,22 @@ def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
     assert summary.startswith(f"interrupted: {len(lines)} frames (OK {len(lines)})")
 
 
+def test_ctrl_c_on_demo_stops_sending_and_writes_what_was_answered(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "demo"
+    demo = spawn("demo", "--out", str(out), "--model", str(tiny_model))  # 64 frames at 10 fps: 6.4 s
+    assert demo.stdout is not None
+    assert demo.stdout.readline().startswith("model ")  # the server is up; frames are being sent
+    time.sleep(1.0)
+    demo.send_signal(signal.SIGINT)
+    client_out, client_err = demo.communicate(timeout=30)
+    assert demo.returncode == 130, client_err
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert 0 < len(lines) < 64 and [line["index"] for line in lines] == list(range(len(lines)))
+    assert client_out.splitlines()[0].startswith(f"interrupted: {len(lines)} frames (OK {len(lines)})")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["frames"] == len(lines)
+
+
 def test_metrics_move_during_a_live_stream(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
     _, address, metrics_url = server
     clip = write_clip(tmp_path / "clip.avi", frames=40, fps=10)  # 4 s at its own rate
@@ -217,13 +233,20 @@ def test_replay_in_process_writes_a_report(tmp_path: Path, tiny_model: Path) -> 
     assert "2 videos, 10 frames" in done.stdout
 
 
-def test_ctrl_c_on_replay_stops_it_with_a_partial_report_and_exit_130(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("where", ["in-process", "over --server"])
+def test_ctrl_c_on_replay_stops_it_with_a_partial_report_and_exit_130(
+    tmp_path: Path, tiny_model: Path, where: str, request: pytest.FixtureRequest
+) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for k in range(20):
         write_clip(corpus / f"v{k:02d}.avi", frames=300)
     report_path = tmp_path / "replay.json"
-    proc = spawn("replay", str(corpus), "--model", str(tiny_model), "--streams", "2", "--json", str(report_path))
+    if where == "in-process":
+        engine = ["--model", str(tiny_model)]
+    else:
+        engine = ["--server", request.getfixturevalue("server")[1]]
+    proc = spawn("replay", str(corpus), *engine, "--streams", "2", "--json", str(report_path))
     line = first_progress_line(proc)
     assert re.match(r"[12]/20 videos, \d+ frames \(\d+\.\d/s, \d+ s left\)$", line), line
     proc.send_signal(signal.SIGINT)
