@@ -7,7 +7,6 @@ import pytest
 
 from polypstream.frames import Polyp
 from polypstream.postprocess import IouTracker, draw_overlay, find_polyps, locate_polyps, probability_to_mask
-from polypstream.scores import box_iou
 
 
 def test_boxes_are_exact_for_known_regions() -> None:
@@ -80,12 +79,6 @@ def test_probability_is_resized_to_the_frame_before_thresholding() -> None:
     mask, full = probability_to_mask(prob, 8, 8, 0.5)
     assert mask.shape == full.shape == (8, 8)
     assert mask[:3, :3].all() and not mask[5:, :].any() and not mask[:, 5:].any()
-
-
-def test_box_iou() -> None:
-    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
-    assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
 
 
 def polyp(x: int, y: int, w: int = 10, h: int = 10) -> Polyp:
