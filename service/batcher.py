@@ -208,13 +208,27 @@ class Batcher:
                 self._last_live_at = now
             self._cond.notify()
 
-    def _launch_time(self) -> float:
-        """When the batch at the head of the queue must start, given what is queued now."""
+    def launch_time(self) -> float:
+        """When the batch at the head of the (non-empty) queue must start, given what is queued
+        now: when its oldest frame has waited `max_wait_s`, or earlier if waiting for one more
+        frame (a batch one larger) would miss the earliest deadline."""
         oldest = self._queue[0].enqueued_at
         earliest_deadline = min(q.frame.deadline for q in self._queue)
         grown = min(self.max_batch, len(self._queue) + 1)
         last_moment = earliest_deadline - self.estimator.estimate(grown) - self.launch_margin_s
         return min(oldest + self.max_wait_s, last_moment)
+
+    def wait_s(self, now: float) -> float:
+        """How long the worker waits before it takes a batch off the (non-empty) queue: 0 when
+        one is due now (full, due by `launch_time`, or stopping)."""
+        if not self._accepting:
+            return 0.0
+        if len(self._queue) < self.max_batch and (wait := self.launch_time() - now) > 0:
+            return wait
+        held = self._offline_held_until(now)
+        if held > now and all(q.frame.options.no_drop for q in self._queue):
+            return held - now
+        return 0.0
 
     def _next_batch(self) -> tuple[list[Queued], list[Queued], list[Queued]] | None:
         """Block until a batch is due: (batch, late, discarded), or None when stopped and empty."""
@@ -226,14 +240,9 @@ class Batcher:
                     self._cond.wait()
                     continue
                 now = self._clock()
-                if len(self._queue) < self.max_batch and self._accepting:
-                    wait = self._launch_time() - now
-                    if wait > 0:
-                        self._cond.wait(wait)
-                        continue
-                held = self._offline_held_until(now)
-                if held > now and all(q.frame.options.no_drop for q in self._queue) and self._accepting:
-                    self._cond.wait(held - now)
+                wait = self.wait_s(now)
+                if wait > 0:
+                    self._cond.wait(wait)
                     continue
                 return self.plan(now)
 

@@ -60,51 +60,125 @@ class Collector:
         return self.results
 
 
-def test_full_batch_launches_without_waiting() -> None:
+def test_a_full_batch_is_run_by_the_worker_thread() -> None:
     model = FakeModel()
     batcher = Batcher(model, max_batch=4, max_wait_s=60, capacity=16)
     collect = Collector(4)
-    # Given a stopped worker, queue four frames so they are all there when it starts.
-    batcher.open()
+    batcher.open()  # queued before the worker starts: all four are there when it looks
     for i in range(4):
         batcher.submit(make_frame(i), collect)
-    started = time.monotonic()
     batcher.start()
-    collect.wait()
-    # Then one full batch ran at once, long before the 60 s wait bound.
+    assert [r.status for r in collect.wait()] == [Status.OK] * 4
     assert model.batches == [[0, 1, 2, 3]]
-    assert time.monotonic() - started < 5
     batcher.stop()
 
 
-def test_partial_batch_launches_after_max_wait() -> None:
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=8, max_wait_s=0.02, capacity=16)
-    batcher.start()
-    collect = Collector(1)
-    batcher.submit(make_frame(0), collect)
-    assert collect.wait()[0].status is Status.OK
-    assert model.batches == [[0]]
-    batcher.stop()
+# --- when a batch launches: on a fake clock ----------------------------------------------
 
 
-def test_deadline_launches_before_max_wait() -> None:
-    # Given batches take ~0.2 s and a frame with 0.5 s of budget, the batcher must not
-    # wait the full 30 s bound: it launches by deadline - estimate.
+def clocked_batcher(clock: list[float], *, max_batch: int = 8, max_wait_s: float = 60.0, **kw: float) -> Batcher:
+    """An open batcher (no worker thread) on the clock clock[0]; batches of 1 take 10 ms, of 2
+    30 ms, of 8 100 ms (no spread)."""
     estimator = ServiceTimeEstimator()
-    estimator.observe(1, 0.2)
-    estimator.observe(8, 0.2)
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=8, max_wait_s=30, capacity=16, estimator=estimator)
-    batcher.start()
-    collect = Collector(1)
-    started = time.monotonic()
-    batcher.submit(make_frame(0, budget_s=0.5), collect)
-    result = collect.wait()[0]
-    elapsed = time.monotonic() - started
-    assert result.status is Status.OK
-    assert 0.2 <= elapsed < 5
+    for size, seconds in ((1, 0.010), (2, 0.030), (8, 0.100)):
+        estimator.observe(size, seconds)
+    batcher = Batcher(
+        FakeModel(), max_batch=max_batch, max_wait_s=max_wait_s, capacity=64, estimator=estimator,
+        clock=lambda: clock[0], **kw,
+    )  # fmt: skip
+    batcher.open()
+    return batcher
+
+
+def test_a_full_batch_launches_at_once() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=2)
+    batcher.submit(make_frame(0, now=100.0), print)
+    assert batcher.wait_s(100.0) > 0
+    batcher.submit(make_frame(1, now=100.0), print)
+    assert batcher.wait_s(100.0) == 0.0
+
+
+def test_a_partial_batch_waits_max_wait_for_more_frames() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_wait_s=0.004)
+    batcher.submit(make_frame(0, now=100.0, budget_s=10.0), print)
+    assert batcher.launch_time() == 100.0 + 0.004
+    assert batcher.wait_s(100.001) == pytest.approx(0.003, abs=1e-12)
+    assert batcher.wait_s(100.004) == 0.0
+
+
+def test_a_partial_batch_launches_when_waiting_for_one_more_frame_would_miss_the_deadline() -> None:
+    # One frame due at 100.050. Waiting for a second means a batch of 2 (30 ms): it must start
+    # by 100.020, less the launch margin (2 ms); not by 100.040, the time a batch of 1 allows.
+    clock = [100.0]
+    batcher = clocked_batcher(clock, launch_margin_s=0.002)
+    batcher.submit(make_frame(0, now=100.0, budget_s=0.050), print)
+    assert batcher.launch_time() == pytest.approx(100.018, abs=1e-9)
+    assert batcher.wait_s(100.010) == pytest.approx(0.008, abs=1e-9)
+    assert batcher.wait_s(100.018) == 0.0
+
+
+def test_the_launch_time_counts_no_frame_past_the_largest_batch() -> None:
+    # max_batch 1: no frame can join, so only the batch of 1 (10 ms) must fit.
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=1, launch_margin_s=0.0)
+    batcher.submit(make_frame(0, now=100.0, budget_s=0.050), print)
+    assert batcher.launch_time() == pytest.approx(100.040, abs=1e-9)
+
+
+def test_the_earliest_deadline_sets_the_launch_time_whatever_the_arrival_order() -> None:
+    # Two queued, due at 101.0 and 100.1; a batch of 3 takes 30 + 70/6 ms (between 2 and 8).
+    clock = [100.0]
+    batcher = clocked_batcher(clock, launch_margin_s=0.0)
+    batcher.submit(make_frame(0, now=100.0, budget_s=1.0), print)
+    batcher.submit(make_frame(1, now=100.0, budget_s=0.100), print)
+    assert batcher.launch_time() == pytest.approx(100.100 - (0.030 + 0.070 / 6), abs=1e-9)
+
+
+def test_a_stopping_batcher_takes_its_last_frames_at_once() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock)
+    batcher.submit(make_frame(0, now=100.0), print)
     batcher.stop()
+    assert batcher.wait_s(100.0) == 0.0
+
+
+def test_a_live_frame_that_cannot_finish_by_its_deadline_is_dropped_before_it_is_late() -> None:
+    # Due in 5 ms, a batch of 1 takes 10 ms: hopeless although not yet past its deadline. The
+    # fresher frame runs (max_batch 1: were the hopeless one kept, it would take the slot).
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=1)
+    batcher.submit(make_frame(0, now=99.995, budget_s=0.010), print)  # due at 100.005
+    batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
+    batch, late, _ = batcher.plan(100.0)
+    assert ([q.frame.index for q in batch], [q.frame.index for q in late]) == ([1], [0])
+
+
+def test_a_live_frame_that_can_just_finish_by_its_deadline_is_served() -> None:
+    # A batch of 1 takes 1/64 s and the frame has exactly 1/64 s left (binary fractions: exact).
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=1)
+    batcher.estimator = ServiceTimeEstimator()
+    batcher.estimator.observe(1, 1 / 64)
+    batcher.submit(make_frame(0, now=100.0, budget_s=1 / 64), print)
+    batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
+    batch, late, _ = batcher.plan(100.0)
+    assert ([q.frame.index for q in batch], late) == ([0], [])
+
+
+def test_offline_frames_alone_wait_for_their_interval_after_live_pressure() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=4, max_wait_s=0.0, offline_interval_s=0.05, live_window_s=1.0)
+    batcher.submit(make_frame(10, now=99.0, budget_s=0.04), print)  # hopeless
+    batcher.submit(make_frame(11, now=100.0, budget_s=0.04), print)
+    batcher.submit(make_frame(0, now=100.0, no_drop=True), print)
+    batch, late, _ = batcher.plan(100.0)  # live pressure: a frame was dropped
+    assert ([q.frame.index for q in batch], [q.frame.index for q in late]) == ([11], [10])
+    assert [q.frame.index for q in batcher.plan(100.0)[0]] == [0]  # one slice (10 ms) of offline work
+    batcher.submit(make_frame(1, now=100.0, no_drop=True), print)
+    assert batcher.wait_s(100.0) == pytest.approx(0.05, abs=1e-9)  # the next slice: 50 ms later
+    assert batcher.wait_s(100.05) == 0.0
 
 
 def test_late_frames_are_answered_dropped_unless_no_drop() -> None:
