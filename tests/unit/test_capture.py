@@ -239,3 +239,44 @@ def test_a_jpeg_with_hundreds_of_segments_before_its_frame_header_is_refused() -
         decode_encoded(data[:2] + comments + data[2:])
     image, _ = decode_encoded(data[:2] + comments[: 5 * 200] + data[2:])  # 200 are fine
     assert image.shape == (80, 96, 3)
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def frame_header(marker: int, width: int, height: int) -> bytes:
+    """A start-of-frame segment: precision 8, the size, one component."""
+    return segment(marker, b"\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big") + b"\x01\x01\x11\x00")
+
+
+@pytest.mark.parametrize("marker", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
+def test_every_kind_of_frame_header_gives_the_size(marker: int) -> None:
+    # baseline, extended, progressive, lossless, hierarchical, arithmetic-coded: all carry the size
+    assert capture.jpeg_size(b"\xff\xd8" + frame_header(marker, 640, 480)) == (640, 480)
+
+
+def test_tables_that_share_the_frame_headers_marker_range_are_skipped() -> None:
+    # DHT (C4), JPG (C8) and DAC (CC) sit among the SOF markers but carry no size: a reader that
+    # took them for one would read table bytes as the size.
+    tables = b"".join(segment(m, b"\x00\x07\x77\x07\x77\x00\x00") for m in (0xC4, 0xC8, 0xCC))
+    assert capture.jpeg_size(b"\xff\xd8" + tables + frame_header(0xC0, 640, 480)) == (640, 480)
+
+
+def with_exif_orientation(data: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF segment saying how to turn it upright (6: 90° clockwise)."""
+    ifd = (1).to_bytes(2, "big") + b"\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big") + b"\x00\x00"
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + ifd + b"\x00\x00\x00\x00"
+    return data[:2] + segment(0xE1, b"Exif\x00\x00" + tiff) + data[2:]
+
+
+@pytest.mark.parametrize("min_size", [None, (16, 16)])
+def test_a_jpeg_turned_upright_by_its_exif_orientation_reports_its_upright_size(
+    min_size: tuple[int, int] | None,
+) -> None:
+    data = with_exif_orientation(jpeg(square_image(64, 32)), 6)  # stored 64 wide, 32 high
+    image, size = decode_encoded(data, min_size=min_size)
+    assert size == (32, 64)  # upright: 32 wide, 64 high
+    assert image.shape[:2] == ((64, 32) if min_size is None else (32, 16))  # in full, or at 1/2
+    _, plain_size = decode_encoded(with_exif_orientation(jpeg(square_image(64, 32)), 1), min_size=min_size)
+    assert plain_size == (64, 32)  # orientation 1: as stored
