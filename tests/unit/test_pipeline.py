@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from polypstream import pipeline as pipeline_module
+from polypstream.config import EngineConfig
 from polypstream.frames import FrameOptions, Result, Status
+from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
+from polypstream.runner import Runner
 from tests.conftest import square_image
+from tests.tiny_model import build_tiny_model
 
 
-def run_one(pipeline: Pipeline, options: FrameOptions) -> Result:
+def run_one(pipeline: Pipeline, options: FrameOptions, image: np.ndarray | None = None) -> Result:
     done = threading.Event()
     got: list[Result] = []
 
@@ -22,7 +28,7 @@ def run_one(pipeline: Pipeline, options: FrameOptions) -> Result:
         got.append(result)
         done.set()
 
-    frame = pipeline.make_frame("k", "s", 0, square_image(), 0.0, options=options)
+    frame = pipeline.make_frame("k", "s", 0, square_image() if image is None else image, 0.0, options=options)
     pipeline.open_stream("k")
     pipeline.submit(frame, on_done)
     assert done.wait(10)
@@ -74,3 +80,20 @@ def test_every_decode_worker_thread_is_warmed_once_at_start() -> None:
         on_every_thread(pool, 4, work)
         assert len(seen) == 4 and len(set(seen)) == 4  # each of the 4 threads once, none twice
         assert set(seen) == {t.ident for t in pool._threads}
+
+
+def test_served_regions_keep_the_models_score_floor(tmp_path: Path, registry: CollectorRegistry) -> None:
+    # A white square (probability ~1.0) and a grey one (138/255: sigmoid(20 * 138/255 - 10) =
+    # 0.695) on black, at the tiny model's own 64x64; its metadata puts the floor at 0.9.
+    model = build_tiny_model(tmp_path / "floor.onnx", metadata={"polypstream.min_region_score": "0.9"})
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[4:20, 4:20] = 255
+    image[40:56, 40:56] = 138
+    config = EngineConfig(max_batch=1, budget_ms=10_000, decode_workers=1, min_area_fraction=0.0)
+    served = Pipeline(Runner(model, device="cpu", max_batch=1), config, Metrics(registry))
+    served.start()
+    try:
+        result = run_one(served, FrameOptions(), image)
+    finally:
+        served.stop()
+    assert [p.box for p in result.polyps] == [(4, 4, 16, 16)]  # the grey square is under the floor

@@ -37,12 +37,14 @@ def test_diagonal_pixels_are_one_region_and_small_regions_are_dropped() -> None:
 
 
 def test_regions_under_the_score_floor_are_not_polyps() -> None:
+    # 0.75 and 0.875 are exact in float32 and float64: the floor's comparison is what is tested
     mask = np.zeros((10, 10), bool)
     mask[0:2, 0:2] = mask[6:9, 6:9] = True
-    prob = np.where(mask, 0.6, 0.0).astype(np.float32)
-    prob[6:9, 6:9] = 0.9
-    assert [p.box for p in find_polyps(mask, prob, min_score=0.7)] == [(6, 6, 3, 3)]
-    assert len(find_polyps(mask, prob, min_score=0.6)) == 2  # the floor is inclusive
+    prob = np.where(mask, 0.75, 0.0).astype(np.float32)
+    prob[6:9, 6:9] = 0.875
+    assert [p.box for p in find_polyps(mask, prob, min_score=0.8)] == [(6, 6, 3, 3)]
+    assert [p.box for p in find_polyps(mask, prob, min_score=0.75)] == [(6, 6, 3, 3), (0, 0, 2, 2)]  # inclusive
+    assert find_polyps(mask, prob, min_score=0.9) == []
 
 
 def test_empty_mask_has_no_polyps() -> None:
@@ -111,3 +113,20 @@ def test_overlay_marks_mask_and_box_without_touching_the_input() -> None:
     assert out.shape == image.shape and not image.any()
     assert out[15, 15, 1] > 0  # tinted green inside the mask
     assert out[30, 30].sum() == 0  # untouched far away
+
+
+def test_a_polyp_moving_steadily_keeps_its_id_as_its_track_follows_it() -> None:
+    # 2 px a frame: IoU 0.67 with the previous frame's box, but under 0.3 with the first one
+    # from frame 4 on; a track that kept its first box would lose the polyp there.
+    tracker = IouTracker(iou_threshold=0.3, max_missed=5)
+    ids = [tracker.update([polyp(2 * k, 0)])[0].track_id for k in range(20)]
+    assert ids == [1] * 20
+
+
+def test_two_polyps_never_share_a_track_id() -> None:
+    tracker = IouTracker(iou_threshold=0.3, max_missed=5)
+    assert [p.track_id for p in tracker.update([polyp(0, 0)])] == [1]
+    # both overlap the one track: the closer takes its id, the other is a new polyp
+    split = tracker.update([polyp(0, 3), polyp(1, 0)])
+    assert [p.track_id for p in split] == [2, 1]
+    assert [p.track_id for p in tracker.update([polyp(0, 3), polyp(1, 0)])] == [2, 1]
