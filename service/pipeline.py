@@ -245,8 +245,7 @@ class Pipeline:
             client_time_ns=frame.client_time_ns,
         )
         if options.return_overlay or (options.return_mask and mask is None):
-            # a copy: the runner may reuse its output buffer for the next batch before this is drawn
-            result = replace(result, render=partial(self._render, result, frame, prob.copy()))
+            result = replace(result, render=partial(self._render, result, frame, prob))
         return result
 
     def _render(self, result: Result, frame: Frame, prob: np.ndarray) -> Result:

@@ -256,7 +256,9 @@ class Runner:
         return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
     def run(self, tensors: list[np.ndarray]) -> np.ndarray:
-        """Polyp probabilities (N×H×W float32 at model resolution) for up to max_batch inputs."""
+        """Polyp probabilities (N×H×W float32 at model resolution) for up to max_batch inputs.
+
+        The caller owns the array returned: no later run writes to it."""
         n = len(tensors)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"batch of {n} frames (1..{self.max_batch} allowed)")
@@ -271,7 +273,9 @@ class Runner:
             binding, device_input, device_output = self._binding(n)
             device_input.update_inplace(self._input[:n])  # one copy into the fixed input buffer
             self.session.run_with_iobinding(binding)
-            out = device_output.numpy()
+            out = device_output.numpy()  # from a CUDA buffer: a new host array
+            if self._device == "cpu":  # a view of the bound buffer, which the next run overwrites
+                out = out.copy()
         else:
             out = self.session.run([self.output_name], {self.input_name: self._input[:n]})[0]
         probs = out.reshape(n, self.contract.input_height, self.contract.input_width)

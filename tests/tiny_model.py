@@ -23,17 +23,19 @@ def build_tiny_model(
     drop_metadata: tuple[str, ...] = (),
     batch_dim: int | str = "batch",
     channels: int = 3,
+    output: str = "probability",
 ) -> Path:
+    """The model at `path`; with output="logit" it leaves out the sigmoid (and says so)."""
     weight = numpy_helper.from_array(np.full((1, channels, 1, 1), GAIN / channels, np.float32), "w")
     bias = numpy_helper.from_array(np.array([-GAIN / 2], np.float32), "b")
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["logit"])]
+    if output == "probability":
+        nodes.append(helper.make_node("Sigmoid", ["logit"], ["probability"]))
     graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["image", "w", "b"], ["logit"]),
-            helper.make_node("Sigmoid", ["logit"], ["probability"]),
-        ],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, channels, size, size])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [batch_dim, 1, size, size])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch_dim, 1, size, size])],
         initializer=[weight, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -46,7 +48,7 @@ def build_tiny_model(
         "polypstream.scale": str(1 / 255),
         "polypstream.mean": "0,0,0",
         "polypstream.std": "1,1,1",
-        "polypstream.output": "probability",
+        "polypstream.output": output,
         "polypstream.threshold": "0.5",
         **(metadata or {}),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,37 @@ def test_io_binding_failure_falls_back_to_plain_runs(tiny_model: Path, monkeypat
     runner.warm_up(rounds=1)
     assert not runner.io_binding
     assert runner.run([np.zeros((3, 64, 64), np.float32)]).shape == (1, 64, 64)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def uniform(value: float) -> np.ndarray:
+    """A model input with every element `value`: the tiny model's logit is 20 * value - 10."""
+    return np.full((3, 64, 64), value, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("batch_dim", "io_binding", "output"),
+    [("batch", False, "probability"), ("batch", True, "probability"), (1, False, "probability"),
+     ("batch", False, "logit"), ("batch", True, "logit"), (1, False, "logit")],
+)  # fmt: skip
+def test_every_run_path_gives_each_frame_its_own_probabilities(
+    tmp_path: Path, batch_dim: int | str, io_binding: bool, output: str
+) -> None:
+    model = build_tiny_model(tmp_path / "m.onnx", batch_dim=batch_dim, output=output)
+    runner = Runner(model, device="cpu", max_batch=3, io_binding=io_binding)
+    probs = runner.run([uniform(0.0), uniform(0.5), uniform(0.55)])
+    expected = [sigmoid(-10.0), 0.5, sigmoid(1.0)]  # logits -10, 0 and 1 (a logit model: sigmoid applied)
+    assert probs.dtype == np.float32 and probs.shape == (3, 64, 64)
+    for frame, value in zip(probs, expected, strict=True):
+        assert np.allclose(frame, value, rtol=0, atol=1e-5), (frame[0, 0], value)
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_a_runs_probabilities_are_not_overwritten_by_the_next_run(tiny_model: Path, io_binding: bool) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=2, io_binding=io_binding)
+    first = runner.run([uniform(0.5)])
+    runner.run([uniform(0.0)])
+    assert np.allclose(first, 0.5, rtol=0, atol=1e-6)  # the caller owns what run() returned
