@@ -75,7 +75,20 @@ def test_a_slow_subscriber_loses_its_oldest_results_only() -> None:
 
     sub = asyncio.run(scenario())
     assert sub.dropped == 6 and sub.queue.qsize() == 64
-    assert sub.queue.get_nowait() is not None
+    kept = [sub.queue.get_nowait() for _ in range(64)]
+    assert [r.index for r in kept if r is not None] == list(range(6, 70))  # the newest 64, in order
+
+
+def test_the_end_of_a_source_reaches_a_subscriber_whose_queue_is_full() -> None:
+    async def scenario() -> list[Result | None]:
+        sub = Subscription(asyncio.get_running_loop(), FrameOptions())
+        for i in range(64):
+            sub.offer(Result(stream_id="s", index=i, status=Status.OK))
+        sub.offer(None)  # end of the source: a full queue gives up its oldest result, not this
+        return [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+
+    queued = asyncio.run(scenario())
+    assert queued[-1] is None and [r.index for r in queued[:-1] if r is not None] == list(range(1, 64))
 
 
 class FastLiveFeed:
