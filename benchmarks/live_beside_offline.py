@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_server_process, write_result
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer, SegmenterClient
-from polypstream.replay import percentiles
+from polypstream.stats import percentiles
 
 
 def stream(address: str, encoded: list[bytes], name: str, stop_at: float, fps: float | None) -> list[Answer]:

@@ -23,11 +23,10 @@ from polypstream.client import Answer, SegmenterClient
 from polypstream.config import EngineConfig, ServerConfig
 from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
-from polypstream.replay import percentiles
+from polypstream.replay import STAGES
 from polypstream.runner import Runner, resolve_model
 from polypstream.server import serve_in_thread
-
-STAGES = ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "server_ms")
+from polypstream.stats import percentiles
 
 
 def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int) -> dict[str, object]:

@@ -42,7 +42,7 @@ from benchmarks.common import (
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
 from polypstream.client import SegmenterClient
-from polypstream.replay import percentiles
+from polypstream.stats import percentiles
 
 RSS = "process_resident_memory_bytes"
 ADVERSARIES = ("cancel", "mute", "offline", "oversized")

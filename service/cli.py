@@ -43,6 +43,7 @@ from .scores import SplitScores
 from .security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
+from .stats import percentile
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -295,17 +296,14 @@ class StreamSummary:
     interrupted: bool = False  # Ctrl-C: no more frames were sent; those sent were answered
 
     def as_dict(self) -> dict[str, object]:
-        def pct(values: list[float], q: float) -> float | None:
-            return round(float(np.percentile(values, q)), 2) if values else None
-
         return {
             "frames": self.frames,
             "statuses": self.statuses,
             "frames_with_polyps": self.frames_with_polyps,
             "polyp_detections": self.detections,
             "tracks": len(self.tracks),
-            "latency_ms": {"p50": pct(self.latencies_ms, 50), "p99": pct(self.latencies_ms, 99)},
-            "server_ms": {"p50": pct(self.server_ms, 50), "p99": pct(self.server_ms, 99)},
+            "latency_ms": {"p50": percentile(self.latencies_ms, 50, 2), "p99": percentile(self.latencies_ms, 99, 2)},
+            "server_ms": {"p50": percentile(self.server_ms, 50, 2), "p99": percentile(self.server_ms, 99, 2)},
             "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
             "interrupted": self.interrupted,
         }

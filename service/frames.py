@@ -69,6 +69,9 @@ class Polyp:
     track_id: int = 0
 
 
+FRAME_STAGES = ("decode", "queue", "inference", "postprocess", "server")  # what Timing holds for each frame
+
+
 @dataclass(frozen=True)
 class Timing:
     decode_s: float = 0.0

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from .frames import FRAME_STAGES
+
 # Per-frame stages take milliseconds: the client library's default buckets start at 5 ms.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04,
@@ -20,7 +22,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # decode: bytes → model input; queue: waiting for a batch; inference: the batch's model run;
 # postprocess: mask → boxes (+ overlay); server: receipt → result ready; send: result ready →
 # handed to gRPC (encoding included); end_to_end: receipt → handed to gRPC.
-STAGES = ("decode", "queue", "inference", "postprocess", "server", "send", "end_to_end")
+STAGES = (*FRAME_STAGES, "send", "end_to_end")  # and the gRPC side of each answer
 # late: missed its deadline; live_skip: a live source was behind and kept the freshest frame;
 # slow_subscriber: a Watch subscriber's queue was full and lost its oldest result.
 # stream_closed: queued when its client hung up, so never run.

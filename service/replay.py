@@ -27,13 +27,14 @@ import numpy as np
 from .capture import CapturedFrame, SourceError, VideoSource
 from .client import Answer, SegmenterClient
 from .corpus import GroundTruth, read_metadata
-from .frames import FrameOptions
+from .frames import FRAME_STAGES, FrameOptions
 from .scores import mask_scores
+from .stats import cdf, percentiles
 
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".webm")
-STAGES = ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "server_ms")
+STAGES = tuple(f"{stage}_ms" for stage in FRAME_STAGES)  # the timings a FrameResult carries, in ms
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -81,16 +82,6 @@ class Tally:
                 {"video": video.stream_id, "csv": video.expected_frames, "decoded": video.sent}
             )
         self.per_server[server] = self.per_server.get(server, 0) + sum(video.answered.values())
-
-
-def percentiles(values_ms: list[float]) -> dict[str, float | None]:
-    """p50, p90, p99 and max of a list of milliseconds (None when empty)."""
-    if not values_ms:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    a = np.asarray(values_ms)
-    summary: dict[str, float | None] = {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
-    summary["max"] = round(float(a.max()), 3)
-    return summary
 
 
 @dataclass(frozen=True)
@@ -267,7 +258,7 @@ def replay(
         "frame_count_mismatches": tally.count_mismatches,
         "dice": round(float(np.mean(tally.dice)), 4) if tally.dice else None,
         "dice_frames": len(tally.dice),
-        "latency_cdf_ms": _cdf(tally.latencies_ms),
+        "latency_cdf_ms": cdf(tally.latencies_ms),
     }
 
 
@@ -284,10 +275,3 @@ def _wait_until_interrupted(finished: list[threading.Event], stop: threading.Eve
         stop.set()
     for done in finished:
         done.wait()
-
-
-def _cdf(values_ms: list[float], points: int = 101) -> list[float]:
-    """Latency at 0, 1, ..., 100 % of frames (for plots and comparisons)."""
-    if not values_ms:
-        return []
-    return [round(float(v), 3) for v in np.percentile(np.asarray(values_ms), np.linspace(0, 100, points))]

@@ -70,3 +70,11 @@ def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (96, 80), f
         writer.write(square_image(size[0], size[1], (8 + 2 * i, 24, 32, 24)))
     writer.release()
     return path
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; fail after `timeout` s (a hang, not a slow machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout:g} s"
+        time.sleep(0.01)

@@ -4,12 +4,12 @@ restarted. Needs the `ffmpeg` program (CI installs it; skipped where it is absen
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from polypstream.config import ServerConfig
 from polypstream.pipeline import Pipeline
 from polypstream.server import serve_in_thread
 from polypstream.sources import SourceHub
-from tests.conftest import write_clip
+from tests.conftest import wait_for, write_clip
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
 
@@ -41,11 +41,16 @@ def serve_stream(clip: Path, port: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
+def listening(port: int) -> bool:
+    """Whether a TCP socket listens on the port, read from /proc (connecting to FFmpeg's
+    one-client server to find out would use up its one client)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                    return True
+    return False
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def test_a_live_http_stream_survives_its_ffmpeg_being_killed_and_restarted(
     hub.backoff_s = 0.2
     seen: list[int] = []
     try:
-        time.sleep(0.5)  # let FFmpeg start listening
+        wait_for(lambda: listening(port), what="FFmpeg listening")
         # Opened at start, as `serve` does: FFmpeg serves one client (-listen 1), so frames
         # only flow if the capture thread plays this very connection instead of opening another.
         hub.open()

@@ -20,7 +20,7 @@ from polypstream.config import ServerConfig
 from polypstream.frames import FrameOptions
 from polypstream.pipeline import Pipeline
 from polypstream.server import serve_in_thread
-from tests.conftest import square_image
+from tests.conftest import square_image, wait_for
 
 BIG = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # noisy: large JPEG overlays
 
@@ -29,13 +29,6 @@ def big_frames(n: int, stream_id: str = "slow") -> Iterator[pb.Frame]:
     options = FrameOptions(return_overlay=True, return_mask=True, no_drop=True)
     for i in range(n):
         yield encode_frame(BIG, stream_id, i, options)
-
-
-def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_a_client_that_stops_reading_loses_its_stream_and_no_one_else_does(
@@ -132,11 +125,8 @@ def test_overload_drops_late_frames_and_keeps_served_ones_within_budget(
     assert registry.get_sample_value("polypstream_dropped_frames_total", {"reason": "late", "source": "grpc"}) == len(
         dropped
     )
-    # Without dropping, 240 frames at ~30 ms per batch would queue for seconds. With it, the
-    # served frames stay near the 100 ms budget; how near is measured by the benchmarks
-    # (benchmarks/service_latency.py), not asserted here on a shared 2-core machine.
-    median = sorted(r.timing.server_ms for r in served)[len(served) // 2]
-    assert median <= 200, f"served frames' median server time {median:.0f} ms: late frames were not dropped"
+    # Which frames are dropped, and when, is pinned on a fake clock in tests/unit/test_batcher.py;
+    # how near the budget served frames stay is measured by the benchmarks, not asserted here.
 
 
 def test_shutdown_answers_every_frame_it_read_then_ends_streams_unavailable(

@@ -16,6 +16,7 @@ from polypstream.capture import CapturedFrame, SourceError, redact_uri
 from polypstream.frames import FrameOptions, Result, Status
 from polypstream.pipeline import Pipeline
 from polypstream.sources import SourceHub, Subscription
+from tests.conftest import wait_for
 
 
 class FlakyFeed:
@@ -35,13 +36,6 @@ class FlakyFeed:
 
     def close(self) -> None:
         pass
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_a_live_source_that_fails_or_stops_is_reopened_with_backoff(
