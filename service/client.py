@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import grpc
@@ -16,6 +16,7 @@ from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from ._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
 from .capture import CapturedFrame
 from .frames import FrameOptions
+from .wire import options_to_proto
 
 STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
 
@@ -76,7 +77,7 @@ def encode_frame(
         index=index,
         encoded=data.tobytes(),
         client_time_ns=time.time_ns(),
-        options=pb.FrameOptions(**asdict(options)),
+        options=options_to_proto(options),
     )
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import cv2
 import grpc
@@ -38,11 +38,12 @@ from .capture import (
     jpeg_decoded_size,
 )
 from .config import ServerConfig
-from .frames import Frame, FrameOptions, Result, Status
+from .frames import Frame, Result, Status
 from .memory import MemoryBudget, trim_heap
 from .pipeline import Pipeline, invalid_result
 from .security import TokenAuthInterceptor
 from .sources import SourceHub
+from .wire import options_from_proto
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,6 @@ def _consume_outcome(future: asyncio.Future[pb.Frame]) -> None:
     """Take a finished future's outcome, so asyncio does not report it as never retrieved."""
     if not future.cancelled():
         future.exception()
-
-
-def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
-    return FrameOptions(**{f.name: getattr(options, f.name) for f in fields(FrameOptions)})
 
 
 def decode_frame_image(
