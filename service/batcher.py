@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .frames import Frame, Result, Status, Timing
+from .frames import Frame, Result, Status, unserved_result
 
 logger = logging.getLogger(__name__)
 
@@ -96,35 +96,6 @@ def _largest(limit: int, fits: Callable[[int], bool]) -> int:
     while n < limit and fits(n + 1):
         n += 1
     return n
-
-
-def dropped_result(queued: Queued, now: float) -> Result:
-    frame = queued.frame
-    queue_s = now - queued.enqueued_at
-    return Result(
-        stream_id=frame.stream_id,
-        index=frame.index,
-        status=Status.DROPPED_LATE,
-        error=f"missed its deadline by {max(0.0, now - frame.deadline) * 1e3:.1f} ms before inference",
-        width=frame.width,
-        height=frame.height,
-        timing=Timing(decode_s=frame.decode_s, queue_s=queue_s, server_s=now - frame.received_at),
-        client_time_ns=frame.client_time_ns,
-    )
-
-
-def failed_result(queued: Queued, now: float, message: str) -> Result:
-    frame = queued.frame
-    return Result(
-        stream_id=frame.stream_id,
-        index=frame.index,
-        status=Status.FAILED,
-        error=message,
-        width=frame.width,
-        height=frame.height,
-        timing=Timing(decode_s=frame.decode_s, queue_s=now - queued.enqueued_at, server_s=now - frame.received_at),
-        client_time_ns=frame.client_time_ns,
-    )
 
 
 class Batcher:
@@ -345,9 +316,13 @@ class Batcher:
             batch, late, discarded = work
             now = self._clock()
             for queued in late:
-                self._answer(queued, dropped_result(queued, now))
+                late_by_ms = max(0.0, now - queued.frame.deadline) * 1e3
+                error = f"missed its deadline by {late_by_ms:.1f} ms before inference"
+                self._answer(queued, unserved_result(queued.frame, Status.DROPPED_LATE, error, now, queued.enqueued_at))
             for queued in discarded:
-                self._answer(queued, failed_result(queued, now, STREAM_CLOSED))
+                self._answer(
+                    queued, unserved_result(queued.frame, Status.FAILED, STREAM_CLOSED, now, queued.enqueued_at)
+                )
             if not batch:
                 continue
             started = self._clock()
@@ -358,7 +333,10 @@ class Batcher:
             except Exception as exc:
                 logger.exception("batch of %d frames failed", len(batch))
                 end = self._clock()
-                results = [failed_result(q, end, f"inference failed: {exc}") for q in batch]
+                results = [
+                    unserved_result(q.frame, Status.FAILED, f"inference failed: {exc}", end, q.enqueued_at)
+                    for q in batch
+                ]
             else:
                 self.estimator.observe(len(batch), self._clock() - started)
             for queued, result in zip(batch, results, strict=True):

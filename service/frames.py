@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -101,3 +102,34 @@ class Result:
     # Set while the frame-resolution mask or overlay asked for is still to be drawn: the
     # pipeline calls it on a worker (never the batcher's thread) before anyone sees the Result.
     render: Callable[[], Result] | None = None
+
+
+def unserved_result(frame: Frame, status: Status, error: str, now: float, enqueued_at: float | None = None) -> Result:
+    """The answer to a decoded frame the model did not run on (dropped, failed or refused) at
+    `now` (monotonic seconds); `enqueued_at` when it waited in the batcher's queue."""
+    return Result(
+        stream_id=frame.stream_id,
+        index=frame.index,
+        status=status,
+        error=error,
+        width=frame.width,
+        height=frame.height,
+        timing=Timing(
+            decode_s=frame.decode_s,
+            queue_s=0.0 if enqueued_at is None else now - enqueued_at,
+            server_s=now - frame.received_at,
+        ),
+        client_time_ns=frame.client_time_ns,
+    )
+
+
+def invalid_result(stream_id: str, index: int, message: str, received_at: float, client_time_ns: int = 0) -> Result:
+    """The answer to a frame that could not be decoded (or broke its stream's rules)."""
+    return Result(
+        stream_id=stream_id,
+        index=index,
+        status=Status.INVALID_FRAME,
+        error=message,
+        timing=Timing(server_s=time.monotonic() - received_at),
+        client_time_ns=client_time_ns,
+    )

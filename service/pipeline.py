@@ -282,15 +282,3 @@ def on_every_thread(pool: ThreadPoolExecutor, workers: int, work: Callable[[], N
 
     for future in [pool.submit(once) for _ in range(workers)]:
         future.result()
-
-
-def invalid_result(stream_id: str, index: int, message: str, received_at: float, client_time_ns: int = 0) -> Result:
-    """The answer to a frame that could not be decoded."""
-    return Result(
-        stream_id=stream_id,
-        index=index,
-        status=Status.INVALID_FRAME,
-        error=message,
-        timing=Timing(server_s=time.monotonic() - received_at),
-        client_time_ns=client_time_ns,
-    )

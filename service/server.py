@@ -38,9 +38,9 @@ from .capture import (
     jpeg_decoded_size,
 )
 from .config import ServerConfig
-from .frames import Frame, Result, Status
+from .frames import Frame, Result, Status, invalid_result, unserved_result
 from .memory import MemoryBudget, trim_heap
-from .pipeline import Pipeline, invalid_result
+from .pipeline import Pipeline
 from .security import TokenAuthInterceptor
 from .sources import SourceHub
 from .wire import options_from_proto
@@ -497,13 +497,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         try:
             self.pipeline.submit(frame, deliver_threadsafe)
         except (QueueFullError, BatcherStoppedError) as exc:
-            result = Result(
-                stream_id=frame.stream_id,
-                index=frame.index,
-                status=Status.FAILED,
-                error=str(exc),
-                client_time_ns=frame.client_time_ns,
-            )
+            result = unserved_result(frame, Status.FAILED, str(exc), time.monotonic())
             self.pipeline.record(result, "grpc")
             deliver(result)
 
