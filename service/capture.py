@@ -16,9 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import DEFAULT_MAX_PIXELS
 from .dataset import IMAGE_SUFFIXES
-
-DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class InvalidFrameError(ValueError):

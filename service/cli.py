@@ -28,19 +28,19 @@ from prometheus_client import CollectorRegistry, start_http_server
 from . import __version__, capture
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import SegmenterClient
-from .config import EngineConfig, ServerConfig, env_default
+from .config import MIB, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
 from .frames import FrameOptions
-from .memory import MIB, release_freed_memory_promptly
+from .memory import release_freed_memory_promptly
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .plots import PlotUnavailableError, plot_replay
 from .replay import Tally, replay
 from .runner import ModelError, Runner, resolve_model
 from .scores import SplitScores
-from .security import TOKEN_ENV, SecurityConfigError, TlsFiles, client_credentials, load_token
+from .security import TOKEN_ENV, SecurityConfigError, client_credentials, load_token, server_credentials
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
 from .stats import percentile
@@ -153,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             raise CliError("--tls-cert and --tls-key go together")
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
-        tls.server_credentials()  # read the files now: a bad path fails at start, naming it
+        server_credentials(tls)  # read the files now: a bad path fails at start, naming it
     elif args.tls_client_ca:
         raise CliError("--tls-client-ca needs --tls-cert and --tls-key")
     server_config = ServerConfig(

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from .capture import DEFAULT_MAX_PIXELS
-from .memory import MIB
-from .postprocess import MIN_AREA_FRACTION
-from .security import TlsFiles
+# Config imports nothing of the package: every stage may import it without loading another's
+# libraries (the pipeline needs no grpc, the client no onnxruntime).
+MIB = 1024 * 1024
+DEFAULT_MAX_PIXELS = 4096 * 4096  # the largest frame (width x height) decoded
+MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
 
 
 def env_default(name: str, fallback: str) -> str:
     """The value of POLYPSTREAM_<NAME>, else `fallback` (used for CLI flag defaults)."""
     return os.environ.get(f"POLYPSTREAM_{name}", fallback)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for the server: its certificate and key, and optionally a client CA (mTLS);
+    `security.server_credentials` reads them."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)

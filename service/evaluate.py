@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .capture import InvalidFrameError, decode_encoded
+from .config import MIN_AREA_FRACTION
 from .dataset import DatasetError, load_split, read_image, read_mask
-from .postprocess import MIN_AREA_FRACTION, locate_polyps, probability_to_mask
+from .postprocess import locate_polyps, probability_to_mask
 from .runner import Runner
 from .scores import SplitScores
 

@@ -17,9 +17,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-logger = logging.getLogger(__name__)
+from .config import MIB
 
-MIB = 1024 * 1024
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)

@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from .config import MIN_AREA_FRACTION
 from .frames import Polyp
 from .scores import greedy_match
 
 MASK_COLOUR = (0, 255, 0)  # BGR
-MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
 BOX_COLOUR = (0, 255, 255)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from prometheus_client import Counter
+
+from .config import TlsFiles
 
 TOKEN_ENV = "POLYPSTREAM_TOKEN"
 UNAUTHENTICATED_METHODS_PREFIX = "/grpc.health.v1.Health/"
@@ -43,21 +44,14 @@ def load_token(token_file: Path | None) -> str | None:
     return token or None
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for the server: its certificate and key, and optionally a client CA (mTLS)."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        client_ca = _read(self.client_ca, "client CA") if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(_read(self.key, "TLS key"), _read(self.cert, "TLS certificate"))],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """The server's TLS credentials from its PEM files (mTLS when a client CA is given)."""
+    client_ca = _read(tls.client_ca, "client CA") if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key, "TLS key"), _read(tls.cert, "TLS certificate"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def client_credentials(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> grpc.ChannelCredentials:

@@ -41,7 +41,7 @@ from .config import ServerConfig
 from .frames import Frame, Result, Status, invalid_result, unserved_result
 from .memory import MemoryBudget, trim_heap
 from .pipeline import Pipeline
-from .security import TokenAuthInterceptor
+from .security import TokenAuthInterceptor, server_credentials
 from .sources import SourceHub
 from .wire import options_from_proto
 
@@ -626,7 +626,7 @@ async def start_server(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     if config.tls is not None:
-        port = server.add_secure_port(config.address, config.tls.server_credentials())
+        port = server.add_secure_port(config.address, server_credentials(config.tls))
     else:
         port = server.add_insecure_port(config.address)
     address = _bound(config.address, port)

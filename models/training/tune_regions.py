@@ -15,9 +15,10 @@ from pathlib import Path
 
 import onnx
 
+from polypstream.config import MIN_AREA_FRACTION
 from polypstream.dataset import load_split
 from polypstream.evaluate import read_as_served
-from polypstream.postprocess import MIN_AREA_FRACTION, locate_polyps
+from polypstream.postprocess import locate_polyps
 from polypstream.runner import META_PREFIX, Runner, record_checksum
 from polypstream.scores import match_boxes
 

@@ -15,10 +15,10 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
 from polypstream.client import SegmenterClient
-from polypstream.config import ServerConfig
+from polypstream.config import ServerConfig, TlsFiles
 from polypstream.frames import FrameOptions
 from polypstream.pipeline import Pipeline
-from polypstream.security import SecurityConfigError, TlsFiles, client_credentials, load_token
+from polypstream.security import SecurityConfigError, client_credentials, load_token
 from polypstream.server import serve_in_thread
 from tests.conftest import square_image
 
