@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from . import __version__, capture
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import SegmenterClient
-from .config import MIB, EngineConfig, ServerConfig, TlsFiles, env_default
+from .config import MIB, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
@@ -820,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_video_libraries()
     try:
         return int(args.func(args))
-    except (CliError, ModelError, SecurityConfigError, ValueError) as exc:
+    except (CliError, ConfigError, DatasetError, ModelError, SecurityConfigError) as exc:  # the user's to fix
         print(f"polypstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

@@ -14,6 +14,10 @@ DEFAULT_MAX_PIXELS = 4096 * 4096  # the largest frame (width x height) decoded
 MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
 
 
+class ConfigError(ValueError):
+    """A setting out of its range: the user's to fix (the CLI says so in one line)."""
+
+
 def env_default(name: str, fallback: str) -> str:
     """The value of POLYPSTREAM_<NAME>, else `fallback` (used for CLI flag defaults)."""
     return os.environ.get(f"POLYPSTREAM_{name}", fallback)
@@ -44,11 +48,11 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.budget_ms <= 0:
-            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+            raise ConfigError(f"budget_ms must be positive, got {self.budget_ms}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+            raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.inflight_per_stream < 1:
-            raise ValueError("max_streams and inflight_per_stream must be at least 1")
+            raise ConfigError("max_streams and inflight_per_stream must be at least 1")
         if not 1 <= self.stream_memory_limit_bytes <= self.memory_limit_bytes:
-            raise ValueError(
+            raise ConfigError(
                 f"the per-stream memory limit ({self.stream_memory_limit_bytes / MIB:g} MiB) must be positive "
                 f"and at most the total ({self.memory_limit_bytes / MIB:g} MiB)"
             )

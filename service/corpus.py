@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dataset import load_split, read_image, read_mask
+from .dataset import DatasetError, load_split, read_image, read_mask
 from .synth import CameraPose, camera_poses, render_frame, warp_mask
 
 METADATA_CSV = "hyper-kvasir-video-metadata.csv"
@@ -140,7 +140,7 @@ def write_corpus(
     """Render every planned video, its ground-truth sidecar and the metadata CSV."""
     samples = [s for s in load_split(kvasir) if s.mask_path is not None]
     if not samples:
-        raise ValueError(f"{kvasir}: no images with masks")
+        raise DatasetError(f"{kvasir}: no images with masks")
     images = {s.image_id: s for s in samples}
     cache: dict[str, np.ndarray] = {}
     truth_dir = out / "ground-truth"

@@ -48,7 +48,7 @@ def evaluate(
     has the scores of the images done so far; `progress(done, total)` follows each batch."""
     samples = [s for s in load_split(data_dir, split_file) if s.mask_path is not None]
     if not samples:
-        raise ValueError(f"{data_dir}: no images with masks to evaluate")
+        raise DatasetError(f"{data_dir}: no images with masks to evaluate")
     tally = SplitScores() if tally is None else tally
     for start in range(0, len(samples), runner.max_batch):
         chunk = samples[start : start + runner.max_batch]
