@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from . import __version__, capture
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import SegmenterClient
-from .config import MIB, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
+from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
@@ -84,6 +84,18 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--threads", type=int, default=int(env_default("THREADS", "0")), help="onnxruntime threads (0: default)"
     )
+    g.add_argument(
+        "--decode-workers",
+        type=int,
+        default=int(env_default("DECODE_WORKERS", "0")),
+        help="threads decoding frames and drawing masks and overlays (0: one per CPU core)",
+    )
+    g.add_argument(
+        "--min-area-fraction",
+        type=float,
+        default=float(env_default("MIN_AREA_FRACTION", str(MIN_AREA_FRACTION))),
+        help="regions smaller than this share of the frame are noise, not polyps",
+    )
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -94,6 +106,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         budget_ms=args.budget_ms,
         max_wait_ms=args.max_wait_ms,
         threads=args.threads,
+        min_area_fraction=args.min_area_fraction,
+        decode_workers=args.decode_workers,
     )
 
 
@@ -144,7 +158,8 @@ def connect(args: argparse.Namespace, address: str | None = None) -> SegmenterCl
 # --- serve -------------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def server_settings(args: argparse.Namespace) -> ServerConfig:
+    """`serve`'s flags as a ServerConfig, after checking the addresses and reading the TLS files."""
     for flag, address in (("--address", args.address), ("--health-address", args.health_address)):
         if address:
             check_listen_address(flag, address)
@@ -156,10 +171,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_credentials(tls)  # read the files now: a bad path fails at start, naming it
     elif args.tls_client_ca:
         raise CliError("--tls-client-ca needs --tls-cert and --tls-key")
-    server_config = ServerConfig(
+    return ServerConfig(
         address=args.address,
         metrics_address=args.metrics_address,
         max_streams=args.max_streams,
+        inflight_per_stream=args.inflight_per_stream,
+        max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace,
         send_timeout_s=args.send_timeout,
         max_pixels=args.max_pixels,
@@ -169,6 +186,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         token=load_token(args.token_file),
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server_config = server_settings(args)
+    tls = server_config.tls
     if not is_loopback(server_config.address) and (tls is None or server_config.token is None):
         logger.warning(
             "listening on %s without %s: frames are patient data; use TLS and a token off loopback",
@@ -713,6 +735,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a client that reads no result for this many seconds loses its stream",
     )
     limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--inflight-per-stream",
+        type=int,
+        default=int(env_default("INFLIGHT_PER_STREAM", str(ServerConfig.inflight_per_stream))),
+        help="frames of one stream in the server at once; past it the stream is read no further",
+    )
+    limits.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=float(env_default("MAX_MESSAGE_MB", str(ServerConfig.max_message_bytes // MIB))),
+        help="largest gRPC message each way, in MiB; larger ones get RESOURCE_EXHAUSTED",
+    )
     limits.add_argument(
         "--max-pixels",
         type=int,
