@@ -60,7 +60,9 @@ class SegmenterServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Segment(self, request_iterator, context):
-        """Segments every frame of a client stream; answers each frame exactly once, in order.
+        """Segments every frame of a client stream and answers each once, in order, while the stream
+        lasts; a stream the server ends (RESOURCE_EXHAUSTED for a client that stopped reading,
+        UNAVAILABLE at shutdown after the frames it read) ends with its status instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
