@@ -11,9 +11,10 @@ unmutated package. Each worker mutates its own copy of the working tree (tracked
 files, not the ignored ones), made importable as `polypstream` through a symlink on PYTHONPATH, so
 that workers never see each other's mutants.
 
-What is mutated: every function of batcher, postprocess, scores, evaluate, runner and sources,
-and the JPEG/PNG header checks and decoding of capture (its video and network sources are
-tested by integration tests, too slow to run for every mutant). Each module's mutants run
+What is mutated: every function of batcher, scores, evaluate, runner and sources; the regions,
+score floor and tracker of postprocess (not the overlay's colours and label placement); the
+JPEG/PNG header checks and decoding of capture (its video and network sources are tested by
+integration tests, too slow to run for every mutant). Each module's mutants run
 against its unit tests (`TESTS`), stopping at the first failure. Operators: all of
 cosmic-ray's core set except replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%`
 (on this code's floats and sizes those are type errors or absurd values, killed by any test
@@ -46,7 +47,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> (its unit tests, the functions mutated: None for all)
 TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "batcher": (["tests/unit/test_batcher.py"], None),
-    "postprocess": (["tests/unit/test_postprocess.py"], None),
+    "postprocess": (  # regions, the score floor and the tracker; not the overlay's drawing
+        ["tests/unit/test_postprocess.py"],
+        {
+            "probability_to_mask",
+            "min_region_area",
+            "find_polyps",
+            "locate_polyps",
+            "_scale_box",
+            "_Track",
+            "__init__",
+            "update",
+        },
+    ),
     "scores": (["tests/unit/test_scores.py"], None),
     "evaluate": (["tests/unit/test_evaluate.py"], None),
     "runner": (["tests/unit/test_runner.py"], None),

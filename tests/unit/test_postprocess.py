@@ -130,3 +130,62 @@ def test_two_polyps_never_share_a_track_id() -> None:
     split = tracker.update([polyp(0, 3), polyp(1, 0)])
     assert [p.track_id for p in split] == [2, 1]
     assert [p.track_id for p in tracker.update([polyp(0, 3), polyp(1, 0)])] == [2, 1]
+
+
+def test_a_regions_score_counts_its_own_pixels_only() -> None:
+    # An L-shaped region (0.75) whose box also holds background (0.25, under the threshold)
+    # and a separate blob (1.0): the L's score is 0.75, whatever else lies inside its box.
+    prob = np.full((10, 10), 0.25, np.float32)
+    prob[0:6, 0] = prob[5, 0:6] = 0.75  # the L: 11 pixels, box (0, 0, 6, 6)
+    prob[1:3, 3:5] = 1.0  # the blob, inside the L's box
+    polyps = find_polyps(prob > 0.5, prob)
+    assert [(p.box, p.area, p.score) for p in polyps] == [((0, 0, 6, 6), 11, 0.75), ((3, 1, 2, 2), 4, 1.0)]
+
+
+def test_the_threshold_is_exclusive_at_the_models_and_the_frames_resolution() -> None:
+    prob = np.zeros((4, 4), np.float32)
+    prob[0:2, 0:2] = 0.5  # exactly the threshold: not polyp
+    prob[2:4, 2:4] = 0.75
+    assert [p.box for p in locate_polyps(prob, 4, 4, 0.5, min_area_fraction=0.0)] == [(2, 2, 2, 2)]
+    mask, _ = probability_to_mask(prob, 4, 4, 0.5)
+    assert mask.sum() == 4 and mask[2:, 2:].all()
+
+
+def test_a_probability_map_larger_than_the_frame_is_scaled_down() -> None:
+    prob = np.zeros((8, 8), np.float32)
+    prob[4:8, 4:8] = 1.0
+    mask, full = probability_to_mask(prob, 4, 4, 0.5)
+    assert mask.shape == full.shape == (4, 4) and mask[2:, 2:].all() and mask.sum() == 4
+
+
+def test_boxes_of_a_map_finer_than_the_frame_stay_inside_it_and_at_least_a_pixel() -> None:
+    # A 16x16 map for an 8x8 frame (scale 0.5): one-pixel regions at (3, 3) and (15, 15).
+    # (3, 3) spans frame x 1.5..2.0, rounded to 2..2: a box must still be one pixel wide.
+    # (15, 15) spans 7.5..8.0, rounded to 8..8: clamped into the frame at 7.
+    prob = np.zeros((16, 16), np.float32)
+    prob[3, 3] = prob[15, 15] = 1.0
+    polyps = locate_polyps(prob, 8, 8, 0.5, min_area_fraction=0.0)
+    assert [(p.box, p.area) for p in polyps] == [((2, 2, 1, 1), 1), ((7, 7, 1, 1), 1)]
+
+
+def test_the_default_tracker_keeps_a_track_five_frames_unseen_and_forgets_it_on_the_sixth() -> None:
+    # The README's rule: a track survives 5 frames unseen. Counted from when it was first
+    # seen, and again from each frame it was seen in.
+    tracker = IouTracker()
+    assert tracker.update([polyp(0, 0)])[0].track_id == 1
+    for _ in range(5):
+        tracker.update([])
+    assert tracker.update([polyp(0, 0)])[0].track_id == 1  # seen again after 5 unseen frames
+    assert tracker.update([polyp(0, 0)])[0].track_id == 1
+    for _ in range(6):
+        tracker.update([])
+    assert tracker.update([polyp(0, 0)])[0].track_id == 2  # 6 unseen: a new polyp
+
+
+def test_the_default_tracker_matches_boxes_overlapping_by_iou_point_three() -> None:
+    tracker = IouTracker()
+    tracker.update([polyp(0, 0, 10, 10)])
+    assert tracker.update([polyp(0, 0, 10, 33)])[0].track_id == 1  # IoU 100/330 = 0.303
+    tracker = IouTracker()
+    tracker.update([polyp(0, 0, 10, 10)])
+    assert tracker.update([polyp(0, 0, 10, 34)])[0].track_id == 2  # IoU 100/340 = 0.294
