@@ -438,3 +438,66 @@ def test_a_starving_offline_stream_displaces_a_live_frame_once_per_max_wait_only
     assert planned(batcher.plan(101.1)[0]) == [10]  # not again before another second
     assert planned(batcher.plan(101.5)[0]) == [11]
     assert planned(batcher.plan(102.0)[0]) == [1]
+
+
+def test_the_default_estimate_is_a_moving_mean_plus_twice_the_mean_deviation() -> None:
+    estimator = ServiceTimeEstimator()  # alpha 0.2, spread 2
+    estimator.observe(1, 0.010)
+    estimator.observe(1, 0.020)  # mean 0.010 + 0.2 * 0.010; deviation 0.2 * 0.010
+    assert estimator.estimate(1) == pytest.approx(0.012 + 2 * 0.002, abs=1e-12)
+
+
+def test_a_dropped_frame_says_by_how_much_it_missed_its_deadline() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=1, max_wait_s=0.0)
+    collect = Collector(2)
+    batcher.submit(make_frame(0, now=99.9, budget_s=0.0875), collect)  # due 99.9875: 12.5 ms ago
+    batcher.submit(make_frame(1, now=100.0, budget_s=1.0), collect)
+    batcher.start()  # on the fixed clock every decision is due at once
+    by_index = {r.index: r for r in collect.wait()}
+    batcher.stop()
+    assert by_index[0].status is Status.DROPPED_LATE
+    assert by_index[0].error == "missed its deadline by 12.5 ms before inference"
+    assert by_index[0].timing.queue_s == 0.0 and by_index[0].timing.server_s == pytest.approx(0.1)
+
+
+def test_a_batcher_may_hold_a_single_frame_but_not_none() -> None:
+    Batcher(FakeModel(), max_batch=1, max_wait_s=0, capacity=1)
+    with pytest.raises(ValueError, match="max_batch and capacity must be at least 1"):
+        Batcher(FakeModel(), max_batch=1, max_wait_s=0, capacity=0)
+    with pytest.raises(ValueError, match="max_batch and capacity must be at least 1"):
+        Batcher(FakeModel(), max_batch=0, max_wait_s=0, capacity=1)
+
+
+def test_stop_returns_after_the_worker_thread_has_ended() -> None:
+    batcher = Batcher(FakeModel(delay_s=0.05), max_batch=1, max_wait_s=0, capacity=8)
+    batcher.start()
+    for i in range(3):
+        batcher.submit(make_frame(i), print)
+    batcher.stop()
+    assert not any(t.name == "polypstream-batcher" and t.is_alive() for t in threading.enumerate())
+
+
+def test_with_no_live_frame_ever_seen_offline_frames_run_in_full_unpaced_batches() -> None:
+    # At clock 0.5 s (any time, even within the first second), no live stream has been active.
+    clock = [0.5]
+    batcher = opened_batcher(4, 0.010, clock, offline_slice_s=0.010, live_window_s=1.0)
+    for i in range(8):
+        batcher.submit(frame_at(i, 0.5, no_drop=True), print)
+    assert planned(batcher.plan(0.5)[0]) == [0, 1, 2, 3]
+    assert batcher.wait_s(0.5) == 0.0
+    assert planned(batcher.plan(0.5)[0]) == [4, 5, 6, 7]
+
+
+@pytest.mark.parametrize(("spare", "paced"), [(1 / 32, False), (1 / 32 - 1 / 128, True)])
+def test_a_live_frame_finishing_with_less_than_a_slice_to_spare_paces_offline_work(spare: float, paced: bool) -> None:
+    # A frame takes 1/64 s, a slice is 1/32 s (two offline frames). The live frame finishes
+    # with `spare` before its deadline: less than a slice means no capacity is left over.
+    clock = [100.0]
+    batcher = opened_batcher(4, 1 / 64, clock, offline_slice_s=1 / 32, offline_interval_s=0.05, live_window_s=1.0)
+    batcher.submit(frame_at(10, 100.0, budget_s=1 / 64 + spare), print)
+    assert planned(batcher.plan(100.0)[0]) == [10]
+    for i in range(3):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    assert planned(batcher.plan(100.0)[0]) == [0, 1]  # one slice
+    assert batcher.wait_s(100.0) == (pytest.approx(0.05) if paced else 0.0)
