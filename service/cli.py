@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from .client import SegmenterClient
+from .client import Answer, SegmenterClient
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
@@ -317,6 +317,18 @@ class StreamSummary:
     flat_out: bool = False  # frames sent as fast as the server took them (not at the source's pace)
     interrupted: bool = False  # Ctrl-C: no more frames were sent; those sent were answered
 
+    def add(self, answer: Answer) -> None:
+        """Count one answer."""
+        self.frames += 1
+        self.statuses[answer.status] = self.statuses.get(answer.status, 0) + 1
+        if answer.status == "OK":
+            r = answer.result
+            self.latencies_ms.append(answer.latency_s * 1e3)
+            self.server_ms.append(r.timing.server_ms)
+            self.detections += len(r.polyps)
+            self.frames_with_polyps += bool(r.polyps)
+            self.tracks.update(p.track_id for p in r.polyps)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "frames": self.frames,
@@ -345,6 +357,29 @@ class StreamSummary:
         )
 
 
+class OverlayVideo:
+    """The overlay video `stream` writes: each answer's overlay, or the frame sent when the
+    answer has none (a dropped or invalid frame); opened at the first picture's size."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = path, fps
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, overlay_jpeg: bytes, original: np.ndarray | None) -> None:
+        picture = cv2.imdecode(np.frombuffer(overlay_jpeg, np.uint8), cv2.IMREAD_COLOR) if overlay_jpeg else original
+        if picture is None:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (picture.shape[1], picture.shape[0]))
+        self._writer.write(picture)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+
 def stream_video(
     client: SegmenterClient,
     source: FrameSource,
@@ -356,16 +391,15 @@ def stream_video(
 ) -> StreamSummary:
     """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay video."""
     options = FrameOptions(return_overlay=overlay_path is not None, no_drop=no_drop)
-    originals: dict[int, np.ndarray] = {}
-    writer: cv2.VideoWriter | None = None
-
+    originals: dict[int, np.ndarray] = {}  # frames sent, until answered (for the overlay video)
+    video = OverlayVideo(overlay_path, source.fps) if overlay_path is not None else None
     stop = threading.Event()
 
     def frames() -> Iterator[CapturedFrame]:
         for captured in source:
             if stop.is_set():  # Ctrl-C: send no more; what was sent is still answered and written
                 return
-            if overlay_path is not None:
+            if video is not None:
                 originals[captured.index] = captured.image
             yield captured
 
@@ -375,36 +409,13 @@ def stream_video(
     try:
         with jsonl_path.open("w") as out, ctrl_c_sets(stop):
             for answer in client.segment_video(frames(), stream_id, options):
-                line = answer.to_json()
-                out.write(json.dumps(line) + "\n")
-                summary.frames += 1
-                summary.statuses[answer.status] = summary.statuses.get(answer.status, 0) + 1
-                r = answer.result
-                if answer.status == "OK":
-                    summary.latencies_ms.append(answer.latency_s * 1e3)
-                    summary.server_ms.append(r.timing.server_ms)
-                    summary.detections += len(r.polyps)
-                    summary.frames_with_polyps += bool(r.polyps)
-                    summary.tracks.update(p.track_id for p in r.polyps)
-                if overlay_path is not None:
-                    original = originals.pop(r.index, None)
-                    picture = (
-                        cv2.imdecode(np.frombuffer(r.overlay_jpeg, np.uint8), cv2.IMREAD_COLOR)
-                        if r.overlay_jpeg
-                        else original
-                    )
-                    if picture is None:
-                        continue
-                    if writer is None:
-                        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-                        fourcc = cv2.VideoWriter.fourcc(*("MJPG" if overlay_path.suffix.lower() == ".avi" else "mp4v"))
-                        writer = cv2.VideoWriter(
-                            str(overlay_path), fourcc, source.fps, (picture.shape[1], picture.shape[0])
-                        )
-                    writer.write(picture)
+                out.write(json.dumps(answer.to_json()) + "\n")
+                summary.add(answer)
+                if video is not None:
+                    video.write(answer.result.overlay_jpeg, originals.pop(answer.result.index, None))
     finally:
-        if writer is not None:
-            writer.release()
+        if video is not None:
+            video.close()
     summary.wall_s = time.perf_counter() - started
     summary.interrupted = stop.is_set()
     return summary
@@ -688,14 +699,8 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
-    )
-    parser.add_argument("--version", action="version", version=f"polypstream {__version__}")
-    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
-
+def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """serve: the gRPC server, its sources, limits and security, and the engine."""
     serve = sub.add_parser("serve", help="run the gRPC server and the metrics endpoint")
     serve.add_argument("--address", default=env_default("ADDRESS", ServerConfig.address), help="host:port or unix:PATH")
     serve.add_argument(
@@ -734,6 +739,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env_default("SEND_TIMEOUT_S", str(ServerConfig.send_timeout_s))),
         help="a client that reads no result for this many seconds loses its stream",
     )
+    _add_limit_flags(serve)
+    _add_security_flags(serve)
+    add_engine_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """What one stream and all streams together may hold in the server."""
     limits = serve.add_argument_group("limits")
     limits.add_argument(
         "--inflight-per-stream",
@@ -765,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env_default("STREAM_MEMORY_LIMIT_MB", str(ServerConfig.stream_memory_limit_bytes // MIB))),
         help="MiB that frames of one client stream may hold",
     )
+
+
+def _add_security_flags(serve: argparse.ArgumentParser) -> None:
+    """TLS, the bearer token and the plaintext health port."""
     security = serve.add_argument_group("security")
     security.add_argument(
         "--health-address",
@@ -775,9 +792,10 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     security.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mTLS")
     security.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
-    add_engine_flags(serve)
-    serve.set_defaults(func=cmd_serve)
 
+
+def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """stream: a source sent to a running server."""
     stream = sub.add_parser("stream", help="send a video file, stream URL or device to a server")
     stream.add_argument("source", help="video file, rtsp:// / http:// URL, or capture device index")
     add_client_flags(stream)
@@ -791,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
     stream.set_defaults(func=cmd_stream)
 
+
+def _add_demo(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """demo: the bundled clip through an in-process server."""
     demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
     demo.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, overlay.mp4, summary.json")
     demo.add_argument("--source", type=Path, help="another video instead of the bundled sample")
@@ -801,6 +822,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+
+def _add_replay(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """replay: every video of a folder, accounted for."""
     replay_ = sub.add_parser(
         "replay", help="run every video of a folder through the service and account for every frame"
     )
@@ -814,6 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_flags(replay_)  # used when no --server is given: an in-process server
     replay_.set_defaults(func=cmd_replay)
 
+
+def _add_corpus(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """corpus: a HyperKvasir-shaped stand-in."""
     corpus = sub.add_parser("corpus", help="write a HyperKvasir-shaped stand-in corpus made from Kvasir-SEG images")
     corpus.add_argument("out", type=Path, help="new folder")
     corpus.add_argument("--from", dest="source", type=Path, required=True, help="Kvasir-SEG layout folder")
@@ -823,11 +851,17 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same corpus")
     corpus.set_defaults(func=cmd_corpus)
 
+
+def _add_health(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """health: exit 0 when SERVING."""
     health = sub.add_parser("health", help="exit 0 when the server reports SERVING (for container health checks)")
     add_client_flags(health)
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     health.set_defaults(func=cmd_health)
 
+
+def _add_eval(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """eval: scores of a model on a Kvasir-SEG folder."""
     evaluate_ = sub.add_parser("eval", help="Dice/IoU/precision/recall and box metrics on a Kvasir-SEG folder")
     evaluate_.add_argument("--data", type=Path, required=True, help="folder with images/, masks/, kavsir_bboxes.json")
     evaluate_.add_argument("--split", type=Path, help="file of image ids, one per line (default: every image)")
@@ -835,6 +869,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_.add_argument("--batch", type=int, default=8, help="images per model run")
     evaluate_.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
+    )
+    parser.add_argument("--version", action="version", version=f"polypstream {__version__}")
+    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+
+    for add in (_add_serve, _add_stream, _add_demo, _add_replay, _add_corpus, _add_health, _add_eval):
+        add(sub)
     return parser
 
 

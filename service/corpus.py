@@ -129,6 +129,50 @@ def _poses(
             yield image_id, pose
 
 
+class _SourceImages:
+    """The Kvasir-SEG images a corpus is made of, read once each (a few dozen held at a time),
+    each image's mask written to the ground truth the first time the image is used."""
+
+    def __init__(self, kvasir: Path, truth_dir: Path) -> None:
+        samples = [s for s in load_split(kvasir) if s.mask_path is not None]
+        if not samples:
+            raise DatasetError(f"{kvasir}: no images with masks")
+        self.samples = {s.image_id: s for s in samples}
+        self.shapes = [(s.image_id, read_image(s.image_path).shape) for s in samples]
+        self.masks_dir = truth_dir / "masks"
+        self.masks_dir.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def image(self, image_id: str) -> np.ndarray:
+        if image_id not in self._cache:
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            sample = self.samples[image_id]
+            self._cache[image_id] = read_image(sample.image_path)
+            mask_file = self.masks_dir / f"{image_id}.png"
+            if not mask_file.exists():
+                assert sample.mask_path is not None  # samples were filtered on it
+                cv2.imwrite(str(mask_file), read_mask(sample.mask_path).astype(np.uint8) * 255)
+        return self._cache[image_id]
+
+
+def _write_video(path: Path, plan: VideoPlan, images: _SourceImages, rng: np.random.Generator) -> list[dict]:
+    """Render one planned video; returns each frame's source image and camera pose."""
+    size = (plan.width, plan.height)
+    with _c_stderr_silenced(path.suffix == ".mpg"):
+        writer = cv2.VideoWriter(str(path), _fourcc(plan.relpath), plan.fps, size)
+    if not writer.isOpened():
+        raise OSError(f"{path}: cannot open a video writer")
+    frames = []
+    try:
+        for image_id, pose in _poses(plan, images.shapes, rng):
+            writer.write(render_frame(images.image(image_id), pose, size))
+            frames.append({"image": image_id, "matrix": list(pose.matrix), "gain": pose.gain, "blur": pose.blur})
+    finally:
+        writer.release()
+    return frames
+
+
 def write_corpus(
     out: Path,
     kvasir: Path,
@@ -138,39 +182,14 @@ def write_corpus(
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Render every planned video, its ground-truth sidecar and the metadata CSV."""
-    samples = [s for s in load_split(kvasir) if s.mask_path is not None]
-    if not samples:
-        raise DatasetError(f"{kvasir}: no images with masks")
-    images = {s.image_id: s for s in samples}
-    cache: dict[str, np.ndarray] = {}
     truth_dir = out / "ground-truth"
-    (truth_dir / "masks").mkdir(parents=True, exist_ok=True)
-    sources = [(s.image_id, read_image(s.image_path).shape) for s in samples]
+    images = _SourceImages(kvasir, truth_dir)
     rng = np.random.default_rng(seed + 1)
     rows = []
     for n, plan in enumerate(plans):
         path = out / plan.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        size = (plan.width, plan.height)
-        with _c_stderr_silenced(path.suffix == ".mpg"):
-            writer = cv2.VideoWriter(str(path), _fourcc(plan.relpath), plan.fps, size)
-        if not writer.isOpened():
-            raise OSError(f"{path}: cannot open a video writer")
-        frames = []
-        try:
-            for image_id, pose in _poses(plan, sources, rng):
-                if image_id not in cache:
-                    cache[image_id] = read_image(images[image_id].image_path)
-                    mask_file = truth_dir / "masks" / f"{image_id}.png"
-                    if not mask_file.exists():
-                        mask_path = images[image_id].mask_path
-                        assert mask_path is not None  # samples were filtered on it
-                        mask = read_mask(mask_path)
-                        cv2.imwrite(str(mask_file), mask.astype(np.uint8) * 255)
-                writer.write(render_frame(cache[image_id], pose, size))
-                frames.append({"image": image_id, "matrix": list(pose.matrix), "gain": pose.gain, "blur": pose.blur})
-        finally:
-            writer.release()
+        frames = _write_video(path, plan, images, rng)
         sidecar = {"video": plan.relpath, "width": plan.width, "height": plan.height, "fps": plan.fps, "frames": frames}
         (truth_dir / f"{path.stem}.json").write_text(json.dumps(sidecar))
         rows.append(
@@ -185,8 +204,6 @@ def write_corpus(
                 "kilobytes": round(path.stat().st_size / 1024),
             }
         )
-        if len(cache) > 64:
-            cache.clear()
         if progress is not None:
             progress(n + 1, len(plans))
     with (out / METADATA_CSV).open("w", newline="") as f:

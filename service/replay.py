@@ -83,6 +83,51 @@ class Tally:
             )
         self.per_server[server] = self.per_server.get(server, 0) + sum(video.answered.values())
 
+    def report(
+        self,
+        wall_s: float,
+        *,
+        interrupted: bool,
+        videos_found: int,
+        streams: int,
+        servers: list[str],
+        metadata_csv: bool,
+    ) -> dict[str, object]:
+        """The replay's report: every frame accounted for, latencies, per-stage times, Dice."""
+        answered = sum(self.statuses.values())
+        ok = self.statuses.get("OK", 0)
+        return {
+            "interrupted": interrupted,
+            "videos_found": videos_found,
+            "videos": self.videos,
+            "frames": self.sent,
+            "fps": round(ok / wall_s, 1) if wall_s else None,
+            "wall_s": round(wall_s, 2),
+            "streams": streams,
+            "servers": servers,
+            "latency_ms": percentiles(self.latencies_ms),
+            "server_stages_ms": {s.removesuffix("_ms"): percentiles(v) for s, v in self.stages_ms.items()},
+            "dropped": self.statuses.get("DROPPED_LATE", 0),
+            "invalid": self.statuses.get("INVALID_FRAME", 0),
+            "failed": self.statuses.get("FAILED", 0),
+            "errors": self.errors,
+            "failed_videos": self.failed_videos,
+            "error_messages": self.error_messages[:20],
+            "accounting": {
+                "sent": self.sent,
+                "answered": answered,
+                "ok": ok,
+                "errors": self.errors,
+                "all_accounted": self.sent == answered + self.errors,
+            },
+            "frames_per_server": self.per_server,
+            "metadata_csv": metadata_csv,
+            "frame_count_mismatches": self.count_mismatches,
+            "dice": round(float(np.mean(self.dice)), 4) if self.dice else None,
+            "dice_frames": len(self.dice),
+            "latency_cdf_ms": cdf(self.latencies_ms),
+        }
+
 
 @dataclass(frozen=True)
 class VideoContext:
@@ -226,40 +271,14 @@ def replay(
     _wait_until_interrupted(finished, stop)
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-    answered = sum(tally.statuses.values())
-    ok = tally.statuses.get("OK", 0)
-    return {
-        "interrupted": stop.is_set(),
-        "videos_found": len(videos),
-        "videos": tally.videos,
-        "frames": tally.sent,
-        "fps": round(ok / wall, 1) if wall else None,
-        "wall_s": round(wall, 2),
-        "streams": streams,
-        "servers": servers,
-        "latency_ms": percentiles(tally.latencies_ms),
-        "server_stages_ms": {s.removesuffix("_ms"): percentiles(v) for s, v in tally.stages_ms.items()},
-        "dropped": tally.statuses.get("DROPPED_LATE", 0),
-        "invalid": tally.statuses.get("INVALID_FRAME", 0),
-        "failed": tally.statuses.get("FAILED", 0),
-        "errors": tally.errors,
-        "failed_videos": tally.failed_videos,
-        "error_messages": tally.error_messages[:20],
-        "accounting": {
-            "sent": tally.sent,
-            "answered": answered,
-            "ok": ok,
-            "errors": tally.errors,
-            "all_accounted": tally.sent == answered + tally.errors,
-        },
-        "frames_per_server": tally.per_server,
-        "metadata_csv": bool(metadata),
-        "frame_count_mismatches": tally.count_mismatches,
-        "dice": round(float(np.mean(tally.dice)), 4) if tally.dice else None,
-        "dice_frames": len(tally.dice),
-        "latency_cdf_ms": cdf(tally.latencies_ms),
-    }
+    return tally.report(
+        time.perf_counter() - started,
+        interrupted=stop.is_set(),
+        videos_found=len(videos),
+        streams=streams,
+        servers=servers,
+        metadata_csv=bool(metadata),
+    )
 
 
 def _wait_until_interrupted(finished: list[threading.Event], stop: threading.Event) -> None:
