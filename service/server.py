@@ -332,6 +332,31 @@ class SegmentCall:
         return False
 
 
+class _Delivery:
+    """Hands a frame's Result to its waiting answer, from the event loop or from a thread.
+
+    An answer with pixels comes from the worker that drew them and is encoded there (mask PNG,
+    overlay JPEG), so that what waits to be sent holds no full-resolution pixels."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[_Answer]) -> None:
+        self.loop, self.answer = loop, answer
+
+    def settle(self, ready: _Answer) -> None:
+        if not self.answer.done():
+            self.answer.set_result(ready)
+
+    def deliver(self, result: Result) -> None:  # on the event loop
+        self.settle(_Answer.of(result))
+
+    def deliver_threadsafe(self, result: Result) -> None:  # on the batcher's thread, or a worker
+        ready = _Answer.of(result) if result.mask is not None or result.overlay is not None else None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
+            if ready is None:
+                self.loop.call_soon_threadsafe(self.deliver, result)
+            else:
+                self.loop.call_soon_threadsafe(self.settle, ready)
+
+
 class SegmenterServicer(pb_grpc.SegmenterServicer):
     """polypstream.v1.Segmenter on top of a running Pipeline."""
 
@@ -419,52 +444,22 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         answer: asyncio.Future[_Answer],
         previous: asyncio.Future[None] | None,
     ) -> asyncio.Future[None]:
-        """Decode off the event loop, then submit in stream order; returns 'submitted'.
-
-        The answer is encoded (mask PNG, overlay JPEG) on the worker that drew them, as soon
-        as they are drawn, so that what waits to be sent holds no full-resolution pixels."""
+        """Decode off the event loop, then submit in stream order; returns 'submitted'."""
         loop = asyncio.get_running_loop()
         received_at = time.monotonic()
         submitted: asyncio.Future[None] = loop.create_future()
-
-        def settle(ready: _Answer) -> None:
-            if not answer.done():
-                answer.set_result(ready)
-
-        def deliver(result: Result) -> None:  # on the event loop
-            settle(_Answer.of(result))
-
-        def deliver_threadsafe(result: Result) -> None:  # on the batcher's thread, or a worker
-            # A result with pixels comes from the worker that drew them: encode them there.
-            ready = _Answer.of(result) if result.mask is not None or result.overlay is not None else None
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the stream ended
-                if ready is None:
-                    loop.call_soon_threadsafe(deliver, result)
-                else:
-                    loop.call_soon_threadsafe(settle, ready)
-
-        pool = self.pipeline.offline_decode_pool if message.options.no_drop else self.pipeline.decode_pool
+        delivery = _Delivery(loop, answer)
 
         async def run() -> None:
-            client_id = message.stream_id
-            try:
-                frame = await loop.run_in_executor(pool, self._decode, message, stream_key, received_at)
-            except InvalidFrameError as exc:
-                frame = None
-                result = invalid_result(client_id, message.index, str(exc), received_at, message.client_time_ns)
-            except Exception as exc:
-                logger.exception("decoding frame %s#%d failed", _cut(client_id, 64), message.index)
-                frame = None
-                error = f"cannot read frame: {exc}"
-                result = invalid_result(client_id, message.index, error, received_at, message.client_time_ns)
+            decoded = await self._decoded(message, stream_key, received_at)
             if previous is not None:
                 await previous
             try:
-                if frame is None:
-                    self.pipeline.record(result, "grpc")
-                    deliver(result)
+                if isinstance(decoded, Result):  # the frame could not be read
+                    self.pipeline.record(decoded, "grpc")
+                    delivery.deliver(decoded)
                 else:
-                    self._submit(frame, deliver, deliver_threadsafe)
+                    self._submit(decoded, delivery.deliver, delivery.deliver_threadsafe)
             finally:
                 submitted.set_result(None)
 
@@ -472,6 +467,19 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return submitted
+
+    async def _decoded(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame | Result:
+        """The frame decoded on a worker (offline frames on their own pool), or its INVALID_FRAME answer."""
+        pool = self.pipeline.offline_decode_pool if message.options.no_drop else self.pipeline.decode_pool
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, self._decode, message, stream_key, received_at)
+        except InvalidFrameError as exc:
+            error = str(exc)
+        except Exception as exc:
+            logger.exception("decoding frame %s#%d failed", _cut(message.stream_id, 64), message.index)
+            error = f"cannot read frame: {exc}"
+        return invalid_result(message.stream_id, message.index, error, received_at, message.client_time_ns)
 
     def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
         start = time.perf_counter()

@@ -77,6 +77,21 @@ def test_invalid_frames_are_answered_and_the_stream_goes_on(client: SegmenterCli
     assert "needs 48 bytes, got 3" in answers[3].result.error
 
 
+def test_every_answer_echoes_its_frames_client_time_valid_or_not(client: SegmenterClient) -> None:
+    good = list(frames(3))
+    sent = [
+        good[0],
+        pb.Frame(stream_id="s", index=1, encoded=b"not an image"),  # cannot be decoded
+        pb.Frame(stream_id="s", index=1, encoded=good[2].encoded),  # breaks the order rules
+        good[2],
+    ]
+    for k, frame in enumerate(sent):
+        frame.client_time_ns = 1_000 + k
+    answers = list(client.segment(iter(sent)))
+    assert [a.status for a in answers] == ["OK", "INVALID_FRAME", "INVALID_FRAME", "OK"]
+    assert [a.result.client_time_ns for a in answers] == [1_000, 1_001, 1_002, 1_003]
+
+
 def test_order_rules_refuse_repeats_and_id_changes_and_the_stream_goes_on(client: SegmenterClient) -> None:
     good = list(frames(6))
 
