@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,14 @@ def test_mask_scores_when_one_or_both_masks_are_empty() -> None:
 def test_mask_scores_refuses_masks_of_different_shapes() -> None:
     with pytest.raises(ValueError, match=r"mask shapes differ: \(4, 4\) vs \(4, 5\)"):
         mask_scores(np.zeros((4, 4), bool), np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match=r"mask shapes differ: \(5, 4\) vs \(4, 4\)"):
+        mask_scores(np.zeros((5, 4), bool), np.zeros((4, 4), bool))
+
+
+def test_mask_scores_are_values_not_state() -> None:
+    scores = mask_scores(np.ones((2, 2), bool), np.ones((2, 2), bool))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scores.dice = 0.0  # type: ignore[misc]
 
 
 def test_box_iou_exact_values() -> None:
@@ -47,6 +57,15 @@ def test_box_iou_exact_values() -> None:
     assert box_iou((0, 0, 10, 10), (10, 0, 10, 10)) == 0.0  # touching edges share no pixel
     assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
     assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty boxes: no union, no overlap
+    assert box_iou((5, 5, 1, 1), (5, 5, 1, 1)) == 1.0  # one pixel each, the same pixel
+    # apart by a pixel in one direction, overlapping in the other: no overlap, never negative
+    assert box_iou((0, 0, 10, 10), (11, 0, 10, 10)) == 0.0
+    assert box_iou((0, 0, 10, 10), (0, 11, 10, 10)) == 0.0
+    assert box_iou((0, 0, 10, 10), (0, 20, 10, 10)) == 0.0
+    # every coordinate different: x, y, width and height each used as themselves
+    assert box_iou((2, 3, 12, 10), (4, 6, 4, 2)) == 8 / 120
+    assert box_iou((3, 2, 10, 12), (6, 4, 2, 4)) == 8 / 120
+    assert box_iou((1, 2, 6, 9), (4, 5, 8, 3)) == 9 / (54 + 24 - 9)
 
 
 def test_greedy_match_takes_the_best_pair_first_and_each_box_once() -> None:
