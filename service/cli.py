@@ -292,10 +292,8 @@ def show_progress(what: str, done: int, total: int, started: float) -> None:
     if done and elapsed > 0:
         rate = done / elapsed
         what += f" ({rate:.1f}/s, {max(0.0, (total - done) / rate):.0f} s left)"
-    if sys.stderr.isatty():
-        print(f"\r{what}\x1b[K", end="", file=sys.stderr, flush=True)
-    else:
-        print(what, file=sys.stderr, flush=True)
+    sys.stderr.write(f"\r{what}\x1b[K" if sys.stderr.isatty() else f"{what}\n")  # one write: one whole line
+    sys.stderr.flush()
 
 
 def end_progress() -> None:

@@ -260,7 +260,8 @@ def replay(
                         return
                     _replay_video(client, video, root, tally, lock, context(video), stop)
                     if progress is not None:
-                        progress(tally, len(videos))
+                        with lock:  # one progress line at a time, whole (workers finish videos together)
+                            progress(tally, len(videos))
         finally:
             finished[k].set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from polypstream.config import ServerConfig
 from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
 from polypstream.frames import FrameOptions
 from polypstream.pipeline import Pipeline
-from polypstream.replay import replay
+from polypstream.replay import Tally, replay
 from polypstream.server import RunningServer, serve_in_thread
 from polypstream.sources import SourceHub
 from tests.conftest import KVASIR_FIXTURES, square_image, write_clip
@@ -287,8 +288,20 @@ def test_replay_spreads_videos_over_servers_and_accounts_for_every_frame(pipelin
         write_clip(corpus / folder / f"video{i}.avi", frames=5 + i)
     (corpus / "x/y/broken.avi").write_bytes(b"not a video")
     config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    reported: list[int] = []
+    inside = threading.Lock()
+
+    def progress(tally: Tally, total: int) -> None:  # called by the workers: one at a time, or lines interleave
+        assert inside.acquire(blocking=False), "progress called by two workers at once"
+        try:
+            time.sleep(0.05)  # long enough for a second worker to arrive meanwhile
+            reported.append(tally.videos)
+        finally:
+            inside.release()
+
     with serve_in_thread(pipeline, config) as first, serve_in_thread(pipeline, config) as second:
-        report = replay(corpus, [first.address, second.address], streams=2)
+        report = replay(corpus, [first.address, second.address], streams=2, progress=progress)
+    assert sorted(reported) == [1, 2, 3, 4, 5]
     assert report["videos"] == 5 and report["frames"] == 5 + 6 + 7 + 8
     assert report["accounting"] == {"sent": 26, "answered": 26, "ok": 26, "errors": 0, "all_accounted": True}
     per_server = report["frames_per_server"]
