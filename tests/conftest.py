@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,3 +79,29 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
     while not condition():
         assert time.monotonic() < deadline, f"{what} not reached within {timeout:g} s"
         time.sleep(0.01)
+
+
+def drawn_dataset(folder: Path) -> Path:
+    """Two 64x64 PNG images of white rectangles on black (what the tiny model segments
+    exactly, at its own input size), with masks and boxes whose scores are known by hand."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    a, a_mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+    a[10:30, 10:30] = 255  # predicted: 400 px, box (10, 10, 20, 20)
+    a_mask[10:20, 10:30] = 255  # truth: its top half, 200 px, box (10, 10, 20, 10): IoU 0.5
+    b, b_mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+    b[40:50, 40:50] = 255
+    b_mask[40:50, 40:50] = 255  # exact, and a second polyp in the truth that nothing found
+    for name, image, mask in (("a", a, a_mask), ("b", b, b_mask)):
+        cv2.imwrite(str(folder / "images" / f"{name}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
+    boxes = {
+        "a": [(10, 10, 30, 20)],
+        "b": [(40, 40, 50, 50), (0, 0, 5, 5)],
+    }
+    (folder / "kavsir_bboxes.json").write_text(json.dumps({
+        name: {"height": 64, "width": 64, "bbox": [
+            {"label": "polyp", "xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1} for x0, y0, x1, y1 in rects
+        ]} for name, rects in boxes.items()
+    }))  # fmt: skip
+    return folder

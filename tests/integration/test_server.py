@@ -23,7 +23,7 @@ from polypstream.pipeline import Pipeline
 from polypstream.replay import Tally, replay
 from polypstream.server import RunningServer, serve_in_thread
 from polypstream.sources import SourceHub
-from tests.conftest import KVASIR_FIXTURES, square_image, write_clip
+from tests.conftest import drawn_dataset, square_image, write_clip
 
 SQUARE = (16, 24, 32, 24)
 
@@ -329,8 +329,15 @@ def test_a_watch_subscriber_that_vanishes_does_not_disturb_the_source(
 
 
 def test_replay_of_a_corpus_checks_the_csv_and_measures_temporal_dice(pipeline: Pipeline, tmp_path: Path) -> None:
+    # A corpus made of white squares on black, each mask exactly its square: what the tiny
+    # model segments, so the Dice measures the replay's pairing of answers with ground truth
+    # (only lighting, motion blur and compression move the edges: 0.975-0.983 for seeds 5-7).
+    source = drawn_dataset(tmp_path / "drawn")
+    square = np.zeros((64, 64), np.uint8)
+    square[10:30, 10:30] = 255
+    cv2.imwrite(str(source / "masks" / "a.png"), square)
     corpus = tmp_path / "corpus"
-    write_corpus(corpus, KVASIR_FIXTURES, plan_corpus(3, seconds=0.4, fps=10.0, seed=5), seed=5)
+    write_corpus(corpus, source, plan_corpus(3, seconds=0.4, fps=10.0, seed=5), seed=5)
     csv_path = corpus / METADATA_CSV
     lines = csv_path.read_text().splitlines()
     first = lines[1].split(";")
@@ -340,7 +347,7 @@ def test_replay_of_a_corpus_checks_the_csv_and_measures_temporal_dice(pipeline: 
         report = replay(corpus, [running.address], streams=2)
     assert report["metadata_csv"] is True and report["accounting"]["all_accounted"] is True  # type: ignore[index]
     assert report["dice_frames"] == report["frames"]
-    assert isinstance(report["dice"], float) and 0.0 <= report["dice"] <= 1.0
+    assert isinstance(report["dice"], float) and report["dice"] > 0.95
     (mismatch,) = report["frame_count_mismatches"]  # type: ignore[misc]
     assert mismatch["video"].endswith(first[0]) and mismatch["csv"] == mismatch["decoded"] + 1
     assert len(report["latency_cdf_ms"]) == 101  # type: ignore[arg-type]

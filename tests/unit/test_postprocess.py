@@ -71,8 +71,9 @@ def test_located_boxes_stay_inside_the_frame_and_keep_the_rules() -> None:
     polyps = locate_polyps(prob, 50, 30, 0.5, min_area_fraction=0.01, min_score=0.7)
     assert [p.box for p in polyps] == [(41, 19, 9, 11)]
     assert len(locate_polyps(prob, 50, 30, 0.5, min_area_fraction=0.0)) == 3
-    # at the model's own size nothing is scaled: the same as find_polyps on the mask
-    assert locate_polyps(prob, 16, 16, 0.5, min_area_fraction=0.0) == find_polyps(prob > 0.5, prob)
+    # at the model's own size nothing is scaled: boxes and areas in model pixels
+    unscaled = locate_polyps(prob, 16, 16, 0.5, min_area_fraction=0.0)
+    assert [(p.box, p.area) for p in unscaled] == [((13, 10, 3, 6), 18), ((4, 0, 3, 3), 9), ((0, 0, 1, 1), 1)]
 
 
 def test_probability_is_resized_to_the_frame_before_thresholding() -> None:
