@@ -31,10 +31,12 @@ def _unpack(data: np.ndarray, offsets: np.ndarray, flags: int) -> list[np.ndarra
     return out
 
 
-def build_cache(data_dir: Path, out: Path, size: int) -> None:
-    """Write train/test images (RGB, size×size, JPEG q95) and masks (PNG) to `out`."""
+def build_cache(
+    data_dir: Path, out: Path, size: int, splits: tuple[str, ...] = ("train", "test"), quality: int = 95
+) -> None:
+    """Write the splits' images (size×size, JPEG at `quality`) and masks (PNG) to `out`."""
     arrays: dict[str, np.ndarray] = {}
-    for split in ("train", "test"):
+    for split in splits:
         samples = load_split(data_dir, data_dir / f"{split}.txt")
         images, masks = [], []
         for sample in samples:
@@ -43,7 +45,7 @@ def build_cache(data_dir: Path, out: Path, size: int) -> None:
             image = cv2.resize(read_image(sample.image_path), (size, size), interpolation=cv2.INTER_AREA)
             mask = read_mask(sample.mask_path).astype(np.uint8) * 255
             mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
-            images.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+            images.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
             masks.append(cv2.imencode(".png", mask)[1].tobytes())
         arrays[f"{split}_images"], arrays[f"{split}_image_offsets"] = _pack(images)
         arrays[f"{split}_masks"], arrays[f"{split}_mask_offsets"] = _pack(masks)
@@ -66,8 +68,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="Kvasir-SEG folder")
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
     parser.add_argument("--size", type=int, default=352)
+    parser.add_argument("--splits", default="train,test", help="e.g. train for the GPU run (test is read here, once)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the cached images")
     args = parser.parse_args()
-    build_cache(args.data, args.out, args.size)
+    build_cache(args.data, args.out, args.size, tuple(args.splits.split(",")), args.quality)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 
 

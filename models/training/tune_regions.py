@@ -18,11 +18,44 @@ import onnx
 from polypstream.config import MIN_AREA_FRACTION
 from polypstream.dataset import load_split
 from polypstream.evaluate import read_as_served
+from polypstream.frames import Polyp
 from polypstream.postprocess import locate_polyps
 from polypstream.runner import META_PREFIX, Runner, record_checksum
 from polypstream.scores import match_boxes
 
 FLOORS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+Regions = list[tuple[list[Polyp], list[tuple[int, int, int, int]]]]  # per image: found, true boxes
+
+
+def choose_floor(regions: Regions) -> tuple[float, list[tuple[float, float, float, float]]]:
+    """The floor by the rule above, and (floor, box precision, recall, F1) for every floor tried."""
+    rows = []
+    for floor in FLOORS:
+        tp = predicted = truth_count = 0
+        for found, truth in regions:
+            boxes = [p.box for p in found if p.score >= floor]
+            tp += match_boxes(boxes, truth)
+            predicted += len(boxes)
+            truth_count += len(truth)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / truth_count if truth_count else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append((floor, precision, recall, f1))
+    best = max((r for r in rows if r[2] >= rows[0][2]), key=lambda r: r[3])
+    return best[0], rows
+
+
+def write_floor(model_path: Path, floor: float) -> None:
+    """Store the floor in the model's metadata and update its SHA-256 beside it."""
+    model = onnx.load(str(model_path))
+    kept = [p for p in model.metadata_props if p.key != META_PREFIX + "min_region_score"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=META_PREFIX + "min_region_score", value=f"{floor:g}")
+    onnx.save(model, str(model_path))
+    record_checksum(model_path)  # a named model is checked against it when loaded
 
 
 def main() -> None:
@@ -42,30 +75,13 @@ def main() -> None:
         prob = runner.run([runner.preprocess(image)])[0]
         found = locate_polyps(prob, width, height, runner.contract.threshold, min_area_fraction=args.min_area_fraction)
         regions.append((found, sample.boxes_xywh()))
-    rows = []
-    for floor in FLOORS:
-        tp = predicted = truth_count = 0
-        for found, truth in regions:
-            boxes = [p.box for p in found if p.score >= floor]
-            tp += match_boxes(boxes, truth)
-            predicted += len(boxes)
-            truth_count += len(truth)
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / truth_count if truth_count else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append((floor, precision, recall, f1))
+    best, rows = choose_floor(regions)
+    for floor, precision, recall, f1 in rows:
         print(f"floor {floor:.2f}: box precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f}")
-    best = max((r for r in rows if r[2] >= rows[0][2]), key=lambda r: r[3])
-    print(f"chosen floor {best[0]:.2f} (best F1 without losing recall) on {len(regions)} images of {args.split}")
+    print(f"chosen floor {best:.2f} (best F1 without losing recall) on {len(regions)} images of {args.split}")
     if args.write:
-        model = onnx.load(str(args.model))
-        kept = [p for p in model.metadata_props if p.key != META_PREFIX + "min_region_score"]
-        del model.metadata_props[:]
-        model.metadata_props.extend(kept)
-        model.metadata_props.add(key=META_PREFIX + "min_region_score", value=f"{best[0]:g}")
-        onnx.save(model, str(args.model))
-        record_checksum(args.model)  # a named model is checked against it when loaded
-        print(f"wrote {META_PREFIX}min_region_score={best[0]:g} into {args.model} (SHA256SUMS updated)")
+        write_floor(args.model, best)
+        print(f"wrote {META_PREFIX}min_region_score={best:g} into {args.model} (SHA256SUMS updated)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""The accurate model's GPU run, rehearsed on the CPU with a tiny budget: same command, same
+code path, same outputs (models/training/gpu_run.py). Needs torch (CI installs the CPU build)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from polypstream.runner import Runner, read_checksums
+from tests.conftest import KVASIR_FIXTURES
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_folder(tmp_path: Path) -> None:
+    data = tmp_path / "kvasir"
+    for folder in ("images", "masks"):
+        shutil.copytree(KVASIR_FIXTURES / folder, data / folder)
+    (data / "train.txt").write_text("\n".join(p.stem for p in sorted((data / "images").iterdir())) + "\n")
+    cache, out = tmp_path / "cache.npz", tmp_path / "out"
+
+    def module(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
+    module(
+        "models.training.gpu_run", "--cache", str(cache), "--out", str(out), "--size", "32", "--widths", "4,8",
+        "--batch", "2", "--val", "1", "--budget-s", "30", "--reserve-s", "26", "--ema", "0.9",
+    )  # fmt: skip
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS", "accurate-fp16.onnx", "accurate.onnx", "accurate.training.json", "accurate.val-ids.txt",
+    ]  # fmt: skip
+    assert set(read_checksums(out)) == {"accurate.onnx", "accurate-fp16.onnx"}
+    model = Runner(out / "accurate.onnx", device="cpu", max_batch=2)
+    c = model.contract
+    assert (c.name, c.input_width, c.input_height, c.output) == ("polyp-unet-accurate", 32, 32, "probability")
+    metadata = {p.key: p.value for p in onnx.load(str(out / "accurate.onnx")).metadata_props}
+    assert "polypstream.min_region_score" in metadata  # the floor chosen on the validation images
+    assert model.run([model.preprocess(np.zeros((40, 50, 3), np.uint8))]).shape == (1, 32, 32)
+    half = Runner(out / "accurate-fp16.onnx", device="cpu", max_batch=2)
+    assert half.contract.version.endswith("-fp16")
+    record = json.loads((out / "accurate.training.json").read_text())
+    assert record["train_images"] == 3 and record["val_images"] == 1 and record["epochs_run"] >= 1
+    assert record["val_onnxruntime"]["images"] == 1 and "val" in record["fp16"]
+    # training stops after the first epoch that passes its share of the budget
+    assert all(epoch["seconds"] <= record["train_budget_s"] for epoch in record["history"][:-1])
+    val_ids = (out / "accurate.val-ids.txt").read_text().split()
+    assert len(val_ids) == 1 and val_ids[0] in (data / "train.txt").read_text().split()
