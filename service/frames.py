@@ -68,6 +68,7 @@ class Polyp:
     score: float
     area: int
     track_id: int = 0
+    alerting: bool = False  # its track alerts (see alerts.py): what a monitor should show
 
 
 FRAME_STAGES = ("decode", "queue", "inference", "postprocess", "server")  # what Timing holds for each frame

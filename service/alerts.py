@@ -1,0 +1,119 @@
+"""Polyp alerts with hysteresis: what an endoscopist is shown, per stream and per track.
+
+A detection that flickers for a frame is not worth a box on the monitor; one missed frame
+should not blink a box off. So a track *alerts* once it has been seen in `min_seen` of its
+last `window` frames, and keeps alerting until it has gone unseen for more than `hold`
+frames; while held, its last box is still reported (`held`). Each change is an event (start,
+end) with the track id. `AlertRule(1, 1, 0)` is raw per-frame reporting: every detection
+alerts at once and stops with the first frame it is missed.
+
+Pure and per stream: no clock (frames are the unit; at 25 fps a frame is 40 ms), no threads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from .config import ConfigError
+from .frames import Polyp
+
+MAX_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    min_seen: int = 3  # frames a track must be seen in...
+    window: int = 5  # ...of its last this many, to start alerting
+    hold: int = 2  # unseen frames an alert outlasts (its last box is reported meanwhile)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_seen <= self.window <= MAX_WINDOW:
+            raise ConfigError(
+                f"alert rule: need 1 <= min_seen ({self.min_seen}) <= window ({self.window}) <= {MAX_WINDOW}"
+            )
+        if not 0 <= self.hold <= MAX_WINDOW:
+            raise ConfigError(f"alert rule: hold must be 0..{MAX_WINDOW} frames, got {self.hold}")
+
+    def __str__(self) -> str:
+        return f"{self.min_seen} of {self.window} frames, held {self.hold}"
+
+
+RAW = AlertRule(1, 1, 0)  # per-frame reporting: no persistence, no hold
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    track_id: int
+    kind: str  # "start" or "end"
+
+
+@dataclass(frozen=True)
+class AlertFrame:
+    """One frame's alert state: its polyps (each with `alerting` set), the alerting tracks not
+    seen in it (their last box, `alerting` true), and the alerts that started or ended."""
+
+    polyps: tuple[Polyp, ...]
+    held: tuple[Polyp, ...]
+    events: tuple[AlertEvent, ...]
+
+    @property
+    def shown(self) -> tuple[Polyp, ...]:
+        """What a monitor shows: the alerting polyps of the frame and the held ones."""
+        return tuple(p for p in self.polyps if p.alerting) + self.held
+
+
+@dataclass
+class _Track:
+    seen: deque[bool]
+    last: Polyp
+    unseen: int = 0
+    alerting: bool = False
+
+
+@dataclass
+class Alerts:
+    """The alert state of one stream's tracks."""
+
+    rule: AlertRule = field(default_factory=AlertRule)
+    _tracks: dict[int, _Track] = field(default_factory=dict)
+
+    def update(self, polyps: tuple[Polyp, ...] | list[Polyp]) -> AlertFrame:
+        """Advance one frame with its tracked polyps (track ids from the stream's tracker)."""
+        rule = self.rule
+        found = {p.track_id: p for p in polyps}
+        for track_id, polyp in found.items():
+            if track_id not in self._tracks:
+                self._tracks[track_id] = _Track(deque(maxlen=rule.window), polyp)
+        events = []
+        for track_id in sorted(self._tracks):
+            track = self._tracks[track_id]
+            polyp = found.get(track_id)
+            track.seen.append(polyp is not None)
+            if polyp is not None:
+                track.last, track.unseen = polyp, 0
+            else:
+                track.unseen += 1
+            if not track.alerting and polyp is not None and sum(track.seen) >= rule.min_seen:
+                track.alerting = True
+                events.append(AlertEvent(track_id, "start"))
+            elif track.alerting and track.unseen > rule.hold:
+                track.alerting = False
+                events.append(AlertEvent(track_id, "end"))
+            if not track.alerting and track.unseen >= rule.window:
+                del self._tracks[track_id]  # nothing of it left in its window
+        return AlertFrame(
+            polyps=tuple(replace(p, alerting=self._tracks[p.track_id].alerting) for p in polyps),
+            held=tuple(
+                replace(t.last, alerting=True)
+                for track_id, t in sorted(self._tracks.items())
+                if t.alerting and track_id not in found
+            ),
+            events=tuple(events),
+        )
+
+    def close(self) -> tuple[AlertEvent, ...]:
+        """End every alert (the stream ended)."""
+        ended = tuple(AlertEvent(track_id, "end") for track_id, t in sorted(self._tracks.items()) if t.alerting)
+        self._tracks.clear()
+        return ended

@@ -1,0 +1,87 @@
+"""The alert state machine on hand-made track sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from polypstream.alerts import RAW, AlertEvent, AlertRule, Alerts
+from polypstream.frames import Polyp
+
+
+def seen(*track_ids: int) -> list[Polyp]:
+    return [Polyp(box=(10 * t, 0, 10, 10), score=0.9, area=100, track_id=t) for t in track_ids]
+
+
+def run(rule: AlertRule, frames: list[list[Polyp]]) -> list[tuple[list[int], list[int], list[tuple[int, str]]]]:
+    """Per frame: (alerting track ids of the frame, held track ids, events)."""
+    alerts = Alerts(rule)
+    out = []
+    for polyps in frames:
+        frame = alerts.update(polyps)
+        out.append(
+            (
+                [p.track_id for p in frame.polyps if p.alerting],
+                [p.track_id for p in frame.held],
+                [(e.track_id, e.kind) for e in frame.events],
+            )
+        )
+    return out
+
+
+def test_a_track_alerts_once_seen_in_enough_of_its_recent_frames() -> None:
+    steps = run(AlertRule(3, 5, 0), [seen(1), seen(1), [], seen(1), seen(1)])
+    assert steps == [([], [], []), ([], [], []), ([], [], []), ([1], [], [(1, "start")]), ([1], [], [])]
+
+
+def test_a_one_frame_flicker_never_alerts() -> None:
+    steps = run(AlertRule(2, 3, 1), [seen(1), [], [], [], seen(2), [], []])
+    assert all(alerting == [] and events == [] for alerting, _, events in steps)
+
+
+def test_one_missed_frame_holds_the_alert_and_its_last_box() -> None:
+    alerts = Alerts(AlertRule(1, 1, 2))
+    assert [e.kind for e in alerts.update(seen(1)).events] == ["start"]
+    dropout = alerts.update([])
+    assert [(p.track_id, p.box, p.alerting) for p in dropout.held] == [(1, (10, 0, 10, 10), True)]
+    assert dropout.events == () and dropout.shown == dropout.held
+    back = alerts.update(seen(1))
+    assert back.events == () and [p.alerting for p in back.polyps] == [True] and back.held == ()
+
+
+def test_an_alert_ends_when_its_track_is_unseen_longer_than_the_hold() -> None:
+    steps = run(AlertRule(1, 1, 2), [seen(1), [], [], [], []])
+    assert [events for _, _, events in steps] == [[(1, "start")], [], [], [(1, "end")], []]
+    assert [held for _, held, _ in steps] == [[], [1], [1], [], []]
+
+
+def test_a_track_that_comes_back_after_its_alert_ended_must_earn_it_again() -> None:
+    steps = run(AlertRule(2, 2, 0), [seen(1), seen(1), [], seen(1), seen(1)])
+    assert [events for _, _, events in steps] == [[], [(1, "start")], [(1, "end")], [], [(1, "start")]]
+
+
+def test_two_polyps_alert_and_end_on_their_own() -> None:
+    steps = run(AlertRule(2, 3, 1), [seen(1), seen(1, 2), seen(1, 2), seen(2), seen(2), []])
+    assert [events for _, _, events in steps] == [
+        [], [(1, "start")], [(2, "start")], [], [(1, "end")], [],
+    ]  # fmt: skip
+    assert [alerting for alerting, _, _ in steps] == [[], [1], [1, 2], [2], [2], []]
+    assert [held for _, held, _ in steps] == [[], [], [], [1], [], [2]]
+
+
+def test_raw_reporting_alerts_every_detection_and_drops_it_with_the_first_miss() -> None:
+    steps = run(RAW, [seen(1), [], seen(1)])
+    assert steps == [([1], [], [(1, "start")]), ([], [], [(1, "end")]), ([1], [], [(1, "start")])]
+
+
+def test_closing_a_stream_ends_its_alerts() -> None:
+    alerts = Alerts(AlertRule(1, 1, 5))
+    alerts.update(seen(3, 1))
+    alerts.update(seen(2))
+    assert alerts.close() == (AlertEvent(1, "end"), AlertEvent(2, "end"), AlertEvent(3, "end"))
+    assert alerts.close() == ()
+
+
+@pytest.mark.parametrize(("min_seen", "window", "hold"), [(0, 1, 0), (3, 2, 0), (1, 65, 0), (1, 1, -1), (1, 1, 65)])
+def test_impossible_rules_are_refused(min_seen: int, window: int, hold: int) -> None:
+    with pytest.raises(ValueError, match="alert rule"):
+        AlertRule(min_seen, window, hold)
