@@ -15,10 +15,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from .config import ConfigError
-from .frames import Polyp
-
-MAX_WINDOW = 64
+from .config import check_alert_rule
+from .frames import AlertEvent, Polyp
 
 
 @dataclass(frozen=True)
@@ -28,24 +26,13 @@ class AlertRule:
     hold: int = 2  # unseen frames an alert outlasts (its last box is reported meanwhile)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_seen <= self.window <= MAX_WINDOW:
-            raise ConfigError(
-                f"alert rule: need 1 <= min_seen ({self.min_seen}) <= window ({self.window}) <= {MAX_WINDOW}"
-            )
-        if not 0 <= self.hold <= MAX_WINDOW:
-            raise ConfigError(f"alert rule: hold must be 0..{MAX_WINDOW} frames, got {self.hold}")
+        check_alert_rule(self.min_seen, self.window, self.hold)
 
     def __str__(self) -> str:
         return f"{self.min_seen} of {self.window} frames, held {self.hold}"
 
 
 RAW = AlertRule(1, 1, 0)  # per-frame reporting: no persistence, no hold
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    track_id: int
-    kind: str  # "start" or "end"
 
 
 @dataclass(frozen=True)
@@ -88,13 +75,13 @@ class Alerts:
         events = []
         for track_id in sorted(self._tracks):
             track = self._tracks[track_id]
-            polyp = found.get(track_id)
-            track.seen.append(polyp is not None)
-            if polyp is not None:
-                track.last, track.unseen = polyp, 0
+            detected = found.get(track_id)
+            track.seen.append(detected is not None)
+            if detected is not None:
+                track.last, track.unseen = detected, 0
             else:
                 track.unseen += 1
-            if not track.alerting and polyp is not None and sum(track.seen) >= rule.min_seen:
+            if not track.alerting and detected is not None and sum(track.seen) >= rule.min_seen:
                 track.alerting = True
                 events.append(AlertEvent(track_id, "start"))
             elif track.alerting and track.unseen > rule.hold:

@@ -26,6 +26,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture
+from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
@@ -90,6 +91,13 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         default=int(env_default("DECODE_WORKERS", "0")),
         help="threads decoding frames and drawing masks and overlays (0: one per CPU core)",
     )
+    alerts = parser.add_argument_group("alerts (a track alerts once seen in N of its last M frames, held H unseen)")
+    for flag, env, default, text in (
+        ("--alert-min-seen", "ALERT_MIN_SEEN", EngineConfig.alert_min_seen, "N: frames a track must be seen in"),
+        ("--alert-window", "ALERT_WINDOW", EngineConfig.alert_window, "M: of its last this many frames"),
+        ("--alert-hold", "ALERT_HOLD", EngineConfig.alert_hold, "H: unseen frames an alert outlasts"),
+    ):
+        alerts.add_argument(flag, type=int, default=int(env_default(env, str(default))), help=text)
     g.add_argument(
         "--min-area-fraction",
         type=float,
@@ -108,6 +116,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         threads=args.threads,
         min_area_fraction=args.min_area_fraction,
         decode_workers=args.decode_workers,
+        alert_min_seen=args.alert_min_seen,
+        alert_window=args.alert_window,
+        alert_hold=args.alert_hold,
     )
 
 
@@ -309,6 +320,8 @@ class StreamSummary:
     frames_with_polyps: int = 0
     detections: int = 0
     tracks: set[int] = field(default_factory=set)
+    alerts: int = 0  # alerts started
+    frames_alerting: int = 0  # frames showing an alert (a detected or a held polyp)
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
@@ -326,6 +339,8 @@ class StreamSummary:
             self.detections += len(r.polyps)
             self.frames_with_polyps += bool(r.polyps)
             self.tracks.update(p.track_id for p in r.polyps)
+            self.alerts += sum(e.kind == pb.AlertEvent.KIND_START for e in r.alert_events)
+            self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -334,6 +349,8 @@ class StreamSummary:
             "frames_with_polyps": self.frames_with_polyps,
             "polyp_detections": self.detections,
             "tracks": len(self.tracks),
+            "alerts": self.alerts,
+            "frames_alerting": self.frames_alerting,
             "latency_ms": {"p50": percentile(self.latencies_ms, 50, 2), "p99": percentile(self.latencies_ms, 99, 2)},
             "server_ms": {"p50": percentile(self.server_ms, 50, 2), "p99": percentile(self.server_ms, 99, 2)},
             "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
@@ -350,7 +367,8 @@ class StreamSummary:
         interrupted = "interrupted: " if self.interrupted else ""
         return (
             f"{interrupted}{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
-            f"{self.detections} detections, {len(self.tracks)} tracks; latency p50 {lat['p50']} ms, "
+            f"{self.detections} detections, {len(self.tracks)} tracks, {self.alerts} alerts "
+            f"(shown in {self.frames_alerting} frames); latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
         )
 

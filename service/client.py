@@ -39,15 +39,7 @@ class Answer:
             "stream_id": r.stream_id,
             "index": r.index,
             "status": self.status,
-            "polyps": [
-                {
-                    "box": [p.box.x, p.box.y, p.box.width, p.box.height],
-                    "score": round(p.score, 4),
-                    "area": p.area,
-                    "track_id": p.track_id,
-                }
-                for p in r.polyps
-            ],
+            "polyps": [_polyp_json(p) for p in r.polyps],
             "latency_ms": round(self.latency_s * 1e3, 3),
             "timing_ms": {
                 "decode": round(r.timing.decode_ms, 3),
@@ -60,9 +52,26 @@ class Answer:
             "width": r.width,
             "height": r.height,
         }
+        if r.held:
+            line["held"] = [_polyp_json(p) for p in r.held]
+        if r.alert_events:
+            line["alert_events"] = [
+                {"track_id": e.track_id, "kind": pb.AlertEvent.Kind.Name(e.kind).removeprefix("KIND_").lower()}
+                for e in r.alert_events
+            ]
         if r.error:
             line["error"] = r.error
         return line
+
+
+def _polyp_json(p: pb.Polyp) -> dict[str, object]:
+    return {
+        "box": [p.box.x, p.box.y, p.box.width, p.box.height],
+        "score": round(p.score, 4),
+        "area": p.area,
+        "track_id": p.track_id,
+        "alerting": p.alerting,
+    }
 
 
 def encode_frame(

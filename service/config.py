@@ -18,6 +18,17 @@ class ConfigError(ValueError):
     """A setting out of its range: the user's to fix (the CLI says so in one line)."""
 
 
+MAX_ALERT_WINDOW = 64
+
+
+def check_alert_rule(min_seen: int, window: int, hold: int) -> None:
+    """An alert rule (alerts.py) that can be met: 1 <= min_seen <= window <= 64, 0 <= hold <= 64."""
+    if not 1 <= min_seen <= window <= MAX_ALERT_WINDOW:
+        raise ConfigError(f"alert rule: need 1 <= min_seen ({min_seen}) <= window ({window}) <= {MAX_ALERT_WINDOW}")
+    if not 0 <= hold <= MAX_ALERT_WINDOW:
+        raise ConfigError(f"alert rule: hold must be 0..{MAX_ALERT_WINDOW} frames, got {hold}")
+
+
 def env_default(name: str, fallback: str) -> str:
     """The value of POLYPSTREAM_<NAME>, else `fallback` (used for CLI flag defaults)."""
     return os.environ.get(f"POLYPSTREAM_{name}", fallback)
@@ -45,6 +56,11 @@ class EngineConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0: its default
     min_area_fraction: float = MIN_AREA_FRACTION  # regions smaller than this share of the frame are noise
     decode_workers: int = 0  # 0: one per CPU core
+    # Alerts (alerts.py): seen in alert_min_seen of the last alert_window frames to start, held
+    # alert_hold unseen frames; per stream, FrameOptions may set each.
+    alert_min_seen: int = 3
+    alert_window: int = 5
+    alert_hold: int = 2
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -53,6 +69,7 @@ class EngineConfig:
             raise ConfigError(f"budget_ms must be positive, got {self.budget_ms}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+        check_alert_rule(self.alert_min_seen, self.alert_window, self.alert_hold)
 
 
 @dataclass(frozen=True)

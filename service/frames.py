@@ -27,6 +27,10 @@ class FrameOptions:
     return_overlay: bool = False
     no_drop: bool = False
     mask_at_model_resolution: bool = False
+    # The stream's alert rule, each part None for the server's default (read from a stream's first frame).
+    alert_min_seen: int | None = None
+    alert_window: int | None = None
+    alert_hold: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +79,14 @@ FRAME_STAGES = ("decode", "queue", "inference", "postprocess", "server")  # what
 
 
 @dataclass(frozen=True)
+class AlertEvent:
+    """An alert of one track starting or ending (see alerts.py)."""
+
+    track_id: int
+    kind: str  # "start" or "end"
+
+
+@dataclass(frozen=True)
 class Timing:
     decode_s: float = 0.0
     queue_s: float = 0.0
@@ -100,6 +112,8 @@ class Result:
     mask: np.ndarray | None = None
     overlay: np.ndarray | None = None
     client_time_ns: int = 0
+    held: tuple[Polyp, ...] = ()  # alerting tracks not detected in this frame, at their last box
+    alert_events: tuple[AlertEvent, ...] = ()  # alerts that started or ended with this frame
     # Set while the frame-resolution mask or overlay asked for is still to be drawn: the
     # pipeline calls it on a worker (never the batcher's thread) before anyone sees the Result.
     render: Callable[[], Result] | None = None

@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 
+from .alerts import AlertRule, Alerts
 from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Result, Status, Timing
@@ -26,6 +27,12 @@ from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to
 from .runner import Runner
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _StreamState:
+    tracker: IouTracker
+    alerts: Alerts | None = None  # made with the stream's first frame (its options choose the rule)
 
 
 class Pipeline:
@@ -42,7 +49,7 @@ class Pipeline:
             max_wait_s=config.max_wait_ms / 1e3,
             capacity=capacity,
             estimator=ServiceTimeEstimator(),
-            discard=lambda frame: frame.stream_key not in self._trackers,
+            discard=lambda frame: frame.stream_key not in self._streams,
             # While live streams are active, offline work runs in slices of a quarter of the
             # budget: a live frame arriving meanwhile still has three quarters left.
             offline_slice_s=self.budget_s / 4,
@@ -55,7 +62,7 @@ class Pipeline:
         self.offline_decode_pool = ThreadPoolExecutor(
             max_workers=max(1, workers // 2), thread_name_prefix="polypstream-decode-offline"
         )
-        self._trackers: dict[str, IouTracker] = {}
+        self._streams: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
         metrics.track_queue_depth(lambda: self.batcher.depth)
         c = runner.contract
@@ -174,19 +181,32 @@ class Pipeline:
         m.stage_seconds.labels("server").observe(result.timing.server_s)
 
     def open_stream(self, stream_key: str) -> None:
-        """Start a stream's state (its tracker); its frames are processed until it is closed."""
+        """Start a stream's state (tracker, alerts); its frames are processed until it is closed."""
         with self._lock:
-            self._trackers[stream_key] = IouTracker()
+            self._streams[stream_key] = _StreamState(IouTracker())
 
     def close_stream(self, stream_key: str) -> None:
         """Forget a finished stream; its frames still queued are discarded, not run."""
         with self._lock:
-            self._trackers.pop(stream_key, None)
+            self._streams.pop(stream_key, None)
 
-    def _tracker(self, stream_key: str) -> IouTracker:
+    def alert_rule(self, options: FrameOptions) -> AlertRule:
+        """The alert rule a frame's options ask for, the server's default for each part unset.
+        Raises ConfigError for an impossible one."""
+        c = self.config
+        return AlertRule(
+            c.alert_min_seen if options.alert_min_seen is None else options.alert_min_seen,
+            c.alert_window if options.alert_window is None else options.alert_window,
+            c.alert_hold if options.alert_hold is None else options.alert_hold,
+        )
+
+    def _stream(self, frame: Frame) -> _StreamState:
         with self._lock:
-            # A stream closed while its batch ran gets a throwaway tracker: nothing is kept.
-            return self._trackers.get(stream_key) or IouTracker()
+            # A stream closed while its batch ran gets throwaway state: nothing is kept.
+            state = self._streams.get(frame.stream_key) or _StreamState(IouTracker())
+        if state.alerts is None:  # the stream's first frame sets its alert rule
+            state.alerts = Alerts(self.alert_rule(frame.options))
+        return state
 
     def _process(self, batch: list[Queued], launched_at: float) -> list[Result]:
         start = time.perf_counter()
@@ -221,7 +241,9 @@ class Pipeline:
             min_area_fraction=self.config.min_area_fraction,
             min_score=contract.min_region_score,
         )
-        polyps = tuple(self._tracker(frame.stream_key).update(found))
+        state = self._stream(frame)
+        assert state.alerts is not None
+        alert = state.alerts.update(state.tracker.update(found))
         options = frame.options
         mask = None  # the frame-resolution mask and the overlay are drawn later, off this thread
         if options.return_mask and options.mask_at_model_resolution and not options.return_overlay:
@@ -230,7 +252,9 @@ class Pipeline:
             stream_id=frame.stream_id,
             index=frame.index,
             status=Status.OK,
-            polyps=polyps,
+            polyps=alert.polyps,
+            held=alert.held,
+            alert_events=alert.events,
             width=width,
             height=height,
             timing=Timing(
@@ -259,7 +283,14 @@ class Pipeline:
         mask = None
         if options.return_mask:
             mask = prob > threshold if options.mask_at_model_resolution else full_mask
-        overlay = draw_overlay(frame.image, full_mask, result.polyps) if options.return_overlay else None
+        # What is drawn is what is reported as alerting: boxes of alerting and held polyps, and
+        # the mask only inside those of them found in this frame.
+        shown = tuple(p for p in result.polyps if p.alerting)
+        overlay = (
+            draw_overlay(frame.image, full_mask, shown + result.held, mask_within=shown)
+            if options.return_overlay
+            else None
+        )
         timing = replace(
             result.timing,
             postprocess_s=result.timing.postprocess_s + time.perf_counter() - start,

@@ -138,9 +138,26 @@ class IouTracker:
         return out
 
 
-def draw_overlay(image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp, ...] | list[Polyp]) -> np.ndarray:
-    """A copy of the BGR frame with the mask tinted, its outline, and labelled boxes."""
+def draw_overlay(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    polyps: tuple[Polyp, ...] | list[Polyp],
+    *,
+    mask_within: tuple[Polyp, ...] | list[Polyp] | None = None,
+    margin: int = 4,
+) -> np.ndarray:
+    """A copy of the BGR frame with the mask tinted, its outline, and labelled boxes.
+
+    With `mask_within`, only the mask inside those polyps' boxes (widened by `margin` pixels,
+    as boxes are exact to within one model pixel) is drawn: no tint without a box."""
     out = image.copy()
+    if mask is not None and mask_within is not None:
+        kept = np.zeros_like(mask)
+        for polyp in mask_within:
+            x, y, w, h = polyp.box
+            region = (slice(max(0, y - margin), y + h + margin), slice(max(0, x - margin), x + w + margin))
+            kept[region] = mask[region]
+        mask = kept
     if mask is not None and mask.any():
         mask_u8 = mask.astype(np.uint8)
         x, y, w, h = cv2.boundingRect(mask_u8)

@@ -37,7 +37,7 @@ from .capture import (
     is_jpeg,
     jpeg_decoded_size,
 )
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .frames import Frame, Result, Status, invalid_result, unserved_result
 from .memory import MemoryBudget, trim_heap
 from .pipeline import Pipeline
@@ -82,6 +82,9 @@ def decode_frame_image(
     raise InvalidFrameError("empty frame: neither encoded bytes nor raw pixels")
 
 
+_ALERT_KIND_TO_PB = {"start": pb.AlertEvent.KIND_START, "end": pb.AlertEvent.KIND_END}
+
+
 def result_to_proto(result: Result) -> pb.FrameResult:
     """Protobuf for a Result; encodes the mask as PNG and the overlay as JPEG when present."""
     t = result.timing
@@ -102,11 +105,18 @@ def result_to_proto(result: Result) -> pb.FrameResult:
             server_ms=t.server_s * 1e3,
         ),
     )
-    for polyp in result.polyps:
-        x, y, w, h = polyp.box
-        message.polyps.add(
-            box=pb.Box(x=x, y=y, width=w, height=h), score=polyp.score, area=polyp.area, track_id=polyp.track_id
-        )
+    for field, polyps in ((message.polyps, result.polyps), (message.held, result.held)):
+        for polyp in polyps:
+            x, y, w, h = polyp.box
+            field.add(
+                box=pb.Box(x=x, y=y, width=w, height=h),
+                score=polyp.score,
+                area=polyp.area,
+                track_id=polyp.track_id,
+                alerting=polyp.alerting,
+            )
+    for event in result.alert_events:
+        message.alert_events.add(track_id=event.track_id, kind=_ALERT_KIND_TO_PB[event.kind])
     if result.mask is not None:
         message.mask_png = cv2.imencode(".png", result.mask.astype("uint8") * 255)[1].tobytes()
         message.mask_height, message.mask_width = result.mask.shape
@@ -484,6 +494,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
         start = time.perf_counter()
         options = options_from_proto(message.options)
+        try:
+            self.pipeline.alert_rule(options)
+        except ConfigError as exc:
+            raise InvalidFrameError(f"frame options: {exc}") from exc
         # An overlay is drawn on the frame itself; otherwise the model's input size is enough.
         min_size = None if options.return_overlay else self.pipeline.runner.input_size
         image, size = decode_frame_image(message, self.config.max_pixels, min_size)

@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from typing import Any
 
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .frames import FrameOptions
 
+_OPTIONAL = {f.name for f in pb.FrameOptions.DESCRIPTOR.fields if f.has_presence}
+
 
 def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
-    return FrameOptions(**{f.name: getattr(options, f.name) for f in fields(FrameOptions)})
+    """Unset optional fields (the alert rule's parts) become None: the server's default."""
+    values: dict[str, Any] = {
+        f.name: None if f.name in _OPTIONAL and not options.HasField(f.name) else getattr(options, f.name)
+        for f in fields(FrameOptions)
+    }
+    return FrameOptions(**values)
 
 
 def options_to_proto(options: FrameOptions) -> pb.FrameOptions:
-    return pb.FrameOptions(**asdict(options))
+    return pb.FrameOptions(**{name: value for name, value in asdict(options).items() if value is not None})

@@ -65,7 +65,7 @@ def test_a_client_that_never_reads_frees_its_slot_when_the_server_gives_up_on_it
         wait_for(lambda: registry.get_sample_value("polypstream_stream_aborts_total", {"reason": "slow_client"}) == 1)
         # Then its slot is free while it still has not read anything nor hung up
         wait_for(lambda: registry.get_sample_value("polypstream_active_streams") == 0)
-        assert not pipeline._trackers
+        assert not pipeline._streams
         wait_for(lambda: registry.get_sample_value("polypstream_frame_memory_bytes") == 0)
         with SegmenterClient(running.address) as other:
             good = [encode_frame(square_image(), "good", i, FrameOptions(no_drop=True)) for i in range(3)]
@@ -87,7 +87,7 @@ def test_a_client_that_disconnects_mid_stream_leaves_nothing_behind(
         wait_for(lambda: registry.get_sample_value("polypstream_active_streams") == 0)
         wait_for(lambda: pipeline.batcher.depth == 0)
         gc.collect()
-        assert not pipeline._trackers
+        assert not pipeline._streams
         with SegmenterClient(running.address) as client:  # and the server still serves
             assert [a.status for a in client.segment(big_frames(2, "after"))] == ["OK", "OK"]
 

@@ -395,3 +395,39 @@ def test_list_sources_hides_the_password_of_a_source_url(pipeline: Pipeline) -> 
     with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as c:
         (info,) = c.stub.ListSources(pb.ListSourcesRequest()).sources
         assert info.uri == "rtsp://***@camera.invalid/live"
+
+
+def test_alerts_start_hold_and_end_through_a_real_server(client: SegmenterClient) -> None:
+    # The square in frames 0-1, gone in 2-3, back in 4; a track alerts once seen in 2 of its
+    # last 3 frames and is held 1 unseen frame.
+    options = FrameOptions(no_drop=True, return_overlay=True, alert_min_seen=2, alert_window=3, alert_hold=1)
+    empty = np.zeros((80, 96, 3), np.uint8)
+    images = [square_image(box=SQUARE), square_image(box=SQUARE), empty, empty, square_image(box=SQUARE)]
+    sent = [encode_frame(image, "s", i, options, jpeg_quality=100) for i, image in enumerate(images)]
+    answers = [a.result for a in client.segment(iter(sent))]
+    assert [[(p.track_id, p.alerting) for p in r.polyps] for r in answers] == [
+        [(1, False)], [(1, True)], [], [], [(1, False)],  # back in its track, its alert to be earned again
+    ]  # fmt: skip
+    assert [[(p.track_id, (p.box.x, p.box.y)) for p in r.held] for r in answers] == [[], [], [(1, (16, 24))], [], []]
+    assert [[(e.track_id, e.kind) for e in r.alert_events] for r in answers] == [
+        [], [(1, pb.AlertEvent.KIND_START)], [], [(1, pb.AlertEvent.KIND_END)], [],
+    ]  # fmt: skip
+    # What is drawn is what is reported: the square is tinted (and boxed) only while it alerts.
+    overlays = [cv2.imdecode(np.frombuffer(r.overlay_jpeg, np.uint8), cv2.IMREAD_COLOR) for r in answers]
+    centre = (24 + 12, 16 + 16)
+    assert overlays[0][centre].min() > 230  # detected, not yet alerting: left as it is (white)
+    assert overlays[1][centre][0] < 200 and overlays[1][centre][1] > 230  # alerting: tinted green
+    assert overlays[2][24, 16:48].max(axis=1).min() > 150  # held: its box is drawn on the empty frame
+
+
+def test_a_stream_without_alert_options_gets_the_servers_rule_and_a_bad_rule_is_refused(
+    client: SegmenterClient,
+) -> None:
+    default = [a.result for a in client.segment(frames(3))]  # the fixture's server: 3 of 5 frames
+    assert [[p.alerting for p in r.polyps] for r in default] == [[False], [False], [True]]
+    bad = encode_frame(
+        square_image(box=SQUARE), "t", 0, FrameOptions(alert_min_seen=4, alert_window=2), jpeg_quality=100
+    )
+    (answer,) = client.segment(iter([bad]))
+    assert answer.status == "INVALID_FRAME"
+    assert answer.result.error == "frame options: alert rule: need 1 <= min_seen (4) <= window (2) <= 64"

@@ -40,9 +40,9 @@ def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypat
     drawn_on: list[str] = []
     real: Callable[..., np.ndarray] = pipeline_module.draw_overlay
 
-    def spy(*args: object) -> np.ndarray:
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
         drawn_on.append(threading.current_thread().name)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "draw_overlay", spy)
     result = run_one(pipeline, FrameOptions(return_overlay=True, return_mask=True))
@@ -54,7 +54,7 @@ def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypat
 
 
 def test_a_result_whose_drawing_fails_is_answered_failed(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: object) -> np.ndarray:
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
         raise MemoryError("no room for the overlay")
 
     monkeypatch.setattr(pipeline_module, "draw_overlay", broken)

@@ -58,7 +58,7 @@ def test_a_call_cancelled_twice_still_gives_back_its_slot_and_tracker(pipeline: 
         # Then its slot, tracker and memory are all given back
         assert servicer.active_streams == 0
         assert servicer.memory.held == 0
-        assert not pipeline._trackers
+        assert not pipeline._streams
         done.set()
 
     asyncio.run(scenario())

@@ -44,16 +44,22 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FrameOptions(_message.Message):
-    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution")
+    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution", "alert_min_seen", "alert_window", "alert_hold")
     RETURN_MASK_FIELD_NUMBER: _ClassVar[int]
     RETURN_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     NO_DROP_FIELD_NUMBER: _ClassVar[int]
     MASK_AT_MODEL_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    ALERT_MIN_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ALERT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ALERT_HOLD_FIELD_NUMBER: _ClassVar[int]
     return_mask: bool
     return_overlay: bool
     no_drop: bool
     mask_at_model_resolution: bool
-    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ...) -> None: ...
+    alert_min_seen: int
+    alert_window: int
+    alert_hold: int
+    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ..., alert_min_seen: _Optional[int] = ..., alert_window: _Optional[int] = ..., alert_hold: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "index", "encoded", "raw", "client_time_ns", "options")
@@ -84,16 +90,34 @@ class Box(_message.Message):
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Polyp(_message.Message):
-    __slots__ = ("box", "score", "area", "track_id")
+    __slots__ = ("box", "score", "area", "track_id", "alerting")
     BOX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     AREA_FIELD_NUMBER: _ClassVar[int]
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    ALERTING_FIELD_NUMBER: _ClassVar[int]
     box: Box
     score: float
     area: int
     track_id: int
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., area: _Optional[int] = ..., track_id: _Optional[int] = ...) -> None: ...
+    alerting: bool
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., area: _Optional[int] = ..., track_id: _Optional[int] = ..., alerting: _Optional[bool] = ...) -> None: ...
+
+class AlertEvent(_message.Message):
+    __slots__ = ("track_id", "kind")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[AlertEvent.Kind]
+        KIND_START: _ClassVar[AlertEvent.Kind]
+        KIND_END: _ClassVar[AlertEvent.Kind]
+    KIND_UNSPECIFIED: AlertEvent.Kind
+    KIND_START: AlertEvent.Kind
+    KIND_END: AlertEvent.Kind
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    kind: AlertEvent.Kind
+    def __init__(self, track_id: _Optional[int] = ..., kind: _Optional[_Union[AlertEvent.Kind, str]] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("decode_ms", "queue_ms", "batch_size", "inference_ms", "postprocess_ms", "server_ms")
@@ -112,7 +136,7 @@ class Timing(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., server_ms: _Optional[float] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("stream_id", "index", "status", "error", "polyps", "mask_png", "overlay_jpeg", "timing", "width", "height", "client_time_ns", "mask_width", "mask_height")
+    __slots__ = ("stream_id", "index", "status", "error", "polyps", "mask_png", "overlay_jpeg", "timing", "width", "height", "client_time_ns", "mask_width", "mask_height", "held", "alert_events")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +150,8 @@ class FrameResult(_message.Message):
     CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     MASK_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MASK_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    ALERT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     index: int
     status: FrameStatus
@@ -139,7 +165,9 @@ class FrameResult(_message.Message):
     client_time_ns: int
     mask_width: int
     mask_height: int
-    def __init__(self, stream_id: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[_Union[FrameStatus, str]] = ..., error: _Optional[str] = ..., polyps: _Optional[_Iterable[_Union[Polyp, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., overlay_jpeg: _Optional[bytes] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., client_time_ns: _Optional[int] = ..., mask_width: _Optional[int] = ..., mask_height: _Optional[int] = ...) -> None: ...
+    held: _containers.RepeatedCompositeFieldContainer[Polyp]
+    alert_events: _containers.RepeatedCompositeFieldContainer[AlertEvent]
+    def __init__(self, stream_id: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[_Union[FrameStatus, str]] = ..., error: _Optional[str] = ..., polyps: _Optional[_Iterable[_Union[Polyp, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., overlay_jpeg: _Optional[bytes] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., client_time_ns: _Optional[int] = ..., mask_width: _Optional[int] = ..., mask_height: _Optional[int] = ..., held: _Optional[_Iterable[_Union[Polyp, _Mapping]]] = ..., alert_events: _Optional[_Iterable[_Union[AlertEvent, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("source", "options")
