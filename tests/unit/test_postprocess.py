@@ -177,10 +177,20 @@ def test_the_default_tracker_keeps_a_track_five_frames_unseen_and_forgets_it_on_
     for _ in range(5):
         tracker.update([])
     assert tracker.update([polyp(0, 0)])[0].track_id == 1  # seen again after 5 unseen frames
-    assert tracker.update([polyp(0, 0)])[0].track_id == 1
+    for _ in range(5):
+        tracker.update([])
+    assert tracker.update([polyp(0, 0)])[0].track_id == 1  # and again: the count restarted when seen
     for _ in range(6):
         tracker.update([])
     assert tracker.update([polyp(0, 0)])[0].track_id == 2  # 6 unseen: a new polyp
+
+
+def test_a_track_seen_once_is_forgotten_after_six_unseen_frames() -> None:
+    tracker = IouTracker()
+    tracker.update([polyp(0, 0)])
+    for _ in range(6):
+        tracker.update([])
+    assert tracker.update([polyp(0, 0)])[0].track_id == 2
 
 
 def test_the_default_tracker_matches_boxes_overlapping_by_iou_point_three() -> None:
