@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from .dataset import DatasetError, load_split, read_image, read_mask
-from .synth import CameraPose, camera_poses, render_frame, warp_mask
+from .synth import CameraPose, camera_poses, poses_away_from_the_polyp, render_frame, warp_mask
 
 METADATA_CSV = "hyper-kvasir-video-metadata.csv"
 CSV_FIELDS = ("file-name", "finding", "width", "height", "number-of-frames", "fps", "length", "kilobytes")
@@ -117,16 +117,25 @@ def _fourcc(path: str) -> int:
     return cv2.VideoWriter.fourcc(*("PIM1" if path.endswith(".mpg") else "XVID"))
 
 
-def _poses(
-    plan: VideoPlan, sources: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator
-) -> Iterator[tuple[str, CameraPose]]:
-    """(source image id, pose) per frame: 1–3 images per video, a camera move over each."""
-    count = int(rng.integers(1, min(3, len(sources)) + 1))
-    picks = [sources[int(j)] for j in rng.choice(len(sources), count, replace=False)]
+# Share of each camera move spent away from the polyp, before it comes into view (as a scope
+# moves along normal mucosa before it meets one): footage where false alarms can be counted.
+POLYP_FREE_SHARE = 0.3
+
+
+def _poses(plan: VideoPlan, images: _SourceImages, rng: np.random.Generator) -> Iterator[tuple[str, CameraPose, bool]]:
+    """(source image id, pose, polyp-free) per frame: 1–3 images per video, each a stretch of
+    mucosa away from the polyp (when the image has room for one) and then a camera move over it."""
+    count = int(rng.integers(1, min(3, len(images.shapes)) + 1))
+    picks = [images.shapes[int(j)] for j in rng.choice(len(images.shapes), count, replace=False)]
     bounds = np.linspace(0, plan.frames, count + 1).round().astype(int)
+    size = (plan.width, plan.height)
     for (image_id, shape), start, end in zip(picks, bounds[:-1], bounds[1:], strict=True):
-        for pose in camera_poses(shape, (plan.width, plan.height), int(end - start), rng):
-            yield image_id, pose
+        frames = int(end - start)
+        away = poses_away_from_the_polyp(images.mask(image_id), size, round(POLYP_FREE_SHARE * frames), rng)
+        for pose in away:
+            yield image_id, pose, True
+        for pose in camera_poses(shape, size, frames - len(away), rng):
+            yield image_id, pose, False
 
 
 class _SourceImages:
@@ -142,6 +151,14 @@ class _SourceImages:
         self.masks_dir = truth_dir / "masks"
         self.masks_dir.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
+
+    def mask(self, image_id: str) -> np.ndarray:
+        if image_id not in self._masks:
+            mask_path = self.samples[image_id].mask_path
+            assert mask_path is not None  # samples were filtered on it
+            self._masks[image_id] = read_mask(mask_path)
+        return self._masks[image_id]
 
     def image(self, image_id: str) -> np.ndarray:
         if image_id not in self._cache:
@@ -151,8 +168,7 @@ class _SourceImages:
             self._cache[image_id] = read_image(sample.image_path)
             mask_file = self.masks_dir / f"{image_id}.png"
             if not mask_file.exists():
-                assert sample.mask_path is not None  # samples were filtered on it
-                cv2.imwrite(str(mask_file), read_mask(sample.mask_path).astype(np.uint8) * 255)
+                cv2.imwrite(str(mask_file), self.mask(image_id).astype(np.uint8) * 255)
         return self._cache[image_id]
 
 
@@ -165,9 +181,10 @@ def _write_video(path: Path, plan: VideoPlan, images: _SourceImages, rng: np.ran
         raise OSError(f"{path}: cannot open a video writer")
     frames = []
     try:
-        for image_id, pose in _poses(plan, images.shapes, rng):
+        for image_id, pose, polyp_free in _poses(plan, images, rng):
             writer.write(render_frame(images.image(image_id), pose, size))
-            frames.append({"image": image_id, "matrix": list(pose.matrix), "gain": pose.gain, "blur": pose.blur})
+            frame = {"image": image_id, "matrix": list(pose.matrix), "gain": pose.gain, "blur": pose.blur}
+            frames.append(frame | ({"polyp_free": True} if polyp_free else {}))
     finally:
         writer.release()
     return frames

@@ -59,6 +59,49 @@ def camera_poses(
         yield CameraPose(tuple(float(v) for v in matrix.ravel()), gain, blur)
 
 
+def poses_away_from_the_polyp(
+    mask: np.ndarray, size: tuple[int, int], frames: int, rng: np.random.Generator
+) -> list[CameraPose]:
+    """A camera looking at mucosa away from the polyp: zoomed in (2-4x the framing of
+    `camera_poses`), on a spot whose whole view is inside the image (no reflected border) and
+    at least 3 % of the image away from every polyp pixel, drifting a little. [] when the
+    polyp leaves no such spot (large polyps)."""
+    width, height = size
+    ih, iw = mask.shape[:2]
+    base = max(width / iw, height / ih)
+    away = cv2.distanceTransform((~mask.astype(bool)).astype(np.uint8), cv2.DIST_L2, 5)
+    margin = 0.03 * max(iw, ih)
+    for zoom_factor in (2.0, 3.0, 4.0):
+        zoom = base * zoom_factor
+        reach = math.hypot(width, height) / (2 * zoom)  # half the view's diagonal, in image pixels
+        drift = 0.01 * max(iw, ih)
+        inside = np.zeros_like(away, dtype=bool)
+        lo_x, hi_x = math.ceil(reach + drift), int(iw - reach - drift)
+        lo_y, hi_y = math.ceil(reach + drift), int(ih - reach - drift)
+        if lo_x >= hi_x or lo_y >= hi_y:
+            continue
+        inside[lo_y:hi_y, lo_x:hi_x] = True
+        ys, xs = np.nonzero(inside & (away > reach + drift + margin))
+        if len(xs) == 0:
+            continue
+        k = int(rng.integers(len(xs)))
+        cx0, cy0 = float(xs[k]), float(ys[k])
+        angle, phase = rng.uniform(-12, 12), rng.uniform(0, 2 * math.pi)
+        poses = []
+        for i in range(frames):
+            t = i / max(1, frames - 1)
+            cx = cx0 + drift * math.sin(phase + 3 * t)
+            cy = cy0 + drift * math.cos(phase + 2 * t)
+            matrix = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
+            matrix[0, 2] += width / 2 - cx
+            matrix[1, 2] += height / 2 - cy
+            poses.append(
+                CameraPose(tuple(float(v) for v in matrix.ravel()), 1.0 + 0.1 * math.sin(phase + 4 * t), False)
+            )
+        return poses
+    return []
+
+
 def render_frame(image: np.ndarray, pose: CameraPose, size: tuple[int, int]) -> np.ndarray:
     """The BGR frame the camera sees at `pose`."""
     frame = cv2.warpAffine(image, pose.affine(), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)

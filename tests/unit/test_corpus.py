@@ -94,3 +94,33 @@ def test_a_mask_follows_the_camera_pose() -> None:
     rows, cols = np.nonzero(doubled)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20, 27, 30, 39)  # 10 wide, 8 high at (30, 20)
     assert doubled.sum() == 80
+
+
+def test_stretches_away_from_the_polyp_are_polyp_free_in_the_ground_truth(tmp_path: Path) -> None:
+    # Images with a small polyp leave room to look away from it: about 30 % of each camera
+    # move is spent there, before the polyp comes into view.
+    source = tmp_path / "source"
+    for folder in ("images", "masks"):
+        (source / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        image = rng.integers(40, 200, (240, 320, 3), dtype=np.uint8)
+        mask = np.zeros((240, 320), np.uint8)
+        mask[100:130, 140:180] = 255
+        cv2.imwrite(str(source / "images" / f"p{k}.png"), image)
+        cv2.imwrite(str(source / "masks" / f"p{k}.png"), mask)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, source, plan_corpus(3, seconds=2.0, fps=10.0, seed=4), seed=4)
+    truth = GroundTruth(corpus)
+    total = free = 0
+    for video in find_videos(corpus / "labeled-videos"):
+        frames = json.loads((corpus / "ground-truth" / f"{video.stem}.json").read_text())["frames"]
+        mask_of = truth.frames(video)
+        assert mask_of is not None
+        for i, entry in enumerate(frames):
+            total += 1
+            if entry.get("polyp_free"):
+                free += 1
+                assert not mask_of(i).any(), (video.name, i)  # type: ignore[union-attr]
+        assert frames[-1].get("polyp_free") is None  # each move ends on the polyp
+    assert 0.25 <= free / total <= 0.35
