@@ -13,6 +13,7 @@ Pure and per stream: no clock (frames are the unit; at 25 fps a frame is 40 ms),
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import check_alert_rule
@@ -65,7 +66,7 @@ class Alerts:
     rule: AlertRule = field(default_factory=AlertRule)
     _tracks: dict[int, _Track] = field(default_factory=dict)
 
-    def update(self, polyps: tuple[Polyp, ...] | list[Polyp]) -> AlertFrame:
+    def update(self, polyps: Sequence[Polyp]) -> AlertFrame:
         """Advance one frame with its tracked polyps (track ids from the stream's tracker)."""
         rule = self.rule
         found = {p.track_id: p for p in polyps}

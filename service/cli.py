@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
+from .alerts import AlertRule
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
@@ -37,7 +38,7 @@ from .frames import FrameOptions
 from .memory import release_freed_memory_promptly
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .plots import PlotUnavailableError, plot_replay
+from .plots import PlotUnavailableError, plot_alert_sweep, plot_replay
 from .replay import Tally, replay
 from .runner import ModelError, Runner, resolve_model
 from .scores import SplitScores
@@ -45,6 +46,7 @@ from .security import TOKEN_ENV, SecurityConfigError, client_credentials, load_t
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
 from .stats import percentile
+from .video_sources import evaluate_videos
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -69,6 +71,21 @@ def add_model_flags(g: argparse._ActionsContainer) -> None:
     )
 
 
+def add_alert_flags(parser: argparse.ArgumentParser) -> None:
+    """--alert-min-seen, --alert-window, --alert-hold (see alerts.py)."""
+    alerts = parser.add_argument_group("alerts (a track alerts once seen in N of its last M frames, held H unseen)")
+    for flag, env, default, text in (
+        ("--alert-min-seen", "ALERT_MIN_SEEN", EngineConfig.alert_min_seen, "N: frames a track must be seen in"),
+        ("--alert-window", "ALERT_WINDOW", EngineConfig.alert_window, "M: of its last this many frames"),
+        ("--alert-hold", "ALERT_HOLD", EngineConfig.alert_hold, "H: unseen frames an alert outlasts"),
+    ):
+        alerts.add_argument(flag, type=int, default=int(env_default(env, str(default))), help=text)
+
+
+def alert_rule(args: argparse.Namespace) -> AlertRule:
+    return AlertRule(args.alert_min_seen, args.alert_window, args.alert_hold)
+
+
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     add_model_flags(g)
@@ -91,13 +108,7 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         default=int(env_default("DECODE_WORKERS", "0")),
         help="threads decoding frames and drawing masks and overlays (0: one per CPU core)",
     )
-    alerts = parser.add_argument_group("alerts (a track alerts once seen in N of its last M frames, held H unseen)")
-    for flag, env, default, text in (
-        ("--alert-min-seen", "ALERT_MIN_SEEN", EngineConfig.alert_min_seen, "N: frames a track must be seen in"),
-        ("--alert-window", "ALERT_WINDOW", EngineConfig.alert_window, "M: of its last this many frames"),
-        ("--alert-hold", "ALERT_HOLD", EngineConfig.alert_hold, "H: unseen frames an alert outlasts"),
-    ):
-        alerts.add_argument(flag, type=int, default=int(env_default(env, str(default))), help=text)
+    add_alert_flags(parser)
     g.add_argument(
         "--min-area-fraction",
         type=float,
@@ -693,6 +704,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def cmd_eval_video(args: argparse.Namespace) -> int:
+    runner = Runner(resolve_model(args.model), device=args.device, max_batch=8)
+    started = time.monotonic()
+
+    def progress(what: str) -> None:
+        print(f"{what} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    report = evaluate_videos(
+        [Path(s) for s in args.sources], runner, alert_rule(args), fps=args.fps, sweep=args.sweep, progress=progress
+    )
+    report["model"] = f"{runner.contract.name} {runner.contract.version}"
+    if args.plot:
+        if "sweep" not in report:
+            raise CliError("--plot draws the sweep: add --sweep")
+        plot_alert_sweep(report, args.plot)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    r = report
+    print(f"{r['model']}, alerts {alert_rule(args)}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
+    print(f"  per-polyp sensitivity {r['per_polyp_sensitivity']}, per-frame sensitivity {r['per_frame_sensitivity']}, "
+          f"per-frame precision {r['per_frame_precision']}")  # fmt: skip
+    print(f"  first detection ms {r['first_detection_ms']}")
+    print(f"  false-positive activations {r['fp_activations']} of {r['activations']} ({r['fp_per_minute']} per minute)")
+    if "chosen_rule" in r:
+        print(f"  chosen by the fixed rule over the sweep: {AlertRule(**r['chosen_rule'])}")  # type: ignore[arg-type]
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -887,6 +927,25 @@ def _add_eval(sub: argparse._SubParsersAction[CommandParser]) -> None:
     evaluate_.set_defaults(func=cmd_eval)
 
 
+def _add_eval_video(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """eval-video: per-polyp and per-minute metrics of a model and an alert rule on labelled video."""
+    video = sub.add_parser(
+        "eval-video", help="per-polyp sensitivity, first-detection delay and false alarms per minute on labelled video"
+    )
+    video.add_argument(
+        "sources", nargs="+", help="a video with a .boxes.json sidecar, a frame folder with frames.txt, or a corpus"
+    )
+    add_model_flags(video)
+    add_alert_flags(video)
+    video.add_argument("--fps", type=float, default=25.0, help="frame rate of frame folders")
+    video.add_argument(
+        "--sweep", action="store_true", help="also every rule of the sweep, and the one the fixed rule picks"
+    )
+    video.add_argument("--plot", type=Path, help="with --sweep: a PNG of false alarms against sensitivity and delay")
+    video.add_argument("--json", action="store_true", help="print one JSON object")
+    video.set_defaults(func=cmd_eval_video)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polypstream", description="Real-time polyp segmentation of colonoscopy video over gRPC."
@@ -895,7 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
-    for add in (_add_serve, _add_stream, _add_demo, _add_replay, _add_corpus, _add_health, _add_eval):
+    for add in (_add_serve, _add_stream, _add_demo, _add_replay, _add_corpus, _add_health, _add_eval, _add_eval_video):
         add(sub)
     return parser
 

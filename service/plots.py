@@ -54,3 +54,36 @@ def plot_replay(report: dict[str, object], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
+
+
+def plot_alert_sweep(report: dict[str, object], out: Path) -> None:
+    """Write a PNG of an eval-video sweep: false-positive activations per minute against
+    per-polyp sensitivity (left) and median first-detection delay (right), one point per rule."""
+    plt = pyplot()
+    rows = report.get("sweep")
+    if not isinstance(rows, list):
+        raise ValueError("not an eval-video sweep: no sweep rows")
+    chosen = report.get("chosen_rule")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for row in rows:
+        rule = row["rule"]
+        label = f"{rule['min_seen']}/{rule['window']} h{rule['hold']}"
+        colour = "tab:red" if rule == chosen else "tab:blue" if rule["min_seen"] > 1 else "black"
+        x = row["fp_per_minute"] or 0.0
+        left.scatter(x, row["per_polyp_sensitivity"] or 0.0, color=colour, s=18)
+        right.scatter(x, row["first_detection_ms"]["median"] or 0.0, color=colour, s=18)
+        if rule == chosen or rule["min_seen"] == 1:
+            left.annotate(label, (x, row["per_polyp_sensitivity"] or 0.0), fontsize=8)
+    left.set_xlabel("false-positive activations per minute")
+    left.set_ylabel("per-polyp sensitivity")
+    right.set_xlabel("false-positive activations per minute")
+    right.set_ylabel("median first-detection delay (ms)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.suptitle(
+        f"alert rules (N of M frames, held h): {report.get('frames')} frames, {report.get('polyps')} polyps"
+    )
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)

@@ -443,3 +443,29 @@ def test_ctrl_c_on_eval_reports_the_scores_of_the_images_done_so_far(tmp_path: P
     assert 0 < report["images"] < 4000
     for key in ("dice", "iou", "precision", "recall", "box_precision", "box_recall"):
         assert report[key] == pytest.approx(expected[key]), key
+
+
+def test_eval_video_prints_the_cade_metrics_as_json_with_a_sweep_and_a_plot(tmp_path: Path, tiny_model: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
+    boxes = [[[8 + 2 * i, 24, 32, 24]] for i in range(12)]
+    (tmp_path / "clip.boxes.json").write_text(json.dumps({"fps": 10, "frames": boxes}))
+    plot = tmp_path / "sweep.png"
+    done = polypstream("eval-video", str(clip), "--model", str(tiny_model), "--json", "--sweep", "--plot", str(plot))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    required = {"frames", "polyps", "per_frame_sensitivity", "per_polyp_sensitivity", "first_detection_ms",
+                "fp_activations", "fp_per_minute", "minutes", "sources"}  # fmt: skip
+    assert required <= set(report) and set(report["first_detection_ms"]) == {"median", "p90", "max"}
+    assert report["rule"] == {"min_seen": 3, "window": 5, "hold": 2} and len(report["sweep"]) == 1 + 6 * 2 * 3
+    assert report["sweep"][0]["rule"] == {"min_seen": 1, "window": 1, "hold": 0}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_video_refuses_bad_ground_truth_with_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
+    (tmp_path / "clip.boxes.json").write_text(json.dumps({"frames": [[[8, 24, 32, 24]]] * 11}))
+    done = polypstream("eval-video", str(clip), "--model", str(tiny_model), "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"polypstream eval-video: error: {tmp_path / 'clip.boxes.json'}: has 11 frames of boxes; clip.avi has more"
+    )

@@ -1,0 +1,99 @@
+"""Labelled-video readers and the video evaluation over the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from polypstream.alerts import AlertRule
+from polypstream.dataset import DatasetError
+from polypstream.runner import Runner
+from polypstream.video_sources import evaluate_videos, mask_boxes, open_labelled
+from tests.conftest import square_image, write_clip
+
+SQUARES = [(8 + 2 * i, 24, 32, 24) for i in range(12)]  # write_clip's square, frame by frame
+
+
+def clip_with_sidecar(folder: Path, boxes: list[list[list[int]]] | None = None) -> Path:
+    video = write_clip(folder / "clip.avi", frames=12, fps=10.0)
+    frames = boxes if boxes is not None else [[list(b)] for b in SQUARES]
+    (folder / "clip.boxes.json").write_text(json.dumps({"fps": 10, "frames": frames}))
+    return video
+
+
+def test_a_video_with_a_boxes_sidecar_reads_its_frames_and_boxes(tmp_path: Path) -> None:
+    (video,) = open_labelled(clip_with_sidecar(tmp_path))
+    assert (video.name, video.fps, video.truth) == ("clip.avi", 10.0, [[b] for b in SQUARES])
+    assert sum(1 for _ in video.frames()) == 12
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        ([[[8, 24, 32, 24]]] * 11, r"clip\.boxes\.json: has 11 frames of boxes; clip\.avi has more"),
+        ([[[8, 24, 32, 24]]] * 13, r"clip\.boxes\.json: has 13 frames of boxes; clip\.avi has 12"),
+    ],
+)
+def test_a_sidecar_whose_frame_count_differs_from_the_videos_is_refused(
+    tmp_path: Path, boxes: list[list[list[int]]], message: str
+) -> None:
+    (video,) = open_labelled(clip_with_sidecar(tmp_path, boxes))
+    with pytest.raises(DatasetError, match=message):
+        list(video.frames())
+
+
+@pytest.mark.parametrize("box", [[90, 24, 10, 10], [0, -1, 5, 5], [0, 0, 0, 5], [1, 2, 3]])
+def test_a_box_outside_the_frame_is_refused_naming_the_frame(tmp_path: Path, box: list[int]) -> None:
+    boxes = [[list(b)] for b in SQUARES]
+    boxes[3] = [box]
+    with pytest.raises(DatasetError, match=r"clip\.boxes\.json: frame 3: box .* is not inside the 96x80 frame"):
+        open_labelled(clip_with_sidecar(tmp_path, boxes))
+
+
+def frame_folder(folder: Path, frames: int = 4) -> Path:
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(frames):
+        cv2.imwrite(str(folder / "images" / f"f{i}.png"), square_image(box=SQUARES[i]))
+        mask = np.zeros((80, 96), np.uint8)
+        x, y, w, h = SQUARES[i]
+        mask[y : y + h, x : x + w] = 255
+        cv2.imwrite(str(folder / "masks" / f"f{i}.png"), mask)
+    (folder / "frames.txt").write_text("\n".join(f"f{i}" for i in reversed(range(frames))) + "\n")  # its order
+    return folder
+
+
+def test_a_frame_folder_plays_in_the_order_of_frames_txt_with_boxes_from_its_masks(tmp_path: Path) -> None:
+    (video,) = open_labelled(frame_folder(tmp_path / "seq"), fps=5.0)
+    assert (video.name, video.fps) == ("seq", 5.0)
+    assert video.truth == [[SQUARES[i]] for i in reversed(range(4))]
+    assert len(list(video.frames())) == 4
+
+
+def test_a_frame_folder_missing_a_mask_is_refused(tmp_path: Path) -> None:
+    folder = frame_folder(tmp_path / "seq")
+    (folder / "masks" / "f2.png").unlink()
+    with pytest.raises(DatasetError, match=r"seq: frame f2 \(frames\.txt\) has no mask"):
+        open_labelled(folder)
+
+
+def test_mask_boxes_leave_out_noise() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[10:20, 10:30] = True
+    mask[50, 50] = True  # 1 pixel of 10,000: under 0.1 %
+    assert mask_boxes(mask) == [(10, 10, 20, 10)]
+
+
+def test_the_tiny_model_on_a_labelled_clip_scored_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
+    # The tiny model finds the white square in every frame, so with 3 of 5 frames the one polyp
+    # alerts at frame 2 (200 ms at 10 fps) and every shown box is right.
+    report = evaluate_videos([clip_with_sidecar(tmp_path)], Runner(tiny_model, device="cpu"), AlertRule(3, 5, 2))
+    assert (report["frames"], report["polyps"], report["per_polyp_sensitivity"]) == (12, 1, 1.0)
+    assert report["first_detection_ms"] == {"median": 200.0, "p90": 200.0, "max": 200.0}
+    assert (report["per_frame_sensitivity"], report["per_frame_precision"]) == (round(10 / 12, 4), 1.0)
+    assert (report["activations"], report["fp_activations"]) == (1, 0)
+    assert [s["videos"] for s in report["sources"]] == [1]  # type: ignore[union-attr]
