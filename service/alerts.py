@@ -23,8 +23,8 @@ from .frames import AlertEvent, Polyp
 @dataclass(frozen=True)
 class AlertRule:
     min_seen: int = 3  # frames a track must be seen in...
-    window: int = 5  # ...of its last this many, to start alerting
-    hold: int = 2  # unseen frames an alert outlasts (its last box is reported meanwhile)
+    window: int = 3  # ...of its last this many, to start alerting
+    hold: int = 4  # unseen frames an alert outlasts (its last box is reported meanwhile)
 
     def __post_init__(self) -> None:
         check_alert_rule(self.min_seen, self.window, self.hold)
