@@ -62,7 +62,7 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     ),
     "scores": (["tests/unit/test_scores.py"], None),
     "evaluate": (["tests/unit/test_evaluate.py"], None),
-    "runner": (["tests/unit/test_runner.py"], None),
+    "runner": (["tests/unit/test_runner.py", "tests/unit/test_packaging.py"], None),
     "sources": (["tests/unit/test_sources.py"], None),
     "capture": (
         ["tests/unit/test_capture.py"],

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from polypstream import runner as runner_module
 from polypstream.runner import ModelContract, ModelError, Runner, record_checksum, resolve_model
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
@@ -229,3 +234,198 @@ def test_a_runs_probabilities_are_not_overwritten_by_the_next_run(tiny_model: Pa
     first = runner.run([uniform(0.5)])
     runner.run([uniform(0.0)])
     assert np.allclose(first, 0.5, rtol=0, atol=1e-6)  # the caller owns what run() returned
+
+
+# --- the contract, the providers, the checks: each rule pinned ----------------------------
+
+
+def test_mean_and_std_triples_are_read_in_order_and_must_be_three() -> None:
+    meta = {f"polypstream.{k}": v for k, v in {
+        "name": "m", "version": "1", "input_size": "32x16", "channel_order": "bgr", "scale": "0.5",
+        "mean": "0.1,0.2,0.3", "std": "0.4,0.5,0.6", "output": "logit", "threshold": "0.4",
+    }.items()}  # fmt: skip
+    c = runner_module.ModelContract.from_metadata(meta, "m.onnx")
+    assert (c.input_width, c.input_height, c.channel_order, c.scale) == (32, 16, "BGR", 0.5)
+    assert (c.mean, c.std, c.output, c.threshold, c.min_region_score) == (
+        (0.1, 0.2, 0.3),
+        (0.4, 0.5, 0.6),
+        "logit",
+        0.4,
+        0.0,
+    )
+    for bad in ("0.1,0.2", "0.1,0.2,0.3,0.4"):
+        with pytest.raises(ModelError, match=r"m\.onnx: 'polypstream\.mean' must have 3 values, got [24]"):
+            runner_module.ModelContract.from_metadata({**meta, "polypstream.mean": bad}, "m.onnx")
+
+
+def test_preprocessing_scales_subtracts_the_mean_and_divides_by_the_std(tmp_path: Path) -> None:
+    model = build_tiny_model(
+        tmp_path / "n.onnx", metadata={"polypstream.mean": "0.25,0.5,0.75", "polypstream.std": "0.5,0.25,2"}
+    )
+    runner = Runner(model, device="cpu")
+    image = np.full((64, 64, 3), (51, 102, 204), np.uint8)  # BGR: R = 204/255 = 0.8, G = 0.4, B = 0.2
+    tensor = runner.preprocess(image)
+    assert tensor.shape == (3, 64, 64) and tensor.dtype == np.float32
+    assert np.allclose(tensor[:, 0, 0], [(0.8 - 0.25) / 0.5, (0.4 - 0.5) / 0.25, (0.2 - 0.75) / 2], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "providers"),
+    [
+        ("cpu", True, ["CPUExecutionProvider"]),
+        ("cuda", True, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("auto", True, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("auto", False, ["CPUExecutionProvider"]),
+    ],
+)
+def test_the_device_chooses_the_providers(
+    monkeypatch: pytest.MonkeyPatch, device: str, cuda: bool, providers: list[str]
+) -> None:
+    monkeypatch.setattr(runner_module, "cuda_available", lambda: cuda)
+    assert runner_module._providers(device) == providers
+
+
+def test_an_unknown_device_or_cuda_without_cuda_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "cuda_available", lambda: False)
+    with pytest.raises(ModelError, match=r"^CUDAExecutionProvider requested but this onnxruntime build has no CUDA$"):
+        runner_module._providers("cuda")
+    with pytest.raises(ModelError, match=r"^unknown device 'gpu' \(auto, cuda or cpu\)$"):
+        runner_module._providers("gpu")
+
+
+def test_cuda_asked_for_but_not_given_by_onnxruntime_is_refused(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "_providers", lambda device: ["CPUExecutionProvider"])
+    with pytest.raises(ModelError, match="CUDA requested but onnxruntime fell back to CPUExecutionProvider"):
+        Runner(tiny_model, device="cuda")
+    assert Runner(tiny_model, device="auto").provider == "CPUExecutionProvider"
+
+
+def test_session_settings_and_defaults(tiny_model: Path) -> None:
+    runner = Runner(tiny_model, device="cpu")
+    assert (runner.max_batch, runner.input_size, runner.io_binding) == (8, (64, 64), False)
+    options = runner.session.get_session_options()
+    assert (options.log_severity_level, options.intra_op_num_threads) == (3, 0)
+    assert Runner(tiny_model, device="cpu", threads=2).session.get_session_options().intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize(("message", "shown"), [("first line\nsecond line", "first line"), ("", "RuntimeError")])
+def test_a_model_onnxruntime_cannot_load_is_named_with_the_first_line_of_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str, shown: str
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(runner_module.ort, "InferenceSession", refuse)
+    with pytest.raises(ModelError, match=rf"^{tmp_path / 'x.onnx'}: cannot load ONNX model \({shown}\)$"):
+        Runner(tmp_path / "x.onnx", device="cpu")
+
+
+def model_with(path: Path, inputs: list[tuple[str, list[int | str]]], output_shape: list[int | str]) -> Path:
+    """A contract-complete model with the given inputs (the first feeds an Identity) and output shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [inputs[0][0]], ["probability"])],
+        "shapes",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, output_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"name": "s", "version": "1", "input_size": "8x8", "channel_order": "RGB", "scale": "1", "mean": "0,0,0",
+            "std": "1,1,1", "output": "probability", "threshold": "0.5"}  # fmt: skip
+    for key, value in meta.items():
+        model.metadata_props.add(key=f"polypstream.{key}", value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([("a", ["n", 3, 8, 8]), ("b", ["n", 3, 8, 8])], r"expected one input and one output, got 2 and 1"),
+        ([("a", ["n", 3, 8, 9])], r"input shape \['n', 3, 8, 9\] does not match N×3×8×8"),
+        ([("a", ["n", 3, 8])], r"input shape \['n', 3, 8\] does not match N×3×8×8"),
+        ([("a", [2, 3, 8, 8])], r"batch axis must be dynamic \(got 2\)"),
+    ],
+)
+def test_models_breaking_the_input_contract_are_refused(
+    tmp_path: Path, inputs: list[tuple[str, list[int | str]]], message: str
+) -> None:
+    with pytest.raises(ModelError, match=message):
+        Runner(model_with(tmp_path / "m.onnx", inputs, ["n", 3, 8, 8]), device="cpu")
+
+
+def test_a_batch_of_one_fixed_in_the_model_is_allowed_and_run_frame_by_frame(tmp_path: Path) -> None:
+    runner = Runner(model_with(tmp_path / "m.onnx", [("a", [1, 3, 8, 8])], [1, 3, 8, 8]), device="cpu", max_batch=2)
+    assert runner.fixed_batch_one and (runner.input_name, runner.output_name) == ("a", "probability")
+
+
+def test_io_binding_needs_a_fixed_output_shape_and_falls_back_without_one(tmp_path: Path) -> None:
+    dynamic = model_with(tmp_path / "d.onnx", [("a", ["n", 3, 8, 8])], ["n", "c", "h", "w"])
+    runner = Runner(dynamic, device="cpu", max_batch=2, io_binding=True)
+    with pytest.raises(ModelError, match=r"output shape \(-1, -1, -1\) is not fixed; cannot bind buffers"):
+        runner._binding(1)
+    runner.warm_up(rounds=1)
+    assert not runner.io_binding  # it serves with plain runs instead
+
+
+def test_an_empty_or_oversized_batch_is_refused(tiny_model: Path) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=2)
+    for n in (0, 3):
+        with pytest.raises(ValueError, match=rf"^batch of {n} frames \(1\.\.2 allowed\)$"):
+            runner.run([np.zeros((3, 64, 64), np.float32)] * n)
+
+
+def test_warm_up_runs_each_batch_size_twice_and_reports_the_last_runs_time(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=4)
+    sizes: list[int] = []
+    real_run = runner.run
+    monkeypatch.setattr(runner, "run", lambda tensors: sizes.append(len(tensors)) or real_run(tensors))
+    ticks = iter(float(t) for t in (0, 1, 10, 12, 20, 24, 30, 38))  # each run: 1, 2, 4, then 8 s
+    monkeypatch.setattr(runner_module.time, "perf_counter", lambda: next(ticks))
+    assert runner.warm_up() == {1: 2.0, 4: 8.0}
+    assert sizes == [1, 1, 4, 4]
+
+
+def test_checksums_file_lines_need_a_digest_and_a_name(tmp_path: Path) -> None:
+    (tmp_path / "SHA256SUMS").write_text("ABC  *fast.onnx\n  lonely.onnx\ndef  \n\n0123  accurate.onnx\n")
+    assert runner_module.read_checksums(tmp_path) == {"fast.onnx": "abc", "accurate.onnx": "0123"}
+
+
+def test_a_named_model_that_does_not_match_says_both_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "fast.onnx"
+    model.write_bytes(b"not the recorded model")
+    actual = hashlib.sha256(b"not the recorded model").hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{'f' * 64}  fast.onnx\n")
+    monkeypatch.setenv("POLYPSTREAM_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelError) as error:
+        resolve_model("fast")
+    assert str(error.value) == (
+        f"{model}: SHA-256 {actual[:12]}… does not match the recorded {'f' * 12}…; the file is damaged "
+        "or was replaced (restore it, or load a model of your own by path)"
+    )
+
+
+def test_a_missing_fast_model_is_not_found_and_the_default_prefers_accurate_only_on_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    monkeypatch.setenv("POLYPSTREAM_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelError, match=r"fast\.onnx: model file not found$"):
+        resolve_model("fast")
+    for name in ("fast", "accurate"):
+        shutil.copy(tiny_model, tmp_path / f"{name}.onnx")
+        runner_module.record_checksum(tmp_path / f"{name}.onnx")
+    monkeypatch.setattr(runner_module, "cuda_available", lambda: True)
+    assert resolve_model(None).name == "accurate.onnx"
+    monkeypatch.setattr(runner_module, "cuda_available", lambda: False)
+    assert resolve_model(None).name == "fast.onnx"
+
+
+def test_a_contract_is_a_value() -> None:
+    c = runner_module.ModelContract("m", "1", 8, 8, "RGB", 1.0, (0, 0, 0), (1, 1, 1), "probability", 0.5)
+    assert c.min_region_score == 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.threshold = 0.1  # type: ignore[misc]
