@@ -280,3 +280,76 @@ def test_a_jpeg_turned_upright_by_its_exif_orientation_reports_its_upright_size(
     assert image.shape[:2] == ((64, 32) if min_size is None else (32, 16))  # in full, or at 1/2
     _, plain_size = decode_encoded(with_exif_orientation(jpeg(square_image(64, 32)), 1), min_size=min_size)
     assert plain_size == (64, 32)  # orientation 1: as stored
+
+
+def png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_image_sizes_come_from_headers_or_are_unknown() -> None:
+    assert capture.image_size(jpeg(square_image(96, 80))) == (96, 80)
+    assert capture.image_size(png(square_image(50, 30))) == (50, 30)
+    assert capture.image_size(png(square_image(50, 30))[:23]) is None  # too short for the PNG size
+    assert capture.image_size(b"\xff\xd8\xff\xda\x00\x02") is None  # a JPEG with no frame header
+    assert capture.image_size(b"GIF89a") is None
+
+
+def test_jpeg_and_png_are_told_by_their_first_bytes() -> None:
+    assert capture.is_jpeg(b"\xff\xd8\xff\xe0") and not capture.is_jpeg(b"\xff\xd8\x00\xe0")
+    assert not capture.is_jpeg(b"\xff\xd8")
+    assert capture.is_png(b"\x89PNG\r\n\x1a\n....") and not capture.is_png(b"\x89PNG\r\n\x1a")
+
+
+def test_the_pixel_limit_is_inclusive_and_sizes_must_be_positive() -> None:
+    capture._check_size(100, 50, 5000)
+    with pytest.raises(InvalidFrameError, match=r"^image 100x51 exceeds the limit of 5000 pixels$"):
+        capture._check_size(100, 51, 5000)
+    for width, height in ((0, 5), (5, 0), (-1, 5)):
+        with pytest.raises(InvalidFrameError, match=rf"^image has zero size \({width}x{height}\)$"):
+            capture._check_size(width, height, 5000)
+
+
+def test_fill_bytes_and_markers_without_a_length_are_skipped_before_the_frame_header() -> None:
+    sof = frame_header(0xC0, 33, 17)
+    # a fill byte, a restart marker (D0) and TEM (01) carry no length; a comment segment does
+    data = b"\xff\xd8" + b"\xff\xff\xd0" + b"\xff\x01" + segment(0xFE, b"hi") + sof
+    assert capture.jpeg_size(data) == (33, 17)
+    assert capture.jpeg_header(data).sof_offset == data.index(sof)
+
+
+def test_a_frame_header_cut_short_is_no_frame_header() -> None:
+    cut = (b"\xff\xd8" + frame_header(0xC0, 33, 17))[:10]
+    with pytest.raises(InvalidFrameError, match=r"^corrupt JPEG: no frame header$"):
+        capture.jpeg_size(cut)
+
+
+def test_at_most_256_segments_may_come_before_the_frame_header() -> None:
+    comment = segment(0xFE, b"x")
+    sof = frame_header(0xC0, 33, 17)
+    assert capture.jpeg_size(b"\xff\xd8" + comment * 255 + sof) == (33, 17)  # the frame header is the 256th
+    with pytest.raises(InvalidFrameError, match="more than 256 segments"):
+        capture.jpeg_size(b"\xff\xd8" + comment * 256 + sof)
+
+
+@pytest.mark.parametrize(
+    ("size", "min_size", "decoded"),
+    [((720, 576), (160, 160), (360, 288)), ((721, 577), (160, 160), (361, 289)), ((1281, 1025), (160, 160), (321, 257)),
+     ((1281, 1025), (161, 129), (161, 129)), ((1281, 1025), None, (1281, 1025)), ((100, 100), (13, 13), (13, 13))],
+)  # fmt: skip
+def test_the_reduced_decode_size_rounds_up_and_covers_the_asked_size(
+    size: tuple[int, int], min_size: tuple[int, int] | None, decoded: tuple[int, int]
+) -> None:
+    assert capture.jpeg_decoded_size(*size, min_size) == decoded
+
+
+def test_grey_raw_pixels_become_three_equal_channels() -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = decode_raw(grey.tobytes(), 4, 3, PixelFormat.GRAY8)
+    assert out.shape == (3, 4, 3) and all(np.array_equal(out[..., c], grey) for c in range(3))
+    assert PixelFormat.GRAY8.channels == 1 and PixelFormat.BGR8.channels == PixelFormat.RGB8.channels == 3
+
+
+def test_raw_bgr_pixels_are_copied_not_shared() -> None:
+    data = bytearray(square_image(4, 2).tobytes())
+    out = decode_raw(bytes(data), 4, 2, PixelFormat.BGR8)
+    assert out.flags.writeable and out.flags.owndata
