@@ -168,3 +168,165 @@ def test_a_live_source_never_logs_or_reports_its_password(
 )
 def test_redact_uri_hides_user_info_only(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
+
+
+class RecordedStop:
+    """Stands in for the hub's stop event: records each backoff wait, stops after `waits`."""
+
+    def __init__(self, waits: int) -> None:
+        self.waits: list[float] = []
+        self.left = waits
+
+    def is_set(self) -> bool:
+        return self.left <= 0
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.left -= 1
+        return self.left <= 0
+
+    def set(self) -> None:
+        self.left = 0
+
+
+class OneFrameFeed:
+    """Opens, plays one frame, ends (records what it was opened with)."""
+
+    opened: list[tuple[str, bool]] = []  # noqa: RUF012
+    closed = 0
+
+    def __init__(self, uri: str, *, realtime: bool = False) -> None:
+        OneFrameFeed.opened.append((uri, realtime))
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        yield CapturedFrame(0, np.zeros((32, 32, 3), np.uint8), 0.0)
+
+    def close(self) -> None:
+        OneFrameFeed.closed += 1
+
+
+def test_reconnecting_waits_double_each_time_up_to_the_cap(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(uri: str, *, realtime: bool = False) -> None:
+        raise SourceError(f"{uri}: connection refused")
+
+    monkeypatch.setattr(sources_module, "open_source", refuse)
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    hub._stop = RecordedStop(8)  # type: ignore[assignment]
+    hub._run()
+    assert hub._stop.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]  # type: ignore[attr-defined]
+    assert (hub.reconnects, hub.state) == (7, "ended")
+
+
+def test_a_source_that_delivered_frames_retries_from_the_first_wait_again(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources_module, "open_source", OneFrameFeed)
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    hub._stop = RecordedStop(3)  # type: ignore[assignment]
+    hub._run()
+    assert hub._stop.waits == [0.5, 0.5, 0.5]  # type: ignore[attr-defined]
+
+
+def test_live_sources_are_opened_without_pacing_and_files_with_it_when_realtime(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    OneFrameFeed.opened, OneFrameFeed.closed = [], 0
+    monkeypatch.setattr(sources_module, "open_source", OneFrameFeed)
+    SourceHub("live", "rtsp://camera.invalid/live", pipeline, realtime=True).open()
+    SourceHub("file", "clip.avi", pipeline, realtime=True).open()
+    SourceHub("fast", "clip.avi", pipeline, realtime=False).open()
+    assert OneFrameFeed.opened == [
+        ("rtsp://camera.invalid/live", False), ("clip.avi", True), ("clip.avi", False),
+    ]  # fmt: skip
+
+
+def test_opening_again_closes_the_source_opened_before(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    OneFrameFeed.opened, OneFrameFeed.closed = [], 0
+    monkeypatch.setattr(sources_module, "open_source", OneFrameFeed)
+    hub = SourceHub("file", "clip.avi", pipeline)
+    hub.open()
+    assert OneFrameFeed.closed == 0
+    hub.open()
+    assert OneFrameFeed.closed == 1
+    hub.stop()  # the one opened and never played is closed too
+    assert OneFrameFeed.closed == 2
+
+
+def test_pumping_says_whether_any_frame_came(pipeline: Pipeline) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline)
+    pipeline.open_stream("file")
+    assert hub._pump(OneFrameFeed("clip.avi")) is True
+    assert hub._pump(EmptyFeed("clip.avi")) is False
+
+
+class EmptyFeed(OneFrameFeed):
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        return iter(())
+
+
+def test_the_frames_a_source_asks_for_follow_its_watchers(pipeline: Pipeline) -> None:
+    live = SourceHub("live", "rtsp://camera.invalid/live", pipeline)
+    file = SourceHub("file", "clip.avi", pipeline)
+    assert live._wanted_options() == FrameOptions(no_drop=False)  # live: late frames may drop
+    assert file._wanted_options() == FrameOptions(no_drop=True)
+    loop = asyncio.new_event_loop()
+    try:
+        file._subscribers = {
+            Subscription(loop, FrameOptions(return_mask=True, mask_at_model_resolution=True)),
+            Subscription(loop, FrameOptions(return_overlay=True)),
+        }
+        assert file._wanted_options() == FrameOptions(
+            return_mask=True, return_overlay=True, no_drop=True, mask_at_model_resolution=True
+        )
+        file._subscribers.add(Subscription(loop, FrameOptions(return_mask=True)))  # one wants the frame's size
+        assert file._wanted_options().mask_at_model_resolution is False
+    finally:
+        loop.close()
+
+
+def test_results_are_published_in_the_order_their_frames_were_submitted(pipeline: Pipeline) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline, inflight=3)
+    published: list[int | None] = []
+    hub._publish = lambda item: published.append(None if item is None else item.index)  # type: ignore[method-assign]
+    for _ in range(3):
+        assert hub._take_slot()
+    hub._submitted.extend([0, 1, 2])
+    for index in (1, 2, 0):  # drawn out of order
+        hub._on_result(Result(stream_id="file", index=index, status=Status.OK))
+        if index == 1:
+            assert published == []  # frame 0 first
+    assert published == [0, 1, 2]
+    assert all(hub._slots.acquire(blocking=False) for _ in range(3))  # every slot given back
+
+
+def test_a_subscriber_to_an_ended_source_gets_its_end_at_once(pipeline: Pipeline, registry: CollectorRegistry) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline)
+    hub.state = "ended"
+
+    async def scenario() -> Subscription:
+        return hub.subscribe(asyncio.get_running_loop(), FrameOptions())
+
+    subscription = asyncio.run(scenario())
+    assert subscription.queue.get_nowait() is None and hub.subscriber_count == 0
+    assert registry.get_sample_value("polypstream_subscribers") == 0
+
+
+def test_a_subscriber_leaving_counts_the_results_it_lost(pipeline: Pipeline, registry: CollectorRegistry) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline)
+    hub.state = "running"
+    hub.start = lambda: None  # type: ignore[method-assign]
+
+    async def scenario() -> Subscription:
+        subscription = hub.subscribe(asyncio.get_running_loop(), FrameOptions())
+        assert hub.subscriber_count == 1
+        for i in range(66):
+            subscription.offer(Result(stream_id="file", index=i, status=Status.OK))
+        return subscription
+
+    subscription = asyncio.run(scenario())
+    hub.unsubscribe(subscription)
+    assert hub.subscriber_count == 0
+    assert (
+        registry.get_sample_value("polypstream_dropped_frames_total", {"reason": "slow_subscriber", "source": "file"})
+        == 2
+    )
