@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from polypstream.batcher import Batcher, BatcherStoppedError, Queued, QueueFullError, ServiceTimeEstimator
+from polypstream.batcher import Batcher, BatcherStoppedError, Queued, QueueFullError, ServiceTimeEstimator, _largest
 from polypstream.frames import Frame, FrameOptions, Result, Status
+from tests.conftest import wait_for
 
 
 def make_frame(index: int, *, budget_s: float = 10.0, no_drop: bool = False, now: float | None = None) -> Frame:
@@ -501,3 +502,149 @@ def test_a_live_frame_finishing_with_less_than_a_slice_to_spare_paces_offline_wo
         batcher.submit(frame_at(i, 100.0, no_drop=True), print)
     assert planned(batcher.plan(100.0)[0]) == [0, 1]  # one slice
     assert batcher.wait_s(100.0) == (pytest.approx(0.05) if paced else 0.0)
+
+
+def test_largest_counts_up_while_it_fits() -> None:
+    assert (_largest(5, lambda n: False), _largest(5, lambda n: True), _largest(5, lambda n: n <= 3)) == (0, 5, 3)
+
+
+def test_the_documented_defaults() -> None:
+    b = Batcher(FakeModel(), max_batch=1, max_wait_s=0, capacity=1)
+    assert (b.launch_margin_s, b.offline_slice_s, b.offline_max_wait_s, b.live_window_s, b.offline_interval_s) == (
+        0.002, 0.010, 1.0, 1.0, 0.05,
+    )  # fmt: skip
+    with pytest.raises(BatcherStoppedError):  # not open yet
+        b.submit(make_frame(0), print)
+    b.open()
+    b.submit(make_frame(0), print)
+    assert b.depth == 1
+
+
+def test_the_worker_measures_each_batch_on_its_clock_and_runs_on_its_own_thread() -> None:
+    clock = [100.0]
+
+    def model(batch: list[Queued], launched_at: float) -> list[Result]:
+        clock[0] += 0.25  # the batch takes 250 ms
+        return [Result(stream_id="s", index=q.frame.index, status=Status.OK) for q in batch]
+
+    batcher = Batcher(model, max_batch=1, max_wait_s=0, capacity=4, clock=lambda: clock[0])
+    batcher.start()
+    assert batcher._thread is not None and batcher._thread.daemon
+    collect = Collector(1)
+    batcher.submit(make_frame(0, now=100.0), collect)
+    collect.wait()
+    batcher.stop()
+    assert batcher.estimator.estimate(1) == 0.25
+
+
+@pytest.mark.parametrize("produced", [1, 3])
+def test_a_batch_whose_processing_answers_the_wrong_number_of_frames_fails(produced: int) -> None:
+    def model(batch: list[Queued], launched_at: float) -> list[Result]:
+        return [Result(stream_id="s", index=0, status=Status.OK)] * produced
+
+    batcher = Batcher(model, max_batch=2, max_wait_s=0, capacity=4)
+    batcher.open()
+    collect = Collector(2)
+    batcher.submit(make_frame(0), collect)
+    batcher.submit(make_frame(1), collect)
+    batcher.start()
+    results = collect.wait()
+    batcher.stop()
+    assert [r.status for r in results] == [Status.FAILED] * 2
+    assert results[0].error == f"inference failed: batch of 2 produced {produced} results"
+
+
+def test_a_frame_due_100_ms_ago_says_so_and_one_not_yet_due_says_zero() -> None:
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_batch=1, max_wait_s=0.0)
+    collect = Collector(3)
+    batcher.submit(make_frame(0, now=99.8, budget_s=0.1), collect)  # due 99.9: 100 ms ago
+    batcher.submit(make_frame(1, now=99.995, budget_s=0.01), collect)  # due 100.005: hopeless, not late
+    batcher.submit(make_frame(2, now=100.0, budget_s=1.0), collect)
+    batcher.start()
+    by_index = {r.index: r for r in collect.wait()}
+    batcher.stop()
+    assert by_index[0].error == "missed its deadline by 100.0 ms before inference"
+    assert by_index[1].error == "missed its deadline by 0.0 ms before inference"
+
+
+def test_a_queue_of_closed_streams_frames_only_does_not_stop_the_worker() -> None:
+    closed = {"gone"}
+    batcher = Batcher(FakeModel(), max_batch=2, max_wait_s=0, capacity=8, discard=lambda f: f.stream_key in closed)
+    batcher.open()
+    collect = Collector(2)
+    gone = make_frame(0)
+    batcher.submit(Frame(**{**gone.__dict__, "stream_key": "gone"}), collect)
+    batcher.start()
+    wait_for(lambda: len(collect.results) == 1)
+    batcher.submit(make_frame(1), collect)  # the worker is still there to run it
+    assert [r.status for r in collect.wait()] == [Status.FAILED, Status.OK]
+    batcher.stop()
+
+
+def test_a_partial_batch_on_a_still_clock_waits_for_the_frame_that_fills_it() -> None:
+    clock = [100.0]  # time never passes: only a full batch (or stopping) launches it
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=2, max_wait_s=0.2, capacity=4, clock=lambda: clock[0])
+    batcher.start()
+    collect = Collector(2)
+    batcher.submit(make_frame(0, now=100.0), collect)
+    time.sleep(0.05)  # the worker has looked at the queue: one frame, 200 ms to wait, on a still clock
+    assert model.batches == []
+    batcher.submit(make_frame(1, now=100.0), collect)
+    collect.wait()
+    batcher.stop()
+    assert model.batches == [[0, 1]]
+
+
+def test_the_oldest_offline_frame_decides_whether_offline_work_is_starving() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(2, 0.001, clock, offline_max_wait_s=1.0)
+    batcher.submit(frame_at(0, 100.0, no_drop=True), print)
+    clock[0] = 100.9
+    batcher.submit(frame_at(1, 100.9, no_drop=True), print)  # the newest has waited 0.1 s only
+    for i in (10, 11):
+        batcher.submit(frame_at(i, 101.0, budget_s=1.0 + i / 1000), print)
+    assert planned(batcher.plan(101.0)[0]) == [10, 0]
+
+
+def test_offline_work_is_paced_while_live_pressure_is_at_most_the_window_old() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 1 / 64, clock, offline_slice_s=1 / 32, offline_interval_s=0.25, live_window_s=0.5)
+    batcher._last_live_pressure_at, batcher._last_offline_at = 100.0, 100.0
+    assert batcher._offline_held_until(100.5) == 100.25  # exactly the window after: still paced
+    assert batcher._offline_held_until(100.75) == 100.75  # later: not held (held until now)
+
+
+def test_offline_frames_join_a_live_batch_up_to_exactly_its_deadline_less_the_margin() -> None:
+    # 1/64 s a frame, margin 1/128 s: the live frame due 100 + 3/64 + 1/128 fits two offline
+    # frames exactly (3 frames end at 100 + 3/64); one more than that does not fit.
+    clock = [100.0]
+    batcher = Batcher(
+        FakeModel(), max_batch=8, max_wait_s=0, capacity=16, estimator=linear_estimator(1 / 64),
+        launch_margin_s=1 / 128, offline_slice_s=1.0, clock=lambda: clock[0],
+    )  # fmt: skip
+    batcher.open()
+    for i in range(4):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    batcher.submit(frame_at(10, 100.0, budget_s=3 / 64 + 1 / 128), print)
+    assert planned(batcher.plan(100.0)[0]) == [10, 0, 1]
+
+
+def test_an_offline_slice_holds_one_frame_even_when_a_frame_takes_longer_than_a_slice() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.02, clock, offline_slice_s=0.01, live_window_s=1.0)
+    batcher.submit(frame_at(10, 100.0, budget_s=0.04), print)
+    assert planned(batcher.plan(100.0)[0]) == [10]  # a live stream is active
+    for i in range(3):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    assert planned(batcher.plan(100.0)[0]) == [0]
+
+
+def test_a_batch_finishing_exactly_at_a_deadline_keeps_that_frame() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(2, 1 / 64, clock)
+    batcher.submit(frame_at(0, 100.0, budget_s=2 / 64), print)  # a batch of 2 ends exactly then
+    batcher.submit(frame_at(1, 100.0, budget_s=1.0), print)
+    batch, late, _ = batcher.plan(100.0)
+    assert (planned(batch), late) == ([0, 1], [])
