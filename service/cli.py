@@ -26,7 +26,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture
-from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
@@ -350,7 +349,7 @@ class StreamSummary:
             self.detections += len(r.polyps)
             self.frames_with_polyps += bool(r.polyps)
             self.tracks.update(p.track_id for p in r.polyps)
-            self.alerts += sum(e.kind == pb.AlertEvent.KIND_START for e in r.alert_events)
+            self.alerts += answer.alerts_started
             self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
 
     def as_dict(self) -> dict[str, object]:

@@ -32,6 +32,10 @@ class Answer:
     def status(self) -> str:
         return STATUS_NAMES.get(self.result.status, str(self.result.status))
 
+    @property
+    def alerts_started(self) -> int:
+        return sum(e.kind == pb.AlertEvent.KIND_START for e in self.result.alert_events)
+
     def to_json(self) -> dict[str, object]:
         """The JSONL line the CLI writes: FrameResult in snake_case, boxes as [x, y, w, h]."""
         r = self.result
