@@ -803,36 +803,21 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
 def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
     """What one stream and all streams together may hold in the server."""
     limits = serve.add_argument_group("limits")
-    limits.add_argument(
-        "--inflight-per-stream",
-        type=int,
-        default=int(env_default("INFLIGHT_PER_STREAM", str(ServerConfig.inflight_per_stream))),
-        help="frames of one stream in the server at once; past it the stream is read no further",
-    )
-    limits.add_argument(
-        "--max-message-mb",
-        type=float,
-        default=float(env_default("MAX_MESSAGE_MB", str(ServerConfig.max_message_bytes // MIB))),
-        help="largest gRPC message each way, in MiB; larger ones get RESOURCE_EXHAUSTED",
-    )
-    limits.add_argument(
-        "--max-pixels",
-        type=int,
-        default=int(env_default("MAX_PIXELS", str(ServerConfig.max_pixels))),
-        help="largest frame (width x height) decoded; larger ones are INVALID_FRAME",
-    )
-    limits.add_argument(
-        "--memory-limit-mb",
-        type=float,
-        default=float(env_default("MEMORY_LIMIT_MB", str(ServerConfig.memory_limit_bytes // MIB))),
-        help="MiB that frames of all client streams may hold together; past it, streams are read more slowly",
-    )
-    limits.add_argument(
-        "--stream-memory-limit-mb",
-        type=float,
-        default=float(env_default("STREAM_MEMORY_LIMIT_MB", str(ServerConfig.stream_memory_limit_bytes // MIB))),
-        help="MiB that frames of one client stream may hold",
-    )
+    c = ServerConfig
+    table: tuple[tuple[str, str, type, float, str], ...] = (
+        ("--inflight-per-stream", "INFLIGHT_PER_STREAM", int, c.inflight_per_stream,
+         "frames of one stream in the server at once; past it the stream is read no further"),
+        ("--max-message-mb", "MAX_MESSAGE_MB", float, c.max_message_bytes // MIB,
+         "largest gRPC message each way, in MiB; larger ones get RESOURCE_EXHAUSTED"),
+        ("--max-pixels", "MAX_PIXELS", int, c.max_pixels,
+         "largest frame (width x height) decoded; larger ones are INVALID_FRAME"),
+        ("--memory-limit-mb", "MEMORY_LIMIT_MB", float, c.memory_limit_bytes // MIB,
+         "MiB that frames of all client streams may hold together; past it, streams are read more slowly"),
+        ("--stream-memory-limit-mb", "STREAM_MEMORY_LIMIT_MB", float, c.stream_memory_limit_bytes // MIB,
+         "MiB that frames of one client stream may hold"),
+    )  # fmt: skip
+    for flag, env, kind, default, text in table:
+        limits.add_argument(flag, type=kind, default=kind(env_default(env, str(default))), help=text)
 
 
 def _add_security_flags(serve: argparse.ArgumentParser) -> None:
