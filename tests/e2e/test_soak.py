@@ -60,3 +60,26 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     assert report["ratios"]["best_served_over_naive"] == float(f"{best / report['naive']['fps']:.3g}")
     assert report["largest_k_that_holds"] in (0, 1, 2)  # what holds on a shared CI machine is not asserted
     assert plot.stat().st_size > 0 and "largest K that holds" in done.stdout
+
+
+def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "first-light"
+    command = ["--out", str(out), "--device", "cpu", "--models", str(tiny_model), "--streams", "1", "--size", "96x80",
+               "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_first_light", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "environment.json", "pytest-gpu.log", "summary.json", "sweep-tiny.json", "sweep-tiny.log", "sweep-tiny.png",
+    ]  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == [] and summary["device"] == "cpu"
+    tiny = summary["models"]["tiny"]
+    assert tiny["provider"] == "CPUExecutionProvider" and tiny["model"] == "tiny-brightness test"
+    assert set(tiny) >= {"largest_k_that_holds", "limit_fps", "naive_fps", "ratios", "one_stream_server_p99_ms"}
+    assert "CPUExecutionProvider" in json.loads((out / "environment.json").read_text())["providers"]
