@@ -353,3 +353,62 @@ def test_raw_bgr_pixels_are_copied_not_shared() -> None:
     data = bytearray(square_image(4, 2).tobytes())
     out = decode_raw(bytes(data), 4, 2, PixelFormat.BGR8)
     assert out.flags.writeable and out.flags.owndata
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first 24 bytes of a PNG: signature and the IHDR chunk's size fields."""
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+
+
+def test_a_png_header_alone_gives_the_size_and_every_byte_of_it_counts() -> None:
+    assert capture.image_size(png_header(0x01000001, 3)) == (0x01000001, 3)
+    assert capture.image_size(png_header(5, 0x01000002)) == (5, 0x01000002)
+    with pytest.raises(InvalidFrameError, match=r"^image 16777217x1 exceeds the limit of 4096 pixels$"):
+        decode_encoded(png_header(0x01000001, 1) + b"\x00" * 8, max_pixels=4096)
+    with pytest.raises(InvalidFrameError, match=r"^image 1x16777217 exceeds the limit of 4096 pixels$"):
+        decode_encoded(png_header(1, 0x01000001), max_pixels=4096)  # exactly the 24 bytes
+
+
+def test_magic_bytes_must_match_exactly_not_merely_sort_after() -> None:
+    assert not capture.is_jpeg(b"\xff\xd9\xff\xe0") and not capture.is_png(b"\x89PNH\r\n\x1a\n")
+
+
+def test_a_byte_that_is_no_marker_where_a_segment_should_start_ends_the_search() -> None:
+    with pytest.raises(InvalidFrameError, match="no frame header"):
+        capture.jpeg_size(b"\xff\xd8\x00\x00\x00\x00" + frame_header(0xC0, 33, 17))
+
+
+def test_image_data_before_the_frame_header_is_not_skipped_as_a_segment() -> None:
+    with pytest.raises(InvalidFrameError, match="no frame header"):
+        capture.jpeg_size(b"\xff\xd8" + segment(0xDA, b"ab") + frame_header(0xC0, 33, 17))
+
+
+def test_a_frame_header_of_exactly_its_size_fields_is_enough_and_long_segments_are_skipped_whole() -> None:
+    assert capture.jpeg_size(b"\xff\xd8" + frame_header(0xC0, 33, 17)[:9]) == (33, 17)
+    comment = segment(0xFE, bytes(range(256)) * 2)  # a 514-byte length: both of its bytes count
+    assert capture.jpeg_size(b"\xff\xd8" + comment + frame_header(0xC0, 33, 17)) == (33, 17)
+
+
+@pytest.mark.parametrize(
+    ("size", "min_size", "decoded"),
+    [((1281, 1025), (200, 100), (321, 257)), ((1280, 1024), (161, 100), (320, 256)), ((640, 96), (50, 24), (160, 24))],
+)  # fmt: skip
+def test_the_reduction_checks_width_and_height_each_against_their_own(
+    size: tuple[int, int], min_size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    assert capture.jpeg_decoded_size(*size, min_size) == decoded
+
+
+def test_a_tall_jpeg_turned_upright_reports_its_upright_size() -> None:
+    data = with_exif_orientation(jpeg(square_image(33, 65)), 6)  # stored 33 wide, 65 high: upright 65 x 33
+    image, size = decode_encoded(data, min_size=(16, 16))
+    assert size == (65, 33) and image.shape[:2] == (17, 33)  # at 1/2, turned
+
+
+def test_raw_pixels_are_read_per_format_for_frames_of_any_size() -> None:
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # 9,216 bytes: every channel different
+    assert np.array_equal(decode_raw(bgr.tobytes(), 64, 48, PixelFormat.BGR8), bgr)
+    assert np.array_equal(decode_raw(bgr[..., ::-1].tobytes(), 64, 48, PixelFormat.RGB8), bgr)
+    grey = bgr[..., 1].copy()
+    assert np.array_equal(decode_raw(grey.tobytes(), 64, 48, PixelFormat.GRAY8), np.repeat(grey[..., None], 3, axis=2))
