@@ -412,3 +412,27 @@ def test_raw_pixels_are_read_per_format_for_frames_of_any_size() -> None:
     assert np.array_equal(decode_raw(bgr[..., ::-1].tobytes(), 64, 48, PixelFormat.RGB8), bgr)
     grey = bgr[..., 1].copy()
     assert np.array_equal(decode_raw(grey.tobytes(), 64, 48, PixelFormat.GRAY8), np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_one_pixel_is_a_size_and_a_negative_one_is_not() -> None:
+    capture._check_size(5, 1, 100)
+    capture._check_size(1, 5, 100)
+    with pytest.raises(InvalidFrameError, match=r"^image has zero size \(5x-1\)$"):
+        capture._check_size(5, -1, 100)
+
+
+def test_exactly_the_scan_limit_is_still_decoded() -> None:
+    data = with_repeated_last_scan(progressive(square_image(100, 100)), 54)  # 64 scans
+    assert data.count(b"\xff\xda") == 64
+    decode_encoded(data)
+
+
+def test_a_png_too_short_for_its_size_fields_is_decoded_and_found_corrupt() -> None:
+    with pytest.raises(InvalidFrameError, match=r"^corrupt PNG: cannot decode$"):
+        decode_encoded(png_header(1, 0x01000001)[:23], max_pixels=4096)
+
+
+def test_a_tall_jpeg_without_rotation_keeps_its_size() -> None:
+    data = with_exif_orientation(jpeg(square_image(33, 65)), 1)
+    image, size = decode_encoded(data, min_size=(16, 16))
+    assert size == (33, 65) and image.shape[:2] == (33, 17)
