@@ -120,6 +120,7 @@ def test_raw_pixels_in_every_format() -> None:
     ("data", "width", "height", "fmt", "message"),
     [
         (b"\x00" * 10, 2, 2, PixelFormat.BGR8, "needs 12 bytes, got 10"),
+        (b"\x00" * 13, 2, 2, PixelFormat.BGR8, "needs 12 bytes, got 13"),
         (b"", 0, 5, PixelFormat.BGR8, "zero size"),
         (b"\x00" * 12, 2, 2, None, "unknown or unspecified pixel format"),
         (b"", 5000, 5000, PixelFormat.GRAY8, "exceeds the limit"),
