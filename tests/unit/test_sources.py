@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from polypstream import sources as sources_module
+from polypstream.batcher import BatcherStoppedError, QueueFullError
 from polypstream.capture import CapturedFrame, SourceError, redact_uri
 from polypstream.frames import FrameOptions, Result, Status
 from polypstream.pipeline import Pipeline
@@ -330,3 +332,62 @@ def test_a_subscriber_leaving_counts_the_results_it_lost(pipeline: Pipeline, reg
         registry.get_sample_value("polypstream_dropped_frames_total", {"reason": "slow_subscriber", "source": "file"})
         == 2
     )
+
+
+class FiveFrameFeed(OneFrameFeed):
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        for i in range(5):
+            yield CapturedFrame(i, np.zeros((32, 32, 3), np.uint8), i / 25)
+
+
+def test_a_file_plays_once_and_ends_only_after_every_frame_was_answered(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    OneFrameFeed.opened = []
+    monkeypatch.setattr(sources_module, "open_source", FiveFrameFeed)
+    hub = SourceHub("file", "clip.avi", pipeline)
+    assert (hub.inflight, hub.realtime) == (4, True)  # the defaults
+    hub._stop = RecordedStop(3)  # type: ignore[assignment]
+    published: list[int | None] = []
+    hub._publish = lambda item: published.append(None if item is None else item.index)  # type: ignore[method-assign]
+    hub._run()
+    assert published == [0, 1, 2, 3, 4, None]  # the end after the last answer
+    assert (len(OneFrameFeed.opened), hub._stop.waits, hub.state) == (1, [], "ended")  # type: ignore[attr-defined]
+
+
+def test_a_file_waits_for_a_free_slot_and_gives_up_when_stopped(pipeline: Pipeline) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline, inflight=1)
+    assert hub._take_slot()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(hub._take_slot()))
+    waiter.start()
+    time.sleep(0.2)
+    assert got == []  # no free slot: it waits
+    hub._slots.release()
+    waiter.join(5)
+    assert got == [True]
+    hub._stop.set()
+    assert hub._take_slot() is False  # stopped while waiting for a slot
+
+
+@pytest.mark.parametrize(("error", "stops"), [(QueueFullError("full"), False), (BatcherStoppedError("down"), True)])
+def test_a_frame_the_pipeline_does_not_accept_gives_its_slot_back(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, error: Exception, stops: bool
+) -> None:
+    hub = SourceHub("file", "clip.avi", pipeline, inflight=2)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(pipeline, "submit", refuse)
+    hub._pump(OneFrameFeed("clip.avi"))
+    assert (hub.frames, list(hub._submitted), hub._stop.is_set()) == (0, [], stops)
+    assert hub._slots.acquire(blocking=False) and hub._slots.acquire(blocking=False)  # both slots free
+
+
+def test_a_source_thread_does_not_keep_the_process_alive(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources_module, "open_source", OneFrameFeed)
+    hub = SourceHub("file", "clip.avi", pipeline)
+    hub.start()
+    assert hub._thread is not None and hub._thread.daemon
+    hub.stop()
