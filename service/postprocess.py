@@ -30,6 +30,14 @@ def min_region_area(width: int, height: int, fraction: float = MIN_AREA_FRACTION
     return max(1, int(fraction * width * height))
 
 
+def mask_boxes(mask: np.ndarray, min_area_fraction: float = MIN_AREA_FRACTION) -> list[tuple[int, int, int, int]]:
+    """The (x, y, w, h) boxes of a (ground-truth) mask's 8-connected regions, in label order,
+    without those smaller than `min_area_fraction` of the mask (noise, as for predictions)."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    smallest = min_region_area(mask.shape[1], mask.shape[0], min_area_fraction)
+    return [(int(x), int(y), int(w), int(h)) for x, y, w, h, area in stats[1:count] if area >= smallest]
+
+
 def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1, min_score: float = 0.0) -> list[Polyp]:
     """One Polyp per 8-connected region of `mask` with at least `min_area` pixels and a
     score of at least `min_score`.

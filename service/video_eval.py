@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .alerts import AlertRule, Alerts
+from .alerts import RAW, AlertRule, Alerts
 from .frames import Polyp
 from .scores import BOX_IOU, Box, box_iou, greedy_match
 
@@ -175,7 +175,7 @@ def score_video(
 
 def sweep_rules() -> list[AlertRule]:
     """The alert rules a sweep compares: raw reporting, then N of M frames held H."""
-    rules = [AlertRule(1, 1, 0)]
+    rules = [RAW]
     for min_seen in (2, 3, 4, 5, 6, 8):
         for window in (min_seen, min_seen + 2):
             for hold in (0, 2, 4):

@@ -24,11 +24,10 @@ import numpy as np
 
 from .alerts import AlertRule
 from .capture import SourceError, VideoSource
-from .config import MIN_AREA_FRACTION
 from .corpus import GroundTruth
 from .dataset import IMAGE_SUFFIXES, DatasetError, read_image, read_mask
 from .frames import Polyp
-from .postprocess import IouTracker, locate_polyps
+from .postprocess import IouTracker, locate_polyps, mask_boxes
 from .replay import find_videos
 from .runner import Runner
 from .scores import Box
@@ -43,13 +42,6 @@ class LabelledVideo:
     fps: float
     truth: list[list[Box]]  # per frame
     frames: Callable[[], Iterator[np.ndarray]]  # the frames, BGR, in order
-
-
-def mask_boxes(mask: np.ndarray) -> list[Box]:
-    """The (x, y, w, h) boxes of a mask's connected regions, noise left out."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    smallest = max(1, int(MIN_AREA_FRACTION * mask.size))
-    return [(int(x), int(y), int(w), int(h)) for x, y, w, h, area in stats[1:count] if area >= smallest]
 
 
 def open_labelled(path: Path, fps: float = 25.0) -> list[LabelledVideo]:

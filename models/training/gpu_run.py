@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -35,19 +34,11 @@ from models.training.cache import load_cache
 from models.training.fp16 import to_fp16
 from models.training.train import PRESETS, export_onnx, to_tensor, train_model
 from models.training.tune_regions import choose_floor, write_floor
-from polypstream.config import MIN_AREA_FRACTION
-from polypstream.postprocess import locate_polyps, probability_to_mask
+from polypstream.postprocess import locate_polyps, mask_boxes, probability_to_mask
 from polypstream.runner import Runner, record_checksum
 from polypstream.scores import SplitScores
 
 NAME = "accurate"
-
-
-def true_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(x, y, w, h) of the mask's connected regions, ignoring those the service calls noise."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    smallest = max(1, int(MIN_AREA_FRACTION * mask.size))
-    return [(int(x), int(y), int(w), int(h)) for x, y, w, h, area in stats[1:count] if area >= smallest]
 
 
 def check_with_onnxruntime(
@@ -65,7 +56,7 @@ def check_with_onnxruntime(
             height, width = image.shape[:2]
             found = locate_polyps(prob, width, height, threshold)
             truth_mask = truth > 0.5
-            boxes = true_boxes(truth_mask)
+            boxes = mask_boxes(truth_mask)
             tally.add(probability_to_mask(prob, width, height, threshold)[0], truth_mask, [p.box for p in found], boxes)
             regions.append((found, boxes))
     return tally.as_dict(), regions

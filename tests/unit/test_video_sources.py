@@ -11,8 +11,9 @@ import pytest
 
 from polypstream.alerts import AlertRule
 from polypstream.dataset import DatasetError
+from polypstream.postprocess import mask_boxes
 from polypstream.runner import Runner
-from polypstream.video_sources import evaluate_videos, mask_boxes, open_labelled
+from polypstream.video_sources import evaluate_videos, open_labelled
 from tests.conftest import square_image, write_clip
 
 SQUARES = [(8 + 2 * i, 24, 32, 24) for i in range(12)]  # write_clip's square, frame by frame
