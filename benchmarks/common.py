@@ -76,17 +76,24 @@ def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, 
     Reads the server's first line ("serving on ADDR, metrics on URL"); the caller owns the
     process and must end it (terminate, then communicate to close its pipes).
     """
+    proc, line = start_serve_line(*serve_args)
+    match = re.search(r"serving on (\S+), metrics on ([^\s,]+)", line)
+    assert match is not None
+    return proc, match.group(1), match.group(2)
+
+
+def start_serve_line(*serve_args: str) -> tuple[subprocess.Popen[str], str]:
+    """`polypstream serve` on free ports (gRPC and metrics), and its first line once it serves."""
     command = [sys.executable, "-m", "polypstream", "serve", "--address", "127.0.0.1:0"]
     command += ["--metrics-address", "127.0.0.1:0", *serve_args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    match = re.search(r"serving on (\S+), metrics on ([^\s,]+)", line)
-    if not match:
+    if not re.search(r"serving on (\S+), metrics on ([^\s,]+)", line):
         proc.kill()
         _, err = proc.communicate(timeout=30)
         raise RuntimeError(f"polypstream serve did not start: {line!r} {err.strip()[-2000:]}")
-    return proc, match.group(1), match.group(2)
+    return proc, line
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -45,7 +45,9 @@ from .security import TOKEN_ENV, SecurityConfigError, client_credentials, load_t
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
 from .stats import percentile
+from .ui import LiveView
 from .video_sources import evaluate_videos
+from .view import ViewHub
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -209,15 +211,25 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    server_config = server_settings(args)
-    tls = server_config.tls
-    if not is_loopback(server_config.address) and (tls is None or server_config.token is None):
+def warn_if_exposed(address: str, config: ServerConfig) -> None:
+    """A warning for a non-loopback address served without TLS or without a token."""
+    tls, token = config.tls, config.token
+    if not is_loopback(address) and (tls is None or token is None):
         logger.warning(
             "listening on %s without %s: frames are patient data; use TLS and a token off loopback",
-            server_config.address,
-            "TLS or a token" if tls is None and server_config.token is None else "TLS" if tls is None else "a token",
+            address,
+            "TLS or a token" if tls is None and token is None else "TLS" if tls is None else "a token",
         )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server_config = server_settings(args)
+    warn_if_exposed(server_config.address, server_config)
+    if args.ui:
+        check_listen_address("--ui", args.ui)
+        if args.ui.startswith("unix:"):
+            raise CliError(f"--ui {args.ui}: the live view needs HOST:PORT (e.g. 127.0.0.1:8080)")
+        warn_if_exposed(args.ui, server_config)
     named = parse_sources(args.source)
     release_freed_memory_promptly()
     registry = CollectorRegistry()
@@ -236,9 +248,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pipeline.stop()
             raise CliError(f"cannot serve metrics on {server_config.metrics_address}: {exc}") from exc
         metrics_url = f"http://{host or '127.0.0.1'}:{http_server.server_port}/metrics"
+    live = start_live_view(args.ui, server_config, pipeline, sources) if args.ui else None
     try:
-        asyncio.run(_serve(pipeline, server_config, metrics_url, sources))
+        asyncio.run(_serve(pipeline, server_config, metrics_url, sources, live.url if live else ""))
     finally:
+        if live is not None:
+            live.stop()
         for hub in sources.values():
             hub.stop()
         pipeline.stop()
@@ -282,7 +297,32 @@ def open_sources(named: dict[str, str], pipeline: Pipeline, *, realtime: bool) -
     return hubs
 
 
-async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sources: dict[str, SourceHub]) -> None:
+def start_live_view(address: str, config: ServerConfig, pipeline: Pipeline, sources: dict[str, SourceHub]) -> LiveView:
+    """The live view on `address`, with the gRPC port's token and TLS, fed by the pipeline."""
+    runner = pipeline.runner
+    c = runner.contract
+    model = {"name": c.name, "version": c.version, "provider": runner.provider, "budget_ms": pipeline.config.budget_ms}
+    hub = ViewHub(model, sources)
+    try:
+        live = LiveView(
+            hub,
+            address,
+            token=config.token,
+            tls=config.tls,
+            send_timeout_s=config.send_timeout_s,
+            rejected=pipeline.metrics.unauthenticated,
+        )
+    except OSError as exc:
+        pipeline.stop()
+        raise CliError(f"cannot serve the live view on {address}: {exc.strerror or exc}") from exc
+    pipeline.view = hub
+    live.start()
+    return live
+
+
+async def _serve(
+    pipeline: Pipeline, config: ServerConfig, metrics_url: str, sources: dict[str, SourceHub], ui_url: str = ""
+) -> None:
     try:
         running = await start_server(pipeline, config, sources)
     except (OSError, RuntimeError) as exc:
@@ -294,6 +334,8 @@ async def _serve(pipeline: Pipeline, config: ServerConfig, metrics_url: str, sou
     metrics = f", metrics on {metrics_url}" if metrics_url else ""
     if running.health_address:
         metrics += f", health on {running.health_address}"
+    if ui_url:
+        metrics += f", live view on {ui_url}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
     runner = pipeline.runner
     model = f"model {runner.contract.name} {runner.contract.version} on {runner.provider}"
@@ -414,9 +456,10 @@ def stream_video(
     *,
     stream_id: str,
     no_drop: bool,
+    allow_view: bool = False,
 ) -> StreamSummary:
     """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay video."""
-    options = FrameOptions(return_overlay=overlay_path is not None, no_drop=no_drop)
+    options = FrameOptions(return_overlay=overlay_path is not None, no_drop=no_drop, allow_view=allow_view)
     originals: dict[int, np.ndarray] = {}  # frames sent, until answered (for the overlay video)
     video = OverlayVideo(overlay_path, source.fps) if overlay_path is not None else None
     stop = threading.Event()
@@ -502,6 +545,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             args.overlay,
             stream_id=args.stream_id or Path(redact_uri(args.source)).stem,
             no_drop=no_drop,
+            allow_view=args.allow_view,
         )
     print(summary.line())
     return 130 if summary.interrupted else 0
@@ -777,6 +821,15 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
         help="a video file, URL or device to Watch; repeatable",
     )
     serve.add_argument(
+        "--ui",
+        nargs="?",
+        const="127.0.0.1:8080",
+        default=env_default("UI", "") or None,
+        metavar="HOST:PORT",
+        help="serve the live view (a web page of the sources and of client streams that allow it) here; "
+        "alone: 127.0.0.1:8080 (default: off)",
+    )
+    serve.add_argument(
         "--source-pacing",
         choices=["realtime", "fast"],
         default="realtime",
@@ -846,6 +899,9 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--live", action="store_true", help="let the server drop late frames (default for URLs and devices)"
     )
     stream.add_argument("--realtime", action="store_true", help="send a file at its own frame rate")
+    stream.add_argument(
+        "--allow-view", action="store_true", help="let the server's live view (serve --ui) show this stream"
+    )
     stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
     stream.set_defaults(func=cmd_stream)
 

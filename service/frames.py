@@ -31,6 +31,7 @@ class FrameOptions:
     alert_min_seen: int | None = None
     alert_window: int | None = None
     alert_hold: int | None = None
+    allow_view: bool = False  # the live view (serve --ui) may show this frame
 
 
 @dataclass(frozen=True, eq=False)

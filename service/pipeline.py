@@ -16,17 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 
+import cv2
 import numpy as np
 
 from .alerts import AlertRule, Alerts
 from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from .config import EngineConfig
-from .frames import Frame, FrameOptions, Result, Status, Timing
+from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
 from .metrics import Metrics
 from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
+from .view import ViewHub
 
 logger = logging.getLogger(__name__)
+
+VIEW_MAX_WIDTH = 960  # the live view's pictures are at most this wide (a monitor tile, not the frame)
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Pipeline:
             max_workers=max(1, workers // 2), thread_name_prefix="polypstream-decode-offline"
         )
         self._streams: dict[str, _StreamState] = {}
+        self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
         self._lock = threading.Lock()
         metrics.track_queue_depth(lambda: self.batcher.depth)
         c = runner.contract
@@ -140,6 +145,8 @@ class Pipeline:
 
         def finish(result: Result) -> None:
             self.record(result, origin)
+            if self.view is not None:
+                self.view.observe(frame.stream_key, frame.stream_id, result, frame.options.allow_view)
             on_done(result)
 
         def finish_rendered(result: Result) -> None:
@@ -189,6 +196,8 @@ class Pipeline:
         """Forget a finished stream; its frames still queued are discarded, not run."""
         with self._lock:
             self._streams.pop(stream_key, None)
+        if self.view is not None:
+            self.view.forget(stream_key)
 
     def alert_rule(self, options: FrameOptions) -> AlertRule:
         """The alert rule a frame's options ask for, the server's default for each part unset.
@@ -270,6 +279,9 @@ class Pipeline:
         )
         if options.return_overlay or (options.return_mask and mask is None):
             result = replace(result, render=partial(self._render, result, frame, prob))
+        if options.allow_view and self.view is not None and self.view.wants_overlay(frame.stream_key):
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
+                self.decode_pool.submit(self._draw_view, frame, prob, result.polyps, result.held)
         return result
 
     def _render(self, result: Result, frame: Frame, prob: np.ndarray) -> Result:
@@ -297,6 +309,35 @@ class Pipeline:
             server_s=time.monotonic() - frame.received_at,
         )
         return replace(result, mask=mask, overlay=overlay, timing=timing, render=None)
+
+    def _draw_view(self, frame: Frame, prob: np.ndarray, polyps: tuple[Polyp, ...], held: tuple[Polyp, ...]) -> None:
+        """Draw the live view's picture of a frame (on a worker, apart from the frame's answer)
+        at most VIEW_MAX_WIDTH wide, as the overlay would show it, and hand it to the view with
+        every polyp of the frame (alerting or not) in the picture's pixels."""
+        assert self.view is not None
+        try:
+            image_h, image_w = frame.image.shape[:2]
+            scale = min(1.0, VIEW_MAX_WIDTH / image_w)
+            width, height = max(1, round(image_w * scale)), max(1, round(image_h * scale))
+            image = (
+                frame.image if scale == 1.0 else cv2.resize(frame.image, (width, height), interpolation=cv2.INTER_AREA)
+            )
+            sx, sy = width / frame.width, height / frame.height
+            polyps = tuple(_scaled(p, sx, sy) for p in polyps)
+            held = tuple(_scaled(p, sx, sy) for p in held)
+            shown = tuple(p for p in polyps if p.alerting)  # drawn as the overlay draws them
+            mask = probability_to_mask(prob, width, height, self.runner.contract.threshold)[0]
+            picture = draw_overlay(image, mask, shown + held, mask_within=shown)
+            jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+            self.view.publish(frame.stream_key, frame.index, jpeg, polyps, held)
+        except Exception:
+            logger.exception("drawing the live view of %s#%d failed", frame.stream_id, frame.index)
+
+
+def _scaled(polyp: Polyp, sx: float, sy: float) -> Polyp:
+    x, y, w, h = polyp.box
+    box = (round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)))
+    return replace(polyp, box=box)
 
 
 def on_every_thread(pool: ThreadPoolExecutor, workers: int, work: Callable[[], None], timeout_s: float = 10.0) -> None:

@@ -141,6 +141,7 @@ class SourceHub:
             no_drop=not self.live,
             # the frame's resolution if any subscriber wants that: the model's is then not made
             mask_at_model_resolution=bool(masks) and all(o.mask_at_model_resolution for o in masks),
+            allow_view=True,  # the server's own sources are viewable (serve --ui)
         )
 
     def _publish(self, item: Result | None) -> None:

@@ -14,6 +14,7 @@ from polypstream.config import EngineConfig
 from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
 from polypstream.runner import Runner
+from tests.pki import make_pki
 from tests.tiny_model import build_tiny_model
 
 DATA = Path(__file__).parent / "data"
@@ -23,6 +24,12 @@ KVASIR_FIXTURES = DATA / "kvasir"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files: "ca", "server_cert", "server_key", "client_cert", "client_key"."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -37,6 +37,14 @@ def test_every_shipped_model_and_its_checksums_are_package_data() -> None:
         assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} would not be installed with the package"
 
 
+def test_the_live_views_page_is_package_data() -> None:
+    patterns = setuptools_config()["package-data"]["polypstream"]
+    files = [f"static/{f.name}" for f in (ROOT / "service" / "static").iterdir()]
+    assert {"static/index.html", "static/login.html", "static/app.js", "static/style.css"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} would not be installed with the package"
+
+
 def test_the_models_folder_is_the_installed_packages_then_the_checkouts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,6 +18,7 @@ from polypstream.frames import FrameOptions, Result, Status
 from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
 from polypstream.runner import Runner
+from polypstream.view import ViewHub
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
 
@@ -97,3 +100,78 @@ def test_served_regions_keep_the_models_score_floor(tmp_path: Path, registry: Co
     finally:
         served.stop()
     assert [p.box for p in result.polyps] == [(4, 4, 16, 16)]  # the grey square is under the floor
+
+
+class RecordingPool:
+    """The pipeline's decode pool, recording what is handed to it."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.work: list[str] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        self.work.append(getattr(fn, "__name__", ""))
+        return self.pool.submit(fn, *args)
+
+
+def answer(pipeline: Pipeline, index: int, options: FrameOptions, image: np.ndarray | None = None) -> Result:
+    """Run one frame of stream "k" (left open) and wait for its result."""
+    done = threading.Event()
+    got: list[Result] = []
+
+    def on_done(result: Result) -> None:
+        got.append(result)
+        done.set()
+
+    frame = pipeline.make_frame("k", "scope", index, square_image() if image is None else image, 0.0, options=options)
+    pipeline.submit(frame, on_done)
+    assert done.wait(10)
+    return got[0]
+
+
+def test_no_view_picture_is_drawn_while_nobody_watches(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = RecordingPool(pipeline.decode_pool)
+    monkeypatch.setattr(pipeline, "decode_pool", pool)
+    pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    for index in range(3):
+        answer(pipeline, index, FrameOptions(allow_view=True))
+    # The decision is taken on the batcher's thread before the answer: nothing was handed over
+    assert pool.work == []
+    assert [s["id"] for s in pipeline.view.snapshot()["streams"]] == ["k"]  # type: ignore[attr-defined]
+
+
+def test_a_ready_viewer_gets_the_frame_drawn_with_its_polyps(pipeline: Pipeline) -> None:
+    hub = pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    answer(pipeline, 0, FrameOptions(allow_view=True))  # puts the stream on the view
+    viewer = hub.join()
+    served = answer(pipeline, 1, FrameOptions(allow_view=True))
+    pictures = hub.next_pictures(viewer, 10.0)
+    assert pictures is not None and len(pictures) == 1
+    picture = pictures[0]
+    assert (picture.key, picture.index) == ("k", 1)
+    assert picture.polyps == served.polyps and served.polyps  # 96 px wide: drawn at the frame's size
+    image = cv2.imdecode(np.frombuffer(picture.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (80, 96, 3)
+    # A frame that does not allow viewing is not drawn, and takes the stream off the view
+    answer(pipeline, 2, FrameOptions(allow_view=False))
+    assert hub.next_pictures(viewer, 0.5) == []
+    assert hub.snapshot()["streams"] == []
+    pipeline.close_stream("k")
+
+
+def test_a_wide_frame_is_drawn_for_the_view_at_most_960_pixels_wide(pipeline: Pipeline) -> None:
+    hub = pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    image = square_image(1920, 1600, (320, 480, 640, 480))
+    answer(pipeline, 0, FrameOptions(allow_view=True), image)
+    viewer = hub.join()
+    served = answer(pipeline, 1, FrameOptions(allow_view=True), image)
+    pictures = hub.next_pictures(viewer, 10.0)
+    assert pictures is not None
+    drawn = cv2.imdecode(np.frombuffer(pictures[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == (800, 960, 3)
+    assert [p.box for p in pictures[0].polyps] == [tuple(round(v / 2) for v in p.box) for p in served.polyps]
+    assert served.overlay is None  # the client asked for none: its answer carries none
+    pipeline.close_stream("k")

@@ -269,8 +269,9 @@ class EmptyFeed(OneFrameFeed):
 def test_the_frames_a_source_asks_for_follow_its_watchers(pipeline: Pipeline) -> None:
     live = SourceHub("live", "rtsp://camera.invalid/live", pipeline)
     file = SourceHub("file", "clip.avi", pipeline)
-    assert live._wanted_options() == FrameOptions(no_drop=False)  # live: late frames may drop
-    assert file._wanted_options() == FrameOptions(no_drop=True)
+    # live: late frames may drop; the server's own sources may be shown by its live view
+    assert live._wanted_options() == FrameOptions(no_drop=False, allow_view=True)
+    assert file._wanted_options() == FrameOptions(no_drop=True, allow_view=True)
     loop = asyncio.new_event_loop()
     try:
         file._subscribers = {
@@ -278,7 +279,7 @@ def test_the_frames_a_source_asks_for_follow_its_watchers(pipeline: Pipeline) ->
             Subscription(loop, FrameOptions(return_overlay=True)),
         }
         assert file._wanted_options() == FrameOptions(
-            return_mask=True, return_overlay=True, no_drop=True, mask_at_model_resolution=True
+            return_mask=True, return_overlay=True, no_drop=True, mask_at_model_resolution=True, allow_view=True
         )
         file._subscribers.add(Subscription(loop, FrameOptions(return_mask=True)))  # one wants the frame's size
         assert file._wanted_options().mask_at_model_resolution is False

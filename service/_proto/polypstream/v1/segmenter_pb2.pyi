@@ -44,7 +44,7 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FrameOptions(_message.Message):
-    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution", "alert_min_seen", "alert_window", "alert_hold")
+    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution", "alert_min_seen", "alert_window", "alert_hold", "allow_view")
     RETURN_MASK_FIELD_NUMBER: _ClassVar[int]
     RETURN_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     NO_DROP_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class FrameOptions(_message.Message):
     ALERT_MIN_SEEN_FIELD_NUMBER: _ClassVar[int]
     ALERT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     ALERT_HOLD_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_VIEW_FIELD_NUMBER: _ClassVar[int]
     return_mask: bool
     return_overlay: bool
     no_drop: bool
@@ -59,7 +60,8 @@ class FrameOptions(_message.Message):
     alert_min_seen: int
     alert_window: int
     alert_hold: int
-    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ..., alert_min_seen: _Optional[int] = ..., alert_window: _Optional[int] = ..., alert_hold: _Optional[int] = ...) -> None: ...
+    allow_view: bool
+    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ..., alert_min_seen: _Optional[int] = ..., alert_window: _Optional[int] = ..., alert_hold: _Optional[int] = ..., allow_view: _Optional[bool] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "index", "encoded", "raw", "client_time_ns", "options")

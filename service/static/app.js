@@ -1,0 +1,80 @@
+// polypstream live view: one EventSource brings every stream's state and newest pictures.
+"use strict";
+
+const tiles = new Map(); // stream id -> its <section>
+const main = document.getElementById("streams");
+const empty = document.getElementById("empty");
+const connection = document.getElementById("connection");
+
+function tileFor(stream) {
+  let tile = tiles.get(stream.id);
+  if (!tile) {
+    tile = document.getElementById("tile").content.firstElementChild.cloneNode(true);
+    tile.dataset.id = stream.id;
+    tile.querySelector(".name").textContent = stream.name;
+    tile.querySelector(".kind").textContent = stream.kind === "source" ? "server source" : "client stream";
+    tiles.set(stream.id, tile);
+    main.appendChild(tile);
+  }
+  return tile;
+}
+
+function ms(value) {
+  return value === null ? "–" : value.toFixed(1) + " ms";
+}
+
+function showState(state) {
+  const m = state.model;
+  document.getElementById("model").textContent = `model ${m.name} ${m.version} on ${m.provider}`;
+  const listed = new Set(state.streams.map((s) => s.id));
+  for (const [id, tile] of tiles) {
+    if (!listed.has(id)) {
+      tile.remove();
+      tiles.delete(id);
+    }
+  }
+  for (const stream of state.streams) {
+    const tile = tileFor(stream);
+    tile.querySelector(".state").textContent = stream.state;
+    tile.querySelector(".fps").textContent = stream.fps === null ? "–" : stream.fps.toFixed(1);
+    tile.querySelector(".latency").textContent = `${ms(stream.p50_ms)} / ${ms(stream.p99_ms)}`;
+    tile.querySelector(".dropped").textContent =
+      `${stream.dropped} of ${stream.frames} (${stream.dropped_recent} in the last ${state.window_s} s)`;
+  }
+  empty.hidden = tiles.size > 0;
+}
+
+function polypItem(polyp, held) {
+  const item = document.createElement("li");
+  item.className = held ? "held" : polyp.alerting ? "alerting" : "confirming";
+  const what = held ? "held" : polyp.alerting ? "ALERT" : "confirming";
+  item.textContent = `#${polyp.track_id} ${polyp.score.toFixed(2)} ${what}`;
+  item.dataset.trackId = polyp.track_id;
+  item.dataset.box = polyp.box.join(","); // x,y,w,h in the picture's pixels
+  return item;
+}
+
+function showPicture(picture) {
+  const tile = tiles.get(picture.id);
+  if (!tile) return; // listed with the next state
+  tile.querySelector("img").src = "data:image/jpeg;base64," + picture.jpeg;
+  tile.dataset.index = picture.index;
+  tile.querySelector(".index").textContent = picture.index;
+  const items = picture.polyps.map((p) => polypItem(p, false)).concat(picture.held.map((p) => polypItem(p, true)));
+  tile.querySelector(".polyps").replaceChildren(...items);
+}
+
+const events = new EventSource("/events");
+events.addEventListener("state", (e) => showState(JSON.parse(e.data)));
+events.addEventListener("picture", (e) => showPicture(JSON.parse(e.data)));
+events.onopen = () => {
+  connection.textContent = "live";
+  connection.className = "up";
+};
+events.onerror = () => {
+  connection.textContent = "reconnecting…";
+  connection.className = "down";
+  if (events.readyState === EventSource.CLOSED) {
+    setTimeout(() => location.reload(), 2000); // refused (signed out, or the server restarted with a new token)
+  }
+};

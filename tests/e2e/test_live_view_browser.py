@@ -1,0 +1,115 @@
+"""The live view in a real browser: headless Chromium opens the page of `serve --ui` playing the
+bundled clip on the shipped default model.
+
+Chromium is Debian's `chromium` (.ci/run installs it). Without it the test is skipped, unless
+POLYPSTREAM_REQUIRE_BROWSER is set (as in CI), where a missing browser fails it. The page's
+screenshot is kept in $POLYPSTREAM_ARTIFACTS (default: the test's temporary folder).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.common import start_serve_line
+from tests.browser import Browser, chromium_path
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "service" / "data" / "sample.mp4"
+TOKEN = "token-for-the-browser-test"
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("POLYPSTREAM_REQUIRE_BROWSER"):
+            pytest.fail("POLYPSTREAM_REQUIRE_BROWSER is set but no chromium was found")
+        pytest.skip("no chromium here (apt-get install chromium); CI runs this test")
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`serve --source clip=<bundled clip> --ui` with a token; yields (process, page URL)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    proc, line = start_serve_line(
+        "--source", f"clip={SAMPLE}", "--ui", "127.0.0.1:0", "--token-file", str(token_file)
+    )  # fmt: skip
+    found = re.search(r"live view on (\S+?)[,\s]", line)
+    assert found, line
+    yield proc, found[1]
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=20)
+
+
+def sign_in(browser: Browser, token: str) -> None:
+    browser.wait_for("document.querySelector('form[action=\"/login\"]') !== null", what="the sign-in form")
+    browser.evaluate(
+        f"document.getElementById('token').value = {json.dumps(token)}; document.querySelector('form').submit()"
+    )
+
+
+def yellow_on_border(jpeg: bytes, box: tuple[int, int, int, int]) -> float:
+    """The share of the box's outline (1 px inside its edges) drawn in the overlay's box colour."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    x, y, w, h = box
+    border = np.concatenate([image[y + 1, x : x + w], image[y + h - 2, x : x + w],
+                             image[y : y + h, x + 1], image[y : y + h, x + w - 2]])  # fmt: skip
+    blue, green, red = border[:, 0], border[:, 1], border[:, 2]
+    return float(np.mean((red > 180) & (green > 180) & (blue < 110)))  # BOX_COLOUR (0, 255, 255) after JPEG
+
+
+def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_token(
+    chromium: str, served: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    proc, url = served
+    artifacts = Path(os.environ.get("POLYPSTREAM_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with Browser(chromium, tmp_path / "chromium") as browser:
+        browser.open(url)
+        # A wrong token: refused, and no stream or data reaches the page
+        sign_in(browser, "not-the-token")
+        browser.wait_for("document.querySelector('.error') !== null", what="the refusal")
+        assert browser.evaluate("document.querySelector('.error').textContent") == "Wrong token."
+        assert browser.evaluate("document.querySelectorAll('.stream').length") == 0
+        assert browser.evaluate("fetch('/api/state').then(r => r.status)") == 401
+
+        # The right token: the clip's tile, its frames arriving
+        sign_in(browser, TOKEN)
+        browser.wait_for("document.querySelector('.stream[data-index]') !== null", what="a first picture")
+        first_index = browser.evaluate("document.querySelector('.stream').dataset.index")
+        first = browser.screenshot(".stream img")
+        browser.wait_for(f"document.querySelector('.stream').dataset.index !== {json.dumps(first_index)}",
+                         what="a later picture")  # fmt: skip
+        assert browser.screenshot(".stream img") != first  # the image changed
+
+        # A frame with a polyp: its alert, track id and score listed, and its box drawn on the picture
+        shown = browser.wait_for(
+            "(() => { const li = document.querySelector('.stream .polyps li.alerting');"
+            " return li && {text: li.textContent, box: li.dataset.box,"
+            " src: document.querySelector('.stream img').src}; })()",
+            what="an alerting polyp",
+        )
+        assert re.fullmatch(r"#\d+ [01]\.\d\d ALERT", shown["text"]), shown["text"]
+        box = tuple(int(v) for v in shown["box"].split(","))
+        jpeg = base64.b64decode(shown["src"].split(",", 1)[1])
+        assert yellow_on_border(jpeg, box) > 0.5  # type: ignore[arg-type]
+        browser.wait_for("document.querySelector('.stream .fps').textContent !== '–'", what="the frame rate")
+        (artifacts / "live-view.png").write_bytes(browser.screenshot())
+
+        # Stopping the server with the page open: it ends, promptly and cleanly
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -1,0 +1,198 @@
+"""The live view (`serve --ui`) over HTTP, beside a real in-process gRPC server."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import SegmenterClient, encode_frame
+from polypstream.config import ServerConfig, TlsFiles
+from polypstream.frames import FrameOptions
+from polypstream.pipeline import Pipeline
+from polypstream.server import RunningServer, serve_in_thread
+from polypstream.ui import LiveView
+from polypstream.view import ViewHub
+from tests.conftest import square_image, wait_for
+
+TOKEN = "view-token-for-tests"
+
+
+@contextmanager
+def live_view(pipeline: Pipeline, **kwargs: object) -> Iterator[tuple[RunningServer, LiveView]]:
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    hub = ViewHub({"name": "tiny", "version": "1", "provider": "CPUExecutionProvider"})
+    pipeline.view = hub
+    with serve_in_thread(pipeline, config) as running:
+        live = LiveView(hub, "127.0.0.1:0", rejected=pipeline.metrics.unauthenticated, **kwargs)  # type: ignore[arg-type]
+        live.start()
+        try:
+            yield running, live
+        finally:
+            live.stop()
+
+
+def get(live: LiveView, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    port = int(live.url.rsplit(":", 1)[1].strip("/"))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def listed(live: LiveView) -> list[str]:
+    status, _, body = get(live, "/api/state")
+    assert status == 200
+    return [s["name"] for s in json.loads(body)["streams"]]
+
+
+class HeldStream:
+    """A client stream that sends `first` frames, then waits until released to send one more."""
+
+    def __init__(self, address: str, stream_id: str, options: FrameOptions, first: int = 3) -> None:
+        self.release = threading.Event()
+        self.answered = 0
+        self.client = SegmenterClient(address)
+
+        def frames() -> Iterator[pb.Frame]:
+            for i in range(first):
+                yield encode_frame(square_image(), stream_id, i, options)
+            self.release.wait(30)
+            yield encode_frame(square_image(), stream_id, first, options)
+
+        def run() -> None:
+            for _ in self.client.segment(frames()):
+                self.answered += 1
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.release.set()
+        self.thread.join(30)
+        self.client.close()
+
+
+def test_a_client_stream_is_shown_only_if_its_frames_allow_it(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (running, live):
+        hidden = HeldStream(running.address, "private-scope", FrameOptions())
+        shown = HeldStream(running.address, "shared-scope", FrameOptions(allow_view=True))
+        wait_for(lambda: hidden.answered == 3 and shown.answered == 3, what="both streams answered")
+        assert listed(live) == ["shared-scope"]
+        for stream in (hidden, shown):
+            stream.finish()
+        wait_for(lambda: listed(live) == [], what="the ended stream leaving the view")
+
+
+def read_events(response: http.client.HTTPResponse, wanted: str, timeout_s: float = 20.0) -> dict[str, object]:
+    """The data of the next event named `wanted` on a text/event-stream response."""
+    deadline = time.monotonic() + timeout_s
+    name = ""
+    while time.monotonic() < deadline:
+        line = response.readline().decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: ") and name == wanted:
+            return json.loads(line[len("data: ") :])  # type: ignore[no-any-return]
+    raise AssertionError(f"no '{wanted}' event within {timeout_s:g} s")
+
+
+def test_the_page_stream_carries_state_and_pictures_with_their_polyps(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (running, live):
+        port = int(live.url.rsplit(":", 1)[1].strip("/"))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        connection.request("GET", "/events")
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+        state = read_events(response, "state")
+        assert state["model"] == {"name": "tiny", "version": "1", "provider": "CPUExecutionProvider"}
+        stream = HeldStream(running.address, "scope", FrameOptions(allow_view=True), first=6)
+        picture = read_events(response, "picture")
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(str(picture["jpeg"])), np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (80, 96, 3)
+        (polyp,) = picture["polyps"]  # type: ignore[misc]
+        assert polyp["track_id"] == 1
+        assert np.allclose(polyp["box"], (16, 24, 32, 24), atol=2)  # the white square
+        stream.finish()
+        connection.close()
+
+
+def test_stopping_the_view_ends_open_page_streams(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (_, live):
+        port = int(live.url.rsplit(":", 1)[1].strip("/"))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        connection.request("GET", "/events")
+        response = connection.getresponse()
+        read_events(response, "state")
+        started = time.monotonic()
+        live.stop()
+        assert time.monotonic() - started < 5  # not held until the viewer leaves
+        assert response.read().strip() == b""  # the stream ended (after the last event's blank line)
+
+
+def test_the_page_and_its_data_need_the_token(pipeline: Pipeline, registry: CollectorRegistry) -> None:
+    with live_view(pipeline, token=TOKEN) as (_, live):
+        status, _, page = get(live, "/")
+        assert status == 200 and b'action="/login"' in page and b"Wrong token" not in page
+        for path in ("/api/state", "/events"):
+            assert get(live, path)[0] == 401
+        assert get(live, "/api/state", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert get(live, "/api/state", {"Cookie": "polypstream_view=guess"})[0] == 401
+        port = int(live.url.rsplit(":", 1)[1].strip("/"))
+
+        def sign_in(token: str) -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            form = f"token={token}"
+            connection.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+            return connection.getresponse()
+
+        refused = sign_in("wrong")
+        assert refused.status == 401 and b"Wrong token." in refused.read()
+        assert registry.get_sample_value("polypstream_unauthenticated_requests_total", {"method": "ui"}) == 1
+        accepted = sign_in(TOKEN)
+        assert (accepted.status, accepted.getheader("Location")) == (303, "/")
+        cookie = accepted.getheader("Set-Cookie") or ""
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        status, _, body = get(live, "/api/state", {"Cookie": cookie.split(";")[0]})
+        assert status == 200 and json.loads(body)["streams"] == []
+        status, _, page = get(live, "/", {"Cookie": cookie.split(";")[0]})
+        assert b'src="/app.js"' in page
+
+
+def test_with_tls_files_the_page_is_served_over_tls_only(pipeline: Pipeline, pki: dict[str, Path]) -> None:
+    tls = TlsFiles(pki["server_cert"], pki["server_key"])
+    with live_view(pipeline, tls=tls, token=TOKEN) as (_, live):
+        assert live.url.startswith("https://127.0.0.1:")
+        port = int(live.url.rsplit(":", 1)[1].strip("/"))
+        context = ssl.create_default_context(cafile=pki["ca"])
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        connection.request("POST", "/login", f"token={TOKEN}", {"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        assert response.status == 303 and "; Secure" in (response.getheader("Set-Cookie") or "")
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/")
+            plain.getresponse()
+
+
+def test_responses_forbid_framing_sniffing_and_caching(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (_, live):
+        _, headers, _ = get(live, "/")
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Cache-Control"] == "no-store"
+        assert get(live, "/../etc/passwd")[0] == 404
