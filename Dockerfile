@@ -27,6 +27,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000 \
     POLYPSTREAM_HEALTH_ADDRESS=127.0.0.1:50052
 EXPOSE 50051 8000
+# The live view is off by default; turn it on with -e POLYPSTREAM_UI=0.0.0.0:8080 -p 8080:8080
+# (with TLS and a token, as for the gRPC port: frames are patient data).
 
 # The health-only port (plaintext, inside the container) answers whether or not TLS and a
 # token are turned on for the main port.

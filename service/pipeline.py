@@ -31,6 +31,7 @@ from .view import ViewHub
 logger = logging.getLogger(__name__)
 
 VIEW_MAX_WIDTH = 960  # the live view's pictures are at most this wide (a monitor tile, not the frame)
+VIEW_MIN_SIZE = (640, 360)  # and a viewed client JPEG is decoded at least this large (or in full)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from .capture import (
 from .config import ConfigError, ServerConfig
 from .frames import Frame, Result, Status, invalid_result, unserved_result
 from .memory import MemoryBudget, trim_heap
-from .pipeline import Pipeline
+from .pipeline import VIEW_MIN_SIZE, Pipeline
 from .security import TokenAuthInterceptor, server_credentials
 from .sources import SourceHub
 from .wire import options_from_proto
@@ -163,10 +163,19 @@ class StreamRules:
         return ""
 
 
+def decode_size(model_size: tuple[int, int], viewed: bool) -> tuple[int, int]:
+    """The size a JPEG's decoded pixels must cover: the model's input, and the live view's
+    smallest picture when the frame is to be drawn for it."""
+    if not viewed:
+        return model_size
+    return max(model_size[0], VIEW_MIN_SIZE[0]), max(model_size[1], VIEW_MIN_SIZE[1])
+
+
 def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
     """The most bytes a frame holds in the server at once: its image bytes, its decoded pixels
-    (a JPEG at the reduced scale it is decoded at), the model input and probability map, and
-    the full-resolution mask and overlay when asked for (before they are encoded)."""
+    (a JPEG at the reduced scale it is decoded at, the live view's if the frame may be viewed),
+    the model input and probability map, and the full-resolution mask and overlay when asked
+    for (before they are encoded)."""
     options = message.options
     which = message.WhichOneof("image")
     size: tuple[int, int] | None
@@ -181,7 +190,9 @@ def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
         return cost
     width, height = size
     decoded_w, decoded_h = (
-        jpeg_decoded_size(width, height, model_size) if jpeg and not options.return_overlay else (width, height)
+        jpeg_decoded_size(width, height, decode_size(model_size, options.allow_view))
+        if jpeg and not options.return_overlay
+        else (width, height)
     )
     cost += 3 * decoded_w * decoded_h
     full_mask = options.return_overlay or (options.return_mask and not options.mask_at_model_resolution)
@@ -498,8 +509,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             self.pipeline.alert_rule(options)
         except ConfigError as exc:
             raise InvalidFrameError(f"frame options: {exc}") from exc
-        # An overlay is drawn on the frame itself; otherwise the model's input size is enough.
-        min_size = None if options.return_overlay else self.pipeline.runner.input_size
+        # An overlay is drawn on the frame itself; otherwise the model's input size is enough,
+        # or the live view's while a viewer is ready for pictures (of this stream, once it is listed).
+        viewed = options.allow_view and self.pipeline.view is not None and self.pipeline.view.ready()
+        min_size = None if options.return_overlay else decode_size(self.pipeline.runner.input_size, viewed)
         image, size = decode_frame_image(message, self.config.max_pixels, min_size)
         return self.pipeline.make_frame(
             stream_key,

@@ -38,6 +38,7 @@ from .view import ViewHub
 logger = logging.getLogger(__name__)
 
 COOKIE = "polypstream_view"
+SEND_BUFFER_BYTES = 256 * 1024  # per connection (Linux doubles it): a few pictures, several at 1080p
 STATE_INTERVAL_S = 0.5  # how often a page gets the streams' rates, latencies and drops
 ASSETS = {"/app.js": "text/javascript", "/style.css": "text/css"}
 HEADERS = {
@@ -161,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.live.send_timeout_s)
+        # A bounded kernel buffer: a viewer that stops reading is found stalled within a few
+        # pictures (no more are drawn for it), not after megabytes of them.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("live view: %s %s", self.address_string(), format % args)

@@ -109,13 +109,19 @@ class ViewHub:
     # --- from the pipeline -----------------------------------------------------------------
 
     def wants_overlay(self, key: str) -> bool:
-        """Whether stream `key` is on the view and a viewer is ready for a new picture of it:
-        waiting, or busy sending for less than BUSY_S (one whose sending stalls is skipped)."""
-        now = self.clock()
+        """Whether stream `key` is on the view and a viewer is ready for a new picture of it."""
         with self._changed:
-            return key in self._streams and any(
-                v.busy_since is None or now - v.busy_since < BUSY_S for v in self._viewers
-            )
+            return key in self._streams and self._ready()
+
+    def ready(self) -> bool:
+        """Whether a viewer is ready for new pictures: waiting, or busy sending for less than
+        BUSY_S (one whose sending stalls is skipped)."""
+        with self._changed:
+            return self._ready()
+
+    def _ready(self) -> bool:
+        now = self.clock()
+        return any(v.busy_since is None or now - v.busy_since < BUSY_S for v in self._viewers)
 
     def observe(self, key: str, stream_id: str, result: Result, viewable: bool) -> None:
         """Count a stream's result. A result of a frame that may not be viewed takes a client

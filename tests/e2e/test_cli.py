@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from benchmarks.common import scrape, start_server_process
+from benchmarks.common import scrape, start_serve_line, start_server_process
 from polypstream.cli import build_parser
 from tests.conftest import KVASIR_FIXTURES, write_clip
 
@@ -212,6 +212,37 @@ def test_token_from_a_file_for_serve_and_from_the_environment_for_clients(tmp_pa
             [sys.executable, "-m", "polypstream", *args], capture_output=True, text=True, env=env, cwd=ROOT
         )
         assert done.returncode == 0, done.stderr
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
+
+
+def test_a_stream_sent_with_allow_view_is_listed_by_the_live_view(tmp_path: Path, tiny_model: Path) -> None:
+    proc, line = start_serve_line("--model", str(tiny_model), "--ui", "127.0.0.1:0")
+    try:
+        found = re.search(r"live view on (\S+?)[,\s]", line)
+        assert found, line
+        state_url = found[1] + "api/state"
+        clip = write_clip(tmp_path / "scope-7.avi", frames=80)  # 8 s at 10 fps
+        args = ["stream", str(clip), "--server", re.search(r"serving on (\S+),", line)[1]]  # type: ignore[index]
+        jsonl = tmp_path / "o.jsonl"
+
+        def listed() -> list[str]:
+            return [s["name"] for s in json.load(urllib.request.urlopen(state_url, timeout=10))["streams"]]
+
+        names: list[list[str]] = []
+        for allow in ([], ["--allow-view"]):
+            sender = spawn(*args, "--realtime", "--jsonl", str(jsonl), *allow)
+            # answers written (the JSONL is flushed every few lines), or the stream already listed
+            deadline = time.monotonic() + 60
+            while not (listed() or (jsonl.exists() and jsonl.stat().st_size)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # a second more of frames answered
+            names.append(listed())
+            sender.kill()
+            sender.communicate(timeout=20)
+            jsonl.unlink(missing_ok=True)
+        assert names == [[], ["scope-7"]]
     finally:
         proc.kill()
         proc.communicate(timeout=20)

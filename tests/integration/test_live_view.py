@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import ssl
 import threading
 import time
@@ -63,16 +64,19 @@ def listed(live: LiveView) -> list[str]:
 class HeldStream:
     """A client stream that sends `first` frames, then waits until released to send one more."""
 
-    def __init__(self, address: str, stream_id: str, options: FrameOptions, first: int = 3) -> None:
+    def __init__(
+        self, address: str, stream_id: str, options: FrameOptions, first: int = 3, image: np.ndarray | None = None
+    ) -> None:
         self.release = threading.Event()
+        picture = square_image() if image is None else image
         self.answered = 0
         self.client = SegmenterClient(address)
 
         def frames() -> Iterator[pb.Frame]:
             for i in range(first):
-                yield encode_frame(square_image(), stream_id, i, options)
+                yield encode_frame(picture, stream_id, i, options)
             self.release.wait(30)
-            yield encode_frame(square_image(), stream_id, first, options)
+            yield encode_frame(picture, stream_id, first, options)
 
         def run() -> None:
             for _ in self.client.segment(frames()):
@@ -129,6 +133,22 @@ def test_the_page_stream_carries_state_and_pictures_with_their_polyps(pipeline: 
         assert np.allclose(polyp["box"], (16, 24, 32, 24), atol=2)  # the white square
         stream.finish()
         connection.close()
+
+
+def test_a_viewed_client_stream_is_decoded_large_enough_for_the_view(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (running, _):
+        hub = pipeline.view
+        assert hub is not None
+        viewer = hub.join()
+        image = square_image(1280, 720, (320, 180, 320, 240))
+        stream = HeldStream(running.address, "scope", FrameOptions(allow_view=True), first=4, image=image)
+        wait_for(lambda: stream.answered == 4, what="the frames answered")
+        pictures = hub.next_pictures(viewer, 10.0)
+        stream.finish()
+        assert pictures
+        drawn = cv2.imdecode(np.frombuffer(pictures[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
+        # Not the 1/8 scale the 64x64 model needs (160x90): the smallest covering 640x360, 1/2
+        assert drawn.shape == (360, 640, 3)
 
 
 def test_stopping_the_view_ends_open_page_streams(pipeline: Pipeline) -> None:
@@ -196,3 +216,32 @@ def test_responses_forbid_framing_sniffing_and_caching(pipeline: Pipeline) -> No
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Cache-Control"] == "no-store"
         assert get(live, "/../etc/passwd")[0] == 404
+
+
+def test_a_viewer_that_stops_reading_is_closed_and_no_more_is_drawn_for_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[int] = []
+    draw = pipeline._draw_view
+    monkeypatch.setattr(pipeline, "_draw_view", lambda frame, *rest: (drawn.append(frame.index), draw(frame, *rest)))
+    with live_view(pipeline, send_timeout_s=1.0) as (running, live):
+        port = int(live.url.rsplit(":", 1)[1].strip("/"))
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        # Noise, decoded at full size (an overlay is asked for): each picture is a few hundred
+        # kB, so two or three fill the connection's buffers
+        noise = np.random.default_rng(0).integers(0, 256, (720, 960, 3), np.uint8)
+        options = FrameOptions(allow_view=True, return_overlay=True)
+        with SegmenterClient(running.address) as client:
+            frames = (encode_frame(noise, "scope", i, options) for i in range(40))
+            answers = list(client.segment(frames))
+            assert {a.status for a in answers} == {"OK"}  # the stream it viewed: every frame served
+        # The server gave up on it: what it had sent is there to read, then the connection's end
+        stalled.settimeout(15)
+        while stalled.recv(1 << 20):
+            pass
+        stalled.close()
+    # drawn until its buffers filled (a few pictures; 4-7 seen), then not for the rest of the 40 frames
+    assert 1 <= len(drawn) < 12

@@ -103,6 +103,9 @@ def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
     # An overlay needs the full decode, the boolean mask and its 0/255 copy, and the overlay
     overlay = pb.Frame(encoded=data, options=pb.FrameOptions(return_overlay=True))
     assert frame_cost(overlay, model) == len(data) + model_bytes + 3 * 1920 * 1080 + 2 * 1920 * 1080 + 3 * 1920 * 1080
+    # A frame the live view may show is counted at the view's decode size (covering 640x360): 1/2
+    viewable = pb.Frame(encoded=data, options=pb.FrameOptions(allow_view=True))
+    assert frame_cost(viewable, model) == len(data) + model_bytes + 3 * 960 * 540
     # A mask at the model's resolution costs no frame-sized buffer
     small_mask = pb.Frame(encoded=data, options=pb.FrameOptions(return_mask=True, mask_at_model_resolution=True))
     assert frame_cost(small_mask, model) == frame_cost(plain, model)
