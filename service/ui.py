@@ -84,9 +84,9 @@ class LiveView:
         family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
         server_class = type("_Server", (_Server,), {"address_family": family})
         self.httpd: _Server = server_class((host, int(port)), _Handler, self, max_connections)
-        bound_port = self.httpd.server_address[1]
+        self.port: int = self.httpd.server_address[1]
         scheme = "https" if self.tls_context is not None else "http"
-        self.url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound_port}/"
+        self.url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}/"
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:

@@ -423,6 +423,22 @@ def test_serve_refuses_a_malformed_address_with_one_line(tiny_model: Path, addre
     assert line.startswith(f"polypstream serve: error: --address {address}: {why}")
 
 
+def test_serve_refuses_a_live_view_address_it_cannot_use_with_one_line(tiny_model: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            f"127.0.0.1:{port}": f"cannot serve the live view on 127.0.0.1:{port}: Address already in use",
+            "unix:/tmp/view.sock": "--ui unix:/tmp/view.sock: the live view needs HOST:PORT (e.g. 127.0.0.1:8080)",
+        }
+        for address, why in cases.items():
+            done = polypstream("serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
+                               "--metrics-address", "", "--ui", address, timeout=60)  # fmt: skip
+            assert done.returncode == 2
+            assert done.stderr.strip().splitlines()[-1] == f"polypstream serve: error: {why}"
+
+
 def test_serve_never_prints_the_password_of_a_source_url(tiny_model: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -46,8 +46,7 @@ def live_view(pipeline: Pipeline, **kwargs: object) -> Iterator[tuple[RunningSer
 
 
 def get(live: LiveView, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    port = int(live.url.rsplit(":", 1)[1].strip("/"))
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
     connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
     body = response.read()
@@ -102,6 +101,13 @@ def test_a_client_stream_is_shown_only_if_its_frames_allow_it(pipeline: Pipeline
         wait_for(lambda: listed(live) == [], what="the ended stream leaving the view")
 
 
+def open_events(live: LiveView) -> http.client.HTTPResponse:
+    """The page's event stream, as a browser's EventSource opens it."""
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=20)
+    connection.request("GET", "/events")
+    return connection.getresponse()
+
+
 def read_events(response: http.client.HTTPResponse, wanted: str, timeout_s: float = 20.0) -> dict[str, object]:
     """The data of the next event named `wanted` on a text/event-stream response."""
     deadline = time.monotonic() + timeout_s
@@ -117,10 +123,7 @@ def read_events(response: http.client.HTTPResponse, wanted: str, timeout_s: floa
 
 def test_the_page_stream_carries_state_and_pictures_with_their_polyps(pipeline: Pipeline) -> None:
     with live_view(pipeline) as (running, live):
-        port = int(live.url.rsplit(":", 1)[1].strip("/"))
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-        connection.request("GET", "/events")
-        response = connection.getresponse()
+        response = open_events(live)
         assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
         state = read_events(response, "state")
         assert state["model"] == {"name": "tiny", "version": "1", "provider": "CPUExecutionProvider"}
@@ -132,7 +135,7 @@ def test_the_page_stream_carries_state_and_pictures_with_their_polyps(pipeline: 
         assert polyp["track_id"] == 1
         assert np.allclose(polyp["box"], (16, 24, 32, 24), atol=2)  # the white square
         stream.finish()
-        connection.close()
+        response.close()
 
 
 def test_a_viewed_client_stream_is_decoded_large_enough_for_the_view(pipeline: Pipeline) -> None:
@@ -153,10 +156,7 @@ def test_a_viewed_client_stream_is_decoded_large_enough_for_the_view(pipeline: P
 
 def test_stopping_the_view_ends_open_page_streams(pipeline: Pipeline) -> None:
     with live_view(pipeline) as (_, live):
-        port = int(live.url.rsplit(":", 1)[1].strip("/"))
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-        connection.request("GET", "/events")
-        response = connection.getresponse()
+        response = open_events(live)
         read_events(response, "state")
         started = time.monotonic()
         live.stop()
@@ -172,10 +172,9 @@ def test_the_page_and_its_data_need_the_token(pipeline: Pipeline, registry: Coll
             assert get(live, path)[0] == 401
         assert get(live, "/api/state", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
         assert get(live, "/api/state", {"Cookie": "polypstream_view=guess"})[0] == 401
-        port = int(live.url.rsplit(":", 1)[1].strip("/"))
 
         def sign_in(token: str) -> http.client.HTTPResponse:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
             form = f"token={token}"
             connection.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
             return connection.getresponse()
@@ -197,13 +196,12 @@ def test_with_tls_files_the_page_is_served_over_tls_only(pipeline: Pipeline, pki
     tls = TlsFiles(pki["server_cert"], pki["server_key"])
     with live_view(pipeline, tls=tls, token=TOKEN) as (_, live):
         assert live.url.startswith("https://127.0.0.1:")
-        port = int(live.url.rsplit(":", 1)[1].strip("/"))
         context = ssl.create_default_context(cafile=pki["ca"])
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        connection = http.client.HTTPSConnection("127.0.0.1", live.port, timeout=10, context=context)
         connection.request("POST", "/login", f"token={TOKEN}", {"Content-Type": "application/x-www-form-urlencoded"})
         response = connection.getresponse()
         assert response.status == 303 and "; Secure" in (response.getheader("Set-Cookie") or "")
-        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        plain = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
         with pytest.raises((http.client.HTTPException, OSError)):
             plain.request("GET", "/")
             plain.getresponse()
@@ -225,10 +223,9 @@ def test_a_viewer_that_stops_reading_is_closed_and_no_more_is_drawn_for_it(
     draw = pipeline._draw_view
     monkeypatch.setattr(pipeline, "_draw_view", lambda frame, *rest: (drawn.append(frame.index), draw(frame, *rest)))
     with live_view(pipeline, send_timeout_s=1.0) as (running, live):
-        port = int(live.url.rsplit(":", 1)[1].strip("/"))
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-        stalled.connect(("127.0.0.1", port))
+        stalled.connect(("127.0.0.1", live.port))
         stalled.sendall(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
         # Noise, decoded at full size (an overlay is asked for): each picture is a few hundred
         # kB, so two or three fill the connection's buffers
