@@ -316,6 +316,7 @@ def start_live_view(address: str, config: ServerConfig, pipeline: Pipeline, sour
         pipeline.stop()
         raise CliError(f"cannot serve the live view on {address}: {exc.strerror or exc}") from exc
     pipeline.view = hub
+    pipeline.metrics.track_viewers(lambda: hub.viewers)
     live.start()
     return live
 

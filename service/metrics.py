@@ -100,6 +100,14 @@ class Metrics:
             "The most bytes frames of client streams may reserve, all streams together (--memory-limit-mb).",
             registry=registry,
         )
+        self.view_viewers = Gauge(
+            "polypstream_view_viewers", "Pages connected to the live view (serve --ui).", registry=registry
+        )
+        self.view_pictures = Counter(
+            "polypstream_view_pictures",
+            "Pictures drawn for the live view (none while no page is ready for one).",
+            registry=registry,
+        )
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
@@ -116,6 +124,10 @@ class Metrics:
         """Read the bytes frames hold at scrape time; publish the limit."""
         self.frame_memory.set_function(held)
         self.frame_memory_limit.set(limit)
+
+    def track_viewers(self, viewers: Callable[[], float]) -> None:
+        """Read the live view's connected pages at scrape time."""
+        self.view_viewers.set_function(viewers)
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue depth at scrape time."""

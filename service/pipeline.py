@@ -330,6 +330,7 @@ class Pipeline:
             mask = probability_to_mask(prob, width, height, self.runner.contract.threshold)[0]
             picture = draw_overlay(image, mask, shown + held, mask_within=shown)
             jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+            self.metrics.view_pictures.inc()
             self.view.publish(frame.stream_key, frame.index, jpeg, polyps, held)
         except Exception:
             logger.exception("drawing the live view of %s#%d failed", frame.stream_id, frame.index)

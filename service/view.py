@@ -179,6 +179,12 @@ class ViewHub:
             source.start()
         return viewer
 
+    @property
+    def viewers(self) -> int:
+        """Pages connected now."""
+        with self._changed:
+            return len(self._viewers)
+
     def leave(self, viewer: Viewer) -> None:
         with self._changed:
             self._viewers.discard(viewer)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.common import start_serve_line
+from benchmarks.common import scrape, start_serve_line
 from tests.browser import Browser, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,16 +40,16 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`serve --source clip=<bundled clip> --ui` with a token; yields (process, page URL)."""
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """`serve --source clip=<bundled clip> --ui` with a token; yields (process, page URL, metrics URL)."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     proc, line = start_serve_line(
         "--source", f"clip={SAMPLE}", "--ui", "127.0.0.1:0", "--token-file", str(token_file)
     )  # fmt: skip
-    found = re.search(r"live view on (\S+?)[,\s]", line)
+    found = re.search(r"metrics on (\S+?), live view on (\S+?)[,\s]", line)
     assert found, line
-    yield proc, found[1]
+    yield proc, found[2], found[1]
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=20)
@@ -73,9 +73,9 @@ def yellow_on_border(jpeg: bytes, box: tuple[int, int, int, int]) -> float:
 
 
 def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_token(
-    chromium: str, served: tuple[subprocess.Popen[str], str], tmp_path: Path
+    chromium: str, served: tuple[subprocess.Popen[str], str, str], tmp_path: Path
 ) -> None:
-    proc, url = served
+    proc, url, metrics_url = served
     artifacts = Path(os.environ.get("POLYPSTREAM_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     with Browser(chromium, tmp_path / "chromium") as browser:
@@ -109,6 +109,9 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         assert yellow_on_border(jpeg, box) > 0.5  # type: ignore[arg-type]
         browser.wait_for("document.querySelector('.stream .fps').textContent !== '–'", what="the frame rate")
         (artifacts / "live-view.png").write_bytes(browser.screenshot())
+        metrics = scrape(metrics_url)
+        assert metrics["polypstream_view_viewers"] == 1  # this page
+        assert metrics["polypstream_view_pictures_total"] >= 2  # the two seen above, at least
 
         # Stopping the server with the page open: it ends, promptly and cleanly
         proc.send_signal(signal.SIGTERM)

@@ -139,6 +139,7 @@ def test_no_view_picture_is_drawn_while_nobody_watches(pipeline: Pipeline, monke
     # The decision is taken on the batcher's thread before the answer: nothing was handed over
     assert pool.work == []
     assert [s["id"] for s in pipeline.view.snapshot()["streams"]] == ["k"]  # type: ignore[attr-defined]
+    assert pipeline.metrics.registry.get_sample_value("polypstream_view_pictures_total") == 0
 
 
 def test_a_ready_viewer_gets_the_frame_drawn_with_its_polyps(pipeline: Pipeline) -> None:
@@ -152,6 +153,7 @@ def test_a_ready_viewer_gets_the_frame_drawn_with_its_polyps(pipeline: Pipeline)
     picture = pictures[0]
     assert (picture.key, picture.index) == ("k", 1)
     assert picture.polyps == served.polyps and served.polyps  # 96 px wide: drawn at the frame's size
+    assert pipeline.metrics.registry.get_sample_value("polypstream_view_pictures_total") == 1
     image = cv2.imdecode(np.frombuffer(picture.jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (80, 96, 3)
     # A frame that does not allow viewing is not drawn, and takes the stream off the view
