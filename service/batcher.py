@@ -11,10 +11,12 @@ Live frames (droppable, with a deadline) come first, earliest deadline first. Of
 their deadlines and add at most `offline_slice_s` to it; while live streams are active, a
 batch of offline frames alone is kept to `offline_slice_s` too, so a live frame arriving
 during it can still make its deadline. While live frames are being dropped, or finish with
-less than a slice to spare (no capacity is left over), offline frames run one slice per
-`offline_interval_s` at most. Whatever the live load, an offline frame that has waited
-`offline_max_wait_s`, with no offline frame run for as long, takes a place in the next
-batch: offline streams are slowed, never starved.
+less than a slice to spare (no capacity is left over), offline frames run one slice per pacing
+interval at most, alone or in a live batch; the interval starts at `offline_interval_s`,
+doubles while that pressure lasts and halves after each `live_window_s` without it, so the
+offline share follows what live frames leave over. Whatever the live load, an offline frame
+that has waited `offline_max_wait_s`, with no offline frame run for as long, takes a place in
+the next batch: offline streams are slowed, never starved.
 """
 
 from __future__ import annotations
@@ -134,8 +136,10 @@ class Batcher:
         self._last_live_at = -float("inf")
         # While live frames are being dropped, or finish with less than a slice to spare, the
         # machine has no capacity left over: offline frames then run at most one slice per
-        # `offline_interval_s` (slowed, not starved).
+        # pacing interval (slowed, not starved), which grows while the pressure lasts.
         self.offline_interval_s = offline_interval_s
+        self.pacing_s = offline_interval_s
+        self._paced_at = -float("inf")  # when the pacing interval last changed
         self._last_live_pressure_at = -float("inf")
         self._last_offline_at = -float("inf")
         self._clock = clock
@@ -241,8 +245,7 @@ class Batcher:
         batch += chosen
         if chosen:
             self._last_offline_at = now
-        if hopeless or late or self._tight(batch, now):
-            self._last_live_pressure_at = now
+        self._adapt_pacing(now, pressed=bool(hopeless or late or self._tight(batch, now)))
         gone = set(map(id, batch + late)) | closed
         self._queue = deque(q for q in self._queue if id(q) not in gone)
         return batch, hopeless + late, discarded
@@ -252,15 +255,32 @@ class Batcher:
         live = [q.frame.deadline for q in batch if not q.frame.options.no_drop]
         return bool(live) and min(live) - (now + self.estimator.estimate(len(batch))) < self.offline_slice_s
 
+    def _adapt_pacing(self, now: float, pressed: bool) -> None:
+        """While live frames are pressed, double the pacing interval (up to `offline_max_wait_s`)
+        once per interval, the first interval of an episode kept; halve it (down to
+        `offline_interval_s`) once per `live_window_s` without pressure."""
+        if pressed:
+            if now - self._last_live_pressure_at > self.live_window_s:  # a new episode
+                self._paced_at = now
+            elif now - self._paced_at >= self.pacing_s:
+                self.pacing_s = min(self.offline_max_wait_s, self.pacing_s * 2)
+                self._paced_at = now
+            self._last_live_pressure_at = now
+        elif now - max(self._paced_at, self._last_live_pressure_at) >= self.live_window_s:
+            self.pacing_s = max(self.offline_interval_s, self.pacing_s / 2)
+            self._paced_at = now
+
     def _offline_held_until(self, now: float) -> float:
-        """Until when offline frames alone wait, live frames having been dropped (or nearly) lately."""
+        """Until when offline frames wait, live frames having been dropped (or nearly) lately."""
         if now - self._last_live_pressure_at > self.live_window_s:
             return now
-        return self._last_offline_at + self.offline_interval_s
+        return self._last_offline_at + self.pacing_s
 
     def _offline_share(self, live: list[Queued], room: int, now: float) -> int:
         """How many of `room` offline frames may join a batch holding these live frames."""
         if room <= 0:
+            return 0
+        if self._offline_held_until(now) > now:  # no capacity left over lately: paced
             return 0
         if live:  # as many as keep the batch's live frames within their deadlines, adding at most a slice
             deadline = min(q.frame.deadline for q in live) - self.launch_margin_s
@@ -271,8 +291,6 @@ class Batcher:
                 return now + grown <= deadline and grown - alone <= self.offline_slice_s
 
             return _largest(room, fits)
-        if self._offline_held_until(now) > now:
-            return 0
         if now - self._last_live_at <= self.live_window_s:  # room for a live frame arriving meanwhile
             return max(1, _largest(room, lambda n: self.estimator.estimate(n) <= self.offline_slice_s))
         return room

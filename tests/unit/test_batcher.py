@@ -417,6 +417,47 @@ def test_while_live_frames_are_being_dropped_offline_frames_run_one_slice_per_in
     assert planned(batcher.plan(100.05)[0]) == [1]  # 50 ms after the last offline slice
 
 
+def pressed(batcher: Batcher, now: float) -> list[int]:
+    """Live frames pressed at `now`: one is dropped (it cannot make its deadline); the batch."""
+    batcher.submit(frame_at(99, now - 1.0, budget_s=0.5), print)
+    batcher.submit(frame_at(98, now, budget_s=10.0), print)  # the live frame served beside it
+    batch, late, _ = batcher.plan(now)
+    assert planned(late) == [99]
+    return planned(batch)
+
+
+def test_the_pacing_interval_doubles_while_live_pressure_lasts_and_halves_once_it_is_gone() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.001, clock, offline_interval_s=1 / 16, live_window_s=1.0, offline_max_wait_s=1.0)
+    pressed(batcher, 100.0)  # a new episode: paced at the base interval
+    assert batcher.pacing_s == 1 / 16
+    pressed(batcher, 100 + 1 / 32)  # within the interval: unchanged
+    assert batcher.pacing_s == 1 / 16
+    # Pressed for a whole interval more: doubled, up to offline_max_wait_s
+    for now, pacing in ((100 + 1 / 16, 1 / 8), (100 + 2 / 16, 1 / 8), (100 + 3 / 16, 1 / 4), (100 + 7 / 16, 1 / 2),
+                        (100 + 15 / 16, 1.0), (101 + 15 / 16, 1.0)):  # fmt: skip
+        pressed(batcher, now)
+        assert batcher.pacing_s == pacing, now
+    # No pressure: halved once per live window without it, down to the base interval
+    for now, pacing in ((102.5, 1.0), (102 + 15 / 16, 1 / 2), (103.5, 1 / 2), (103 + 15 / 16, 1 / 4),
+                        (104 + 15 / 16, 1 / 8), (105 + 15 / 16, 1 / 16), (106 + 15 / 16, 1 / 16)):  # fmt: skip
+        batcher.plan(now)
+        assert batcher.pacing_s == pacing, now
+
+
+def test_under_live_pressure_offline_frames_run_one_slice_per_pacing_interval_in_live_batches_too() -> None:
+    clock = [100.0]
+    batcher = opened_batcher(4, 0.001, clock, offline_slice_s=0.010, offline_interval_s=0.05, live_window_s=1.0)
+    for i in range(8):
+        batcher.submit(frame_at(i, 100.0, no_drop=True), print)
+    assert pressed(batcher, 100.0) == [98, 0, 1, 2]  # a slice joined the batch whose pressure was found
+    assert planned(batcher.plan(100.0)[0]) == []  # then none
+    batcher.submit(frame_at(20, 100.01, budget_s=1.0), print)  # a live frame with room to spare
+    assert planned(batcher.plan(100.01)[0]) == [20]  # paced: no offline frame joins it
+    batcher.submit(frame_at(21, 100.05, budget_s=1.0), print)
+    assert planned(batcher.plan(100.05)[0]) == [21, 3, 4, 5]  # the interval has passed: one slice joins
+
+
 def test_offline_frames_joining_a_live_batch_add_at_most_a_slice() -> None:
     # 4 ms a frame; the live frame is due in 1 s, so its deadline allows many, but a 10 ms
     # slice allows two: a live frame arriving meanwhile must not wait behind a long batch
