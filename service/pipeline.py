@@ -67,6 +67,10 @@ class Pipeline:
         self.offline_decode_pool = ThreadPoolExecutor(
             max_workers=max(1, workers // 2), thread_name_prefix="polypstream-decode-offline"
         )
+        # Frame-sized masks and overlays (and the live view's pictures) are drawn and encoded on
+        # a pool of their own: a 4096x4096 overlay takes a second, and in the decode pool's queue
+        # every other stream's next frame would wait behind it.
+        self.render_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-render")
         self._streams: dict[str, _StreamState] = {}
         self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
         self._lock = threading.Lock()
@@ -84,9 +88,9 @@ class Pipeline:
     def start(self) -> None:
         """Warm the model and the drawing threads up (seeding the batcher's time estimates),
         then accept frames."""
-        # Masks and overlays are drawn on the decode pool: without this, a stream's first
+        # Masks and overlays are drawn on the render pool: without this, a stream's first
         # overlay pays OpenCV's per-thread font loading (~30 ms) inside its latency budget.
-        on_every_thread(self.decode_pool, self.decode_workers, warm_up_drawing)
+        on_every_thread(self.render_pool, self.decode_workers, warm_up_drawing)
         for size, seconds in self.runner.warm_up().items():
             self.batcher.estimator.observe(size, seconds)
         one = self.batcher.estimator.estimate(1)
@@ -103,6 +107,7 @@ class Pipeline:
         self.batcher.stop()
         self.decode_pool.shutdown(wait=True)
         self.offline_decode_pool.shutdown(wait=True)
+        self.render_pool.shutdown(wait=True)
 
     def make_frame(
         self,
@@ -158,7 +163,7 @@ class Pipeline:
                 finish(result)
                 return
             try:  # drawing a frame-sized mask or overlay must not hold up the next batch
-                self.decode_pool.submit(finish_rendered, result)
+                self.render_pool.submit(finish_rendered, result)
             except RuntimeError:  # the pool is shut down: draw it here
                 finish_rendered(result)
 
@@ -282,7 +287,7 @@ class Pipeline:
             result = replace(result, render=partial(self._render, result, frame, prob))
         if options.allow_view and self.view is not None and self.view.wants_overlay(frame.stream_key):
             with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
-                self.decode_pool.submit(self._draw_view, frame, prob, result.polyps, result.held)
+                self.render_pool.submit(self._draw_view, frame, prob, result.polyps, result.held)
         return result
 
     def _render(self, result: Result, frame: Frame, prob: np.ndarray) -> Result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,7 +54,39 @@ def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypat
     assert result.overlay is not None and result.overlay.shape == (80, 96, 3)
     assert result.mask is not None and result.mask.shape == (80, 96)
     assert result.mask[27:45, 19:45].all() and not result.mask[:20].any()  # the white square (edges ±2 px)
-    assert len(drawn_on) == 1 and drawn_on[0].startswith("polypstream-decode")
+    assert len(drawn_on) == 1 and drawn_on[0].startswith("polypstream-render")
+
+
+def test_a_slow_overlay_does_not_hold_up_the_decoding_of_other_frames(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, drawing = threading.Event(), threading.Semaphore(0)
+    real: Callable[..., np.ndarray] = pipeline_module.draw_overlay
+
+    def slow(*args: object, **kwargs: object) -> np.ndarray:
+        drawing.release()
+        release.wait(20)  # a 4096x4096 overlay, say
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "draw_overlay", slow)
+    # Given as many overlays being drawn as there are decode workers
+    answered = threading.Semaphore(0)
+    pipeline.open_stream("k")
+    for i in range(pipeline.decode_workers):
+        options = FrameOptions(return_overlay=True, no_drop=True)
+        frame = pipeline.make_frame("k", "s", i, square_image(), time.monotonic(), options=options)
+        pipeline.submit(frame, lambda result: answered.release())
+    try:
+        for _ in range(pipeline.decode_workers):
+            assert drawing.acquire(timeout=10)
+        # When another stream's frame is decoded meanwhile, it does not wait for them
+        decoded = pipeline.decode_pool.submit(pipeline.make_frame, "k2", "s2", 0, square_image(), 0.0)
+        assert decoded.result(timeout=5).tensor is not None
+    finally:
+        release.set()
+        for _ in range(pipeline.decode_workers):
+            assert answered.acquire(timeout=20)
+        pipeline.close_stream("k")
 
 
 def test_a_result_whose_drawing_fails_is_answered_failed(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,8 +163,8 @@ def answer(pipeline: Pipeline, index: int, options: FrameOptions, image: np.ndar
 
 
 def test_no_view_picture_is_drawn_while_nobody_watches(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    pool = RecordingPool(pipeline.decode_pool)
-    monkeypatch.setattr(pipeline, "decode_pool", pool)
+    pool = RecordingPool(pipeline.render_pool)
+    monkeypatch.setattr(pipeline, "render_pool", pool)
     pipeline.view = ViewHub({})
     pipeline.open_stream("k")
     for index in range(3):
