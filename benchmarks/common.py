@@ -71,29 +71,30 @@ def write_result(name: str, payload: dict[str, object], out: Path | None = None)
 
 
 def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, str]:
-    """`polypstream serve` on free ports: (process, gRPC address, metrics URL).
-
-    Reads the server's first line ("serving on ADDR, metrics on URL"); the caller owns the
-    process and must end it (terminate, then communicate to close its pipes).
-    """
-    proc, line = start_serve_line(*serve_args)
-    match = re.search(r"serving on (\S+), metrics on ([^\s,]+)", line)
-    assert match is not None
-    return proc, match.group(1), match.group(2)
+    """`polypstream serve` on free ports: (process, gRPC address, metrics URL); the caller owns
+    the process and must end it (terminate, then communicate to close its pipes)."""
+    proc, at = start_serve(*serve_args)
+    return proc, at["grpc"], at["metrics"]
 
 
-def start_serve_line(*serve_args: str) -> tuple[subprocess.Popen[str], str]:
-    """`polypstream serve` on free ports (gRPC and metrics), and its first line once it serves."""
+SERVING = {"grpc": r"serving on (\S+?),", "metrics": r"metrics on (\S+?)[,\s]", "ui": r"live view on (\S+?)[,\s]"}
+
+
+def start_serve(*serve_args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`polypstream serve` on free ports (gRPC and metrics) and, once it serves, where, read from
+    its first line ("serving on ADDR, metrics on URL[, live view on URL] (model …)"): keys
+    "grpc", "metrics" and, with --ui, "ui"."""
     command = [sys.executable, "-m", "polypstream", "serve", "--address", "127.0.0.1:0"]
     command += ["--metrics-address", "127.0.0.1:0", *serve_args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not re.search(r"serving on (\S+), metrics on ([^\s,]+)", line):
+    at = {name: found[1] for name, pattern in SERVING.items() if (found := re.search(pattern, line))}
+    if "grpc" not in at or "metrics" not in at:
         proc.kill()
         _, err = proc.communicate(timeout=30)
         raise RuntimeError(f"polypstream serve did not start: {line!r} {err.strip()[-2000:]}")
-    return proc, line
+    return proc, at
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import socket
 import threading
 import time
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_serve_line, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_serve, write_result
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer, SegmenterClient
 from polypstream.stats import percentiles
@@ -133,12 +132,9 @@ def main() -> None:
     args = parser.parse_args()
 
     encoded = [jpeg(f) for f in endoscopy_frames(50, (args.width, args.height))]
-    proc, line = start_serve_line(
-        "--model", args.model, "--ui", "127.0.0.1:0", "--send-timeout", str(args.send_timeout)
-    )
+    proc, at = start_serve("--model", args.model, "--ui", "127.0.0.1:0", "--send-timeout", str(args.send_timeout))
     try:
-        address = re.search(r"serving on (\S+),", line)[1]  # type: ignore[index]
-        url = urlsplit(re.search(r"live view on (\S+?)[,\s]", line)[1])  # type: ignore[index]
+        address, url = at["grpc"], urlsplit(at["ui"])
         ui = (url.hostname or "127.0.0.1", url.port or 80)
         live_stream(address, encoded, 2.0, args.fps)  # warm-up
         phases = []

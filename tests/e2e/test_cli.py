@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from benchmarks.common import scrape, start_serve_line, start_server_process
+from benchmarks.common import scrape, start_serve, start_server_process
 from polypstream.cli import build_parser
 from tests.conftest import KVASIR_FIXTURES, write_clip
 
@@ -218,13 +218,11 @@ def test_token_from_a_file_for_serve_and_from_the_environment_for_clients(tmp_pa
 
 
 def test_a_stream_sent_with_allow_view_is_listed_by_the_live_view(tmp_path: Path, tiny_model: Path) -> None:
-    proc, line = start_serve_line("--model", str(tiny_model), "--ui", "127.0.0.1:0")
+    proc, at = start_serve("--model", str(tiny_model), "--ui", "127.0.0.1:0")
     try:
-        found = re.search(r"live view on (\S+?)[,\s]", line)
-        assert found, line
-        state_url = found[1] + "api/state"
+        state_url = at["ui"] + "api/state"
         clip = write_clip(tmp_path / "scope-7.avi", frames=80)  # 8 s at 10 fps
-        args = ["stream", str(clip), "--server", re.search(r"serving on (\S+),", line)[1]]  # type: ignore[index]
+        args = ["stream", str(clip), "--server", at["grpc"]]
         jsonl = tmp_path / "o.jsonl"
 
         def listed() -> list[str]:

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.common import scrape, start_serve_line
+from benchmarks.common import scrape, start_serve
 from tests.browser import Browser, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +44,8 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """`serve --source clip=<bundled clip> --ui` with a token; yields (process, page URL, metrics URL)."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    proc, line = start_serve_line(
-        "--source", f"clip={SAMPLE}", "--ui", "127.0.0.1:0", "--token-file", str(token_file)
-    )  # fmt: skip
-    found = re.search(r"metrics on (\S+?), live view on (\S+?)[,\s]", line)
-    assert found, line
-    yield proc, found[2], found[1]
+    proc, at = start_serve("--source", f"clip={SAMPLE}", "--ui", "127.0.0.1:0", "--token-file", str(token_file))
+    yield proc, at["ui"], at["metrics"]
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=20)
