@@ -301,14 +301,7 @@ class Pipeline:
         mask = None
         if options.return_mask:
             mask = prob > threshold if options.mask_at_model_resolution else full_mask
-        # What is drawn is what is reported as alerting: boxes of alerting and held polyps, and
-        # the mask only inside those of them found in this frame.
-        shown = tuple(p for p in result.polyps if p.alerting)
-        overlay = (
-            draw_overlay(frame.image, full_mask, shown + result.held, mask_within=shown)
-            if options.return_overlay
-            else None
-        )
+        overlay = draw_reported(frame.image, full_mask, result.polyps, result.held) if options.return_overlay else None
         timing = replace(
             result.timing,
             postprocess_s=result.timing.postprocess_s + time.perf_counter() - start,
@@ -331,14 +324,22 @@ class Pipeline:
             sx, sy = width / frame.width, height / frame.height
             polyps = tuple(_scaled(p, sx, sy) for p in polyps)
             held = tuple(_scaled(p, sx, sy) for p in held)
-            shown = tuple(p for p in polyps if p.alerting)  # drawn as the overlay draws them
             mask = probability_to_mask(prob, width, height, self.runner.contract.threshold)[0]
-            picture = draw_overlay(image, mask, shown + held, mask_within=shown)
+            picture = draw_reported(image, mask, polyps, held)
             jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
             self.metrics.view_pictures.inc()
             self.view.publish(frame.stream_key, frame.index, jpeg, polyps, held)
         except Exception:
             logger.exception("drawing the live view of %s#%d failed", frame.stream_id, frame.index)
+
+
+def draw_reported(
+    image: np.ndarray, mask: np.ndarray | None, polyps: tuple[Polyp, ...], held: tuple[Polyp, ...]
+) -> np.ndarray:
+    """The overlay of what is reported as alerting (the gRPC overlay and the live view's picture
+    alike): boxes of alerting and held polyps, and the mask only inside those found in this frame."""
+    shown = tuple(p for p in polyps if p.alerting)
+    return draw_overlay(image, mask, shown + held, mask_within=shown)
 
 
 def _scaled(polyp: Polyp, sx: float, sy: float) -> Polyp:
