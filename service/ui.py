@@ -82,8 +82,7 @@ class LiveView:
         host, _, port = address.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
-        server_class = type("_Server", (_Server,), {"address_family": family})
-        self.httpd: _Server = server_class((host, int(port)), _Handler, self, max_connections)
+        self.httpd = _Server((host, int(port)), family, self, max_connections)
         self.port: int = self.httpd.server_address[1]
         scheme = "https" if self.tls_context is not None else "http"
         self.url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}/"
@@ -118,10 +117,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a connection stuck sending ends by its own timeout
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler], live: LiveView, max_connections: int) -> None:
+    def __init__(self, address: tuple[str, int], family: int, live: LiveView, max_connections: int) -> None:
+        self.address_family = family  # read when the socket is made, in the base class's __init__
         self.live = live
         self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
+        super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):

@@ -32,7 +32,6 @@ MAX_NAME_CHARS = 64  # what the page shows of a client's stream id
 class _Stream:
     key: str
     name: str
-    source: bool
     first_seen: float
     recent: deque[tuple[float, float, bool]] = field(default_factory=deque)  # (when, server s, served)
     frames: int = 0
@@ -134,7 +133,7 @@ class ViewHub:
             stream = self._streams.get(key)
             if stream is None:
                 name = stream_id if len(stream_id) <= MAX_NAME_CHARS else stream_id[:MAX_NAME_CHARS] + "…"
-                stream = self._streams[key] = _Stream(key, name, key in self.sources, now)
+                stream = self._streams[key] = _Stream(key, name, now)
             stream.frames += 1
             served = result.status is Status.OK
             if result.status in (Status.DROPPED_LATE, Status.FAILED):
@@ -228,7 +227,7 @@ class ViewHub:
             seen = set(self._streams)
         for name in self.sources:
             if name not in seen:
-                streams.append(self._describe(_Stream(name, name, True, now), now))
+                streams.append(self._describe(_Stream(name, name, now), now))
         streams.sort(key=lambda s: (s["kind"] != "source", str(s["name"])))
         return {"model": self.model, "window_s": self.window_s, "streams": streams}
 
@@ -241,7 +240,7 @@ class ViewHub:
         return {
             "id": stream.key,
             "name": stream.name,
-            "kind": "source" if stream.source else "client",
+            "kind": "source" if source is not None else "client",
             "state": source.state if source is not None else "streaming",
             "fps": round(len(served_ms) / span, 2) if span >= 1.0 else None,
             "p50_ms": percentile(served_ms, 50, 2),
