@@ -226,21 +226,21 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return morsel is not None and hmac.compare_digest(morsel.value.encode(), live.cookie.encode())
 
-    def _send(self, code: int, kind: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+    def _start(self, code: int, headers: dict[str, str]) -> None:
+        """The status line and headers: HEADERS on every answer, then `headers`."""
         self.send_response(code)
-        for name, value in {**HEADERS, **(extra or {}), "Content-Type": kind}.items():
+        for name, value in {**HEADERS, **headers}.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+
+    def _send(self, code: int, kind: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self._start(code, {**(extra or {}), "Content-Type": kind, "Content-Length": str(len(body))})
         self.wfile.write(body)
 
     def _events(self) -> None:
         """The page's stream: 'state' every STATE_INTERVAL_S, 'picture' as each stream's newest
         picture is drawn, until the viewer leaves, stalls past the send timeout, or the server stops."""
-        self.send_response(200)
-        for name, value in {**HEADERS, "Content-Type": "text/event-stream"}.items():
-            self.send_header(name, value)
-        self.end_headers()
+        self._start(200, {"Content-Type": "text/event-stream"})
         hub = self.live.hub
         viewer = hub.join()
         try:
