@@ -20,6 +20,15 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
+# What Chromium answers when a page is replaced while a command runs in it (a form posted, a link
+# followed): the command is lost with the old document, and the next one runs in the new one.
+NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id",
+              "Execution context was destroyed")  # fmt: skip
+
+
+class NavigatedError(RuntimeError):
+    """The page was replaced while a command ran in it."""
+
 
 def chromium_path() -> str | None:
     given = os.environ.get("POLYPSTREAM_CHROMIUM")
@@ -92,7 +101,8 @@ class Browser:
             message = json.loads(self.page.recv(timeout=60))
             if message.get("id") == ident:
                 if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
+                    error = str(message["error"].get("message", message["error"]))
+                    raise (NavigatedError if error.startswith(NAVIGATING) else RuntimeError)(f"{method}: {error}")
                 return message["result"]  # type: ignore[no-any-return]
 
     def open(self, url: str) -> None:
@@ -102,14 +112,20 @@ class Browser:
         """The value of a JavaScript expression in the page (promises awaited)."""
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+            details = result["exceptionDetails"]
+            text = str(details.get("exception", {}).get("description", details.get("text", "")))
+            raise (NavigatedError if text.startswith(NAVIGATING) else RuntimeError)(f"{expression}: {details}")
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 30.0, what: str = "") -> Any:
-        """Evaluate `expression` until it is truthy; its value."""
+        """Evaluate `expression` until it is truthy (in whichever document the page holds by then:
+        one replaced while the expression ran counts as not yet); its value."""
         deadline = time.monotonic() + timeout_s
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except NavigatedError:
+                value = None
             if value:
                 return value
             assert time.monotonic() < deadline, f"{what or expression} not seen within {timeout_s:g} s"
