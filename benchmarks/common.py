@@ -44,6 +44,31 @@ def device_name() -> str:
     return f"{cpu} ({os.cpu_count()} cores)"
 
 
+class StealMeter:
+    """The share of CPU time a virtual machine's host gave to others while this one wanted it
+    (/proc/stat 'steal'), between `start()` and `share()`: on a shared VM, latency spikes that
+    no code here caused. None where the kernel does not say (not Linux)."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        return fields[7], sum(fields[:8])  # steal, and all time (guest time is inside user time)
+
+    def share(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[1] == self._start[1]:
+            return None
+        return round((end[0] - self._start[0]) / (end[1] - self._start[1]), 4)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 

@@ -16,7 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_server_process, write_result
+from benchmarks.common import (
+    StealMeter,
+    command_line,
+    device_name,
+    endoscopy_frames,
+    jpeg,
+    start_server_process,
+    write_result,
+)
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer, SegmenterClient
 from polypstream.stats import percentiles
@@ -76,7 +84,7 @@ def run(address: str, *, live: int, offline: int, fps: float, seconds: float, bu
 
     threads = [threading.Thread(target=one, args=(f"live{k}", fps)) for k in range(live)]
     threads += [threading.Thread(target=one, args=(f"offline{k}", None)) for k in range(offline)]
-    started = time.perf_counter()
+    started, steal = time.perf_counter(), StealMeter()
     for t in threads:
         t.start()
     for t in threads:
@@ -84,6 +92,7 @@ def run(address: str, *, live: int, offline: int, fps: float, seconds: float, bu
     wall = time.perf_counter() - started
     return {
         "seconds": round(wall, 1),
+        "cpu_steal_share": steal.share(),
         "fps_per_live_stream": fps,
         "budget_ms": budget_ms,
         "live": side([v for k, v in results.items() if k.startswith("live")], wall, budget_ms),

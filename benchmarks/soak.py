@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 
 from benchmarks.common import (
+    StealMeter,
     command_line,
     device_name,
     endoscopy_frames,
@@ -58,6 +59,7 @@ class Totals:
     abandoned_streams: int = 0
     errors: list[str] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, ms)
+    server_ms: list[float] = field(default_factory=list)  # the same frames' time in the server
 
 
 def make_frame(rng: random.Random, encoded: list[bytes], stream_id: str, index: int) -> pb.Frame:
@@ -93,6 +95,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
 
     answered: dict[str, int] = {}
     latencies: list[tuple[float, float]] = []
+    server_ms: list[float] = []
     error = ""
     client = SegmenterClient(address)
     try:
@@ -100,6 +103,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
             answered[answer.status] = answered.get(answer.status, 0) + 1
             if answer.status == "OK":
                 latencies.append((time.perf_counter() - started, answer.latency_s * 1e3))
+                server_ms.append(answer.result.timing.server_ms)
             if abandon_at is not None and n >= abandon_at:
                 break  # hang up with frames in flight
     except grpc.RpcError as exc:
@@ -113,6 +117,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
         for status, n in answered.items():
             totals.answered[status] = totals.answered.get(status, 0) + n
         totals.latencies.extend(latencies)
+        totals.server_ms.extend(server_ms)
         if abandon_at is not None:
             totals.abandoned_streams += 1
             totals.abandoned += unanswered
@@ -228,7 +233,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     adv = Adversaries()
     totals, lock = Totals(), threading.Lock()
     rss: list[tuple[float, float]] = []
-    started = time.perf_counter()
+    started, steal, cpu = time.perf_counter(), StealMeter(), time.process_time()
     stop_at = started + seconds
 
     def worker(k: int) -> None:
@@ -257,6 +262,8 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             t.join(timeout=max(1.0, seconds / 30))
     rss.append((time.perf_counter() - started, scrape(metrics_url).get(RSS, 0.0)))
     wall = time.perf_counter() - started
+    steal_share = steal.share()
+    client_cores = round((time.process_time() - cpu) / wall, 2)
     time.sleep(2.0)  # the last streams' ends reach the server
     after = scrape(metrics_url)
     window = max(5.0, seconds / 20)
@@ -265,12 +272,20 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
         chunk = [ms for t, ms in totals.latencies if i * window <= t < (i + 1) * window]
         if chunk:
             over_time.append({"t_s": round(i * window, 1), "frames": len(chunk), **percentiles(chunk)})
+    valid = max(1, sum(n for status, n in totals.answered.items() if status != "INVALID_FRAME"))
+
+    def within(latencies_ms: list[float]) -> float:
+        """The share of the valid live frames answered OK within the budget."""
+        return round(sum(1 for ms in latencies_ms if ms <= budget_ms) / valid, 4)
+
     # Memory growth: median RSS of the last fifth against the first fifth (single samples are noisy).
     fifth = max(1, len(rss) // 5)
     first = sorted(v for _, v in rss[:fifth])[fifth // 2]
     last = sorted(v for _, v in rss[-fifth:])[fifth // 2]
     return {
         "seconds": round(wall, 1),
+        "cpu_steal_share": steal_share,
+        "client_cpu_cores": client_cores,  # what this load generator took of the machine's cores
         "streams": streams,
         "fps_per_stream": fps,
         "stream_runs": totals.streams,
@@ -288,11 +303,12 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             "max": round(max(v for _, v in rss) / 2**20, 1),
         },
         "rss_growth_mb": round((last - first) / 2**20, 1),
-        "live_ok_within_budget_share": round(
-            sum(1 for _, ms in totals.latencies if ms <= budget_ms)
-            / max(1, sum(n for status, n in totals.answered.items() if status != "INVALID_FRAME")),
-            4,
-        ),
+        # Judged as the server judges a live frame (its deadline is the budget after it arrives);
+        # the round trip as this client saw it is given too: here the clients, adversaries
+        # included, share the machine and one Python process with the server's two cores.
+        "live_ok_within_budget_share": within(totals.server_ms),
+        "live_ok_within_budget_share_client_side": within([ms for _, ms in totals.latencies]),
+        "server_latency_ms": percentiles(totals.server_ms),
         "adversarial": {
             "cancelled_streams": adv.cancels,
             "non_reading_streams": adv.non_readers,

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import cv2
@@ -131,6 +132,9 @@ MAX_ID_CHARS = 256
 # How long the server tries to deliver its "stream closed" status to a client that stopped
 # reading before it lets the call go (the status then waits behind the unread results).
 ABORT_WAIT_S = 1.0
+# A frame that decodes to more pixels than this is decoded on the render pool, with the overlays
+# and masks, below the light frames and the model: under contention the cheapest work goes first.
+HEAVY_PIXELS = 1280 * 720
 
 
 def _cut(text: str, limit: int = MAX_ID_CHARS) -> str:
@@ -171,29 +175,32 @@ def decode_size(model_size: tuple[int, int], viewed: bool) -> tuple[int, int]:
     return max(model_size[0], VIEW_MIN_SIZE[0]), max(model_size[1], VIEW_MIN_SIZE[1])
 
 
+def frame_sizes(message: pb.Frame, model_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """From the frame's header alone: its (width, height), and the most its pixels take once
+    decoded (a JPEG at the reduced scale it is decoded at, the live view's if the frame may be
+    viewed); None when the header cannot be read (the frame is refused before any decoding)."""
+    if message.WhichOneof("image") == "raw":
+        return (message.raw.width, message.raw.height), (message.raw.width, message.raw.height)
+    size = image_size(message.encoded)
+    if size is None:
+        return None
+    if not is_jpeg(message.encoded) or message.options.return_overlay:
+        return size, size
+    return size, jpeg_decoded_size(*size, decode_size(model_size, message.options.allow_view))
+
+
 def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
-    """The most bytes a frame holds in the server at once: its image bytes, its decoded pixels
-    (a JPEG at the reduced scale it is decoded at, the live view's if the frame may be viewed),
+    """The most bytes a frame holds in the server at once: its image bytes, its decoded pixels,
     the model input and probability map, and the full-resolution mask and overlay when asked
     for (before they are encoded)."""
     options = message.options
-    which = message.WhichOneof("image")
-    size: tuple[int, int] | None
-    if which == "raw":
-        data_bytes, size, jpeg = len(message.raw.data), (message.raw.width, message.raw.height), False
-    else:
-        data_bytes, size = len(message.encoded), image_size(message.encoded)
-        jpeg = is_jpeg(message.encoded)
+    data_bytes = len(message.raw.data) if message.WhichOneof("image") == "raw" else len(message.encoded)
     model_w, model_h = model_size
     cost = data_bytes + (3 * 4 + 4) * model_w * model_h  # float32 CHW input + float32 probabilities
-    if size is None:  # unreadable: refused before anything is decoded
+    sizes = frame_sizes(message, model_size)
+    if sizes is None:
         return cost
-    width, height = size
-    decoded_w, decoded_h = (
-        jpeg_decoded_size(width, height, decode_size(model_size, options.allow_view))
-        if jpeg and not options.return_overlay
-        else (width, height)
-    )
+    (width, height), (decoded_w, decoded_h) = sizes
     cost += 3 * decoded_w * decoded_h
     full_mask = options.return_overlay or (options.return_mask and not options.mask_at_model_resolution)
     if full_mask:
@@ -201,6 +208,12 @@ def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
     if options.return_overlay:
         cost += 3 * width * height
     return cost
+
+
+def heavy(message: pb.Frame, model_size: tuple[int, int]) -> bool:
+    """Whether a frame decodes to more than HEAVY_PIXELS (an overlay of a large frame, a PNG)."""
+    sizes = frame_sizes(message, model_size)
+    return sizes is not None and sizes[1][0] * sizes[1][1] > HEAVY_PIXELS
 
 
 @dataclass(frozen=True)
@@ -447,11 +460,12 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         answer.set_result(_Answer.of(result))
 
     async def _to_proto(self, result: Result) -> pb.FrameResult:
-        """Protobuf for a Result; PNG/JPEG encoding runs on the worker pool, not the event loop."""
+        """Protobuf for a Result; PNG/JPEG encoding runs on the render pool (below the light
+        frames and the model), not on the event loop."""
         if result.mask is None and result.overlay is None:
             return result_to_proto(result)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pipeline.decode_pool, result_to_proto, result)
+        return await loop.run_in_executor(self.pipeline.render_pool, result_to_proto, result)
 
     def observe_send(self, server_s: float, send_s: float) -> None:
         stages = self.pipeline.metrics.stage_seconds
@@ -490,9 +504,8 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         return submitted
 
     async def _decoded(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame | Result:
-        """The frame decoded on a worker (offline frames on their own pool), or its INVALID_FRAME answer."""
-        pool = self.pipeline.offline_decode_pool if message.options.no_drop else self.pipeline.decode_pool
-        loop = asyncio.get_running_loop()
+        """The frame decoded on a worker, or its INVALID_FRAME answer."""
+        loop, pool = asyncio.get_running_loop(), self.decode_pool_for(message)
         try:
             return await loop.run_in_executor(pool, self._decode, message, stream_key, received_at)
         except InvalidFrameError as exc:
@@ -501,6 +514,15 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             logger.exception("decoding frame %s#%d failed", _cut(message.stream_id, 64), message.index)
             error = f"cannot read frame: {exc}"
         return invalid_result(message.stream_id, message.index, error, received_at, message.client_time_ns)
+
+    def decode_pool_for(self, message: pb.Frame) -> ThreadPoolExecutor:
+        """Where a frame is decoded: offline (no-drop) frames on their own pool, heavy ones with
+        the overlays on the render pool (both below the rest), light live frames on the decode pool."""
+        if message.options.no_drop:
+            return self.pipeline.offline_decode_pool
+        if heavy(message, self.pipeline.runner.input_size):
+            return self.pipeline.render_pool
+        return self.pipeline.decode_pool
 
     def _decode(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame:
         start = time.perf_counter()

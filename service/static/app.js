@@ -57,11 +57,23 @@ function polypItem(polyp, held) {
 function showPicture(picture) {
   const tile = tiles.get(picture.id);
   if (!tile) return; // listed with the next state
-  tile.querySelector("img").src = "data:image/jpeg;base64," + picture.jpeg;
-  tile.dataset.index = picture.index;
-  tile.querySelector(".index").textContent = picture.index;
-  const items = picture.polyps.map((p) => polypItem(p, false)).concat(picture.held.map((p) => polypItem(p, true)));
-  tile.querySelector(".polyps").replaceChildren(...items);
+  // Decoded off-screen, then swapped in with its index and polyps: what the tile lists is
+  // always what its picture shows, and a picture overtaken while decoding is never shown.
+  tile.dataset.pending = picture.index;
+  const image = new Image();
+  image.alt = tile.querySelector("img").alt;
+  image.src = "data:image/jpeg;base64," + picture.jpeg;
+  image.decode().then(
+    () => {
+      if (tile.dataset.pending !== String(picture.index)) return;
+      tile.querySelector("img").replaceWith(image);
+      tile.dataset.index = picture.index;
+      tile.querySelector(".index").textContent = picture.index;
+      const items = picture.polyps.map((p) => polypItem(p, false)).concat(picture.held.map((p) => polypItem(p, true)));
+      tile.querySelector(".polyps").replaceChildren(...items);
+    },
+    () => {}, // not decodable (cannot happen with the server's JPEGs): the last picture stays
+  );
 }
 
 const events = new EventSource("/events");

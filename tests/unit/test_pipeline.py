@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from polypstream import pipeline as pipeline_module
 from polypstream.config import EngineConfig
 from polypstream.frames import FrameOptions, Result, Status
 from polypstream.metrics import Metrics
-from polypstream.pipeline import Pipeline
+from polypstream.pipeline import BACKGROUND_NICE, Pipeline
 from polypstream.runner import Runner
 from polypstream.view import ViewHub
 from tests.conftest import square_image
@@ -210,3 +212,30 @@ def test_a_wide_frame_is_drawn_for_the_view_at_most_960_pixels_wide(pipeline: Pi
     assert [p.box for p in pictures[0].polyps] == [tuple(round(v / 2) for v in p.box) for p in served.polyps]
     assert served.overlay is None  # the client asked for none: its answer carries none
     pipeline.close_stream("k")
+
+
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+def test_pixel_work_and_offline_decoding_run_below_the_model_and_live_decoding(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = niceness()
+    lowered = min(19, own + BACKGROUND_NICE)
+    assert pipeline.render_pool.submit(niceness).result(10) == lowered
+    assert pipeline.offline_decode_pool.submit(niceness).result(10) == lowered
+    assert pipeline.decode_pool.submit(niceness).result(10) == own
+    # The model runs on the batcher's thread, at the process's priority
+    real_run = pipeline.runner.run
+    ran_at: list[int] = []
+
+    def spy(tensors: list[np.ndarray]) -> np.ndarray:
+        ran_at.append(niceness())
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", spy)
+    assert run_one(pipeline, FrameOptions()).status is Status.OK
+    assert ran_at == [own]
+    assert niceness() == own  # lowering a worker's priority left the caller's alone

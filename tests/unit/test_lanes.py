@@ -1,0 +1,73 @@
+"""Which pool does a frame's pixel work: light live frames beside the model, heavy and offline
+work on the pools that run below them (tests/unit/test_pipeline.py checks the priorities)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from polypstream import server as server_module
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.config import ServerConfig
+from polypstream.frames import Result, invalid_result
+from polypstream.pipeline import Pipeline
+from polypstream.server import SegmenterServicer
+
+
+def encoded(width: int, height: int, ext: str = ".jpg", **options: bool) -> pb.Frame:
+    data = cv2.imencode(ext, np.zeros((height, width, 3), np.uint8))[1].tobytes()
+    return pb.Frame(stream_id="s", index=0, encoded=data, options=pb.FrameOptions(**options))
+
+
+@pytest.mark.parametrize(
+    ("frame", "pool"),
+    [
+        # A 1080p JPEG without an overlay is decoded at a fraction of its size: light
+        pytest.param(encoded(1920, 1080), "decode_pool", id="1080p"),
+        # With an overlay it is decoded in full: 2.07 MP, heavy
+        pytest.param(encoded(1920, 1080, return_overlay=True), "render_pool", id="1080p-overlay"),
+        # 720p in full is not more than the threshold (server.HEAVY_PIXELS)
+        pytest.param(encoded(1280, 720, return_overlay=True), "decode_pool", id="720p-overlay"),
+        pytest.param(encoded(1281, 720, return_overlay=True), "render_pool", id="over-720p-overlay"),
+        # A PNG is always decoded in full
+        pytest.param(encoded(1920, 1080, ".png"), "render_pool", id="1080p-png"),
+        pytest.param(encoded(640, 480, ".png"), "decode_pool", id="small-png"),
+        # Raw pixels are taken as they are
+        pytest.param(pb.Frame(raw=pb.RawImage(width=1920, height=1080)), "render_pool", id="raw-1080p"),
+        # Offline frames, heavy or not, have their own pool
+        pytest.param(encoded(1920, 1080, return_overlay=True, no_drop=True), "offline_decode_pool", id="offline-heavy"),
+        pytest.param(encoded(64, 48, no_drop=True), "offline_decode_pool", id="offline-light"),
+        # Unreadable bytes are refused by a light worker, without decoding
+        pytest.param(pb.Frame(encoded=b"not an image"), "decode_pool", id="unreadable"),
+    ],
+)
+def test_frames_are_decoded_on_the_pool_their_weight_calls_for(pipeline: Pipeline, frame: pb.Frame, pool: str) -> None:
+    servicer = SegmenterServicer(pipeline, ServerConfig())
+    assert servicer.decode_pool_for(frame) is getattr(pipeline, pool)
+
+
+def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded_on: list[str] = []
+    real = server_module.result_to_proto
+
+    def spy(result: Result) -> pb.FrameResult:
+        encoded_on.append(threading.current_thread().name)
+        return real(result)
+
+    monkeypatch.setattr(server_module, "result_to_proto", spy)
+    servicer = SegmenterServicer(pipeline, ServerConfig())
+    plain = invalid_result("s", 0, "", 0.0)
+    with_pixels = dataclasses.replace(plain, mask=np.ones((48, 64), bool), overlay=np.zeros((48, 64, 3), np.uint8))
+
+    async def both() -> tuple[pb.FrameResult, pb.FrameResult]:
+        return await servicer._to_proto(plain), await servicer._to_proto(with_pixels)
+
+    _, message = asyncio.run(both())
+    assert message.mask_png and message.overlay_jpeg
+    assert encoded_on[0] == threading.current_thread().name  # nothing to encode: no hand-over
+    assert encoded_on[1].startswith("polypstream-render")
