@@ -37,12 +37,17 @@ def test_every_shipped_model_and_its_checksums_are_package_data() -> None:
         assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} would not be installed with the package"
 
 
-def test_the_live_views_page_is_package_data() -> None:
-    patterns = setuptools_config()["package-data"]["polypstream"]
-    files = [f"static/{f.name}" for f in (ROOT / "service" / "static").iterdir()]
-    assert {"static/index.html", "static/login.html", "static/app.js", "static/style.css"} <= set(files)
-    for name in files:
-        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} would not be installed with the package"
+def test_the_live_views_page_and_the_sample_clip_are_package_data() -> None:
+    config = setuptools_config()
+    for folder in ("static", "data"):
+        package = f"polypstream.{folder}"
+        assert package in config["packages"]  # else setuptools warns, and a future one may drop it
+        patterns = config["package-data"][package]
+        names = [f.name for f in (ROOT / "service" / folder).iterdir()]
+        for name in names:
+            assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{folder}/{name} would not be installed"
+    page = {f.name for f in (ROOT / "service" / "static").iterdir()}
+    assert {"index.html", "login.html", "app.js", "style.css"} <= page
 
 
 def test_the_models_folder_is_the_installed_packages_then_the_checkouts(
