@@ -46,6 +46,7 @@ from polypstream.client import SegmenterClient
 from polypstream.stats import percentiles
 
 RSS = "process_resident_memory_bytes"
+CPU = "process_cpu_seconds_total"
 ADVERSARIES = ("cancel", "mute", "offline", "oversized")
 
 
@@ -233,6 +234,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     adv = Adversaries()
     totals, lock = Totals(), threading.Lock()
     rss: list[tuple[float, float]] = []
+    server_cpu = scrape(metrics_url).get(CPU, 0.0)
     started, steal, cpu = time.perf_counter(), StealMeter(), time.process_time()
     stop_at = started + seconds
 
@@ -264,6 +266,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     wall = time.perf_counter() - started
     steal_share = steal.share()
     client_cores = round((time.process_time() - cpu) / wall, 2)
+    server_cores = round((scrape(metrics_url).get(CPU, 0.0) - server_cpu) / wall, 2)
     time.sleep(2.0)  # the last streams' ends reach the server
     after = scrape(metrics_url)
     window = max(5.0, seconds / 20)
@@ -286,6 +289,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
         "seconds": round(wall, 1),
         "cpu_steal_share": steal_share,
         "client_cpu_cores": client_cores,  # what this load generator took of the machine's cores
+        "server_cpu_cores": server_cores,  # and what the server took (of os.cpu_count() here)
         "streams": streams,
         "fps_per_stream": fps,
         "stream_runs": totals.streams,
