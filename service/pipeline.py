@@ -291,9 +291,11 @@ class Pipeline:
         )
         if options.return_overlay or (options.return_mask and mask is None):
             result = replace(result, render=partial(self._render, result, frame, prob))
-        if options.allow_view and self.view is not None and self.view.wants_overlay(frame.stream_key):
-            with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
+        if options.allow_view and self.view is not None and self.view.claim_picture(frame.stream_key):
+            try:
                 self.render_pool.submit(self._draw_view, frame, prob, result.polyps, result.held)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                self.view.unclaim(frame.stream_key)
         return result
 
     def _render(self, result: Result, frame: Frame, prob: np.ndarray) -> Result:
@@ -337,6 +339,7 @@ class Pipeline:
             self.view.publish(frame.stream_key, frame.index, jpeg, polyps, held)
         except Exception:
             logger.exception("drawing the live view of %s#%d failed", frame.stream_id, frame.index)
+            self.view.unclaim(frame.stream_key)
 
 
 def draw_reported(

@@ -3,7 +3,8 @@
 The pipeline reports every result of a viewable stream here (`observe`) and, while a viewer is
 ready for one, the picture it drew of a frame (`publish`: the overlay as JPEG, with its polyps).
 Viewers take each stream's newest picture when they are ready (`next_pictures`): a slow viewer
-skips pictures, never queues them, and while no viewer is ready, none is drawn (`wants_overlay`).
+skips pictures, never queues them; while no viewer is ready none is drawn, and no more than one
+picture of a stream is drawn at a time (`claim_picture`).
 
 Viewable: a server-side source always; a client stream only while its frames carry
 `allow_view` (frames are patient data). Thread-safe: the pipeline's threads report, the web
@@ -38,6 +39,7 @@ class _Stream:
     dropped: int = 0  # answered DROPPED_LATE or FAILED
     last: dict[str, object] | None = None  # the newest served frame: index, size, polyps
     picture: Picture | None = None
+    drawing: bool = False  # a picture of it is being drawn (claimed, not yet published)
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,24 @@ class ViewHub:
 
     # --- from the pipeline -----------------------------------------------------------------
 
-    def wants_overlay(self, key: str) -> bool:
-        """Whether stream `key` is on the view and a viewer is ready for a new picture of it."""
+    def claim_picture(self, key: str) -> bool:
+        """Whether to draw a picture of stream `key` now: it is on the view, a viewer is ready
+        for one, and no picture of it is being drawn. True claims the drawing until `publish`
+        (or `unclaim` when it fails): one picture per stream is drawn at a time, so however slow
+        drawing gets (it runs below everything else), no more is asked for than a viewer takes."""
         with self._changed:
-            return key in self._streams and self._ready()
+            stream = self._streams.get(key)
+            if stream is None or stream.drawing or not self._ready():
+                return False
+            stream.drawing = True
+            return True
+
+    def unclaim(self, key: str) -> None:
+        """A claimed picture of stream `key` will not be published (drawing it failed)."""
+        with self._changed:
+            stream = self._streams.get(key)
+            if stream is not None:
+                stream.drawing = False
 
     def ready(self) -> bool:
         """Whether a viewer is ready for new pictures: waiting, or busy sending for less than
@@ -156,6 +172,7 @@ class ViewHub:
             stream = self._streams.get(key)
             if stream is None:
                 return
+            stream.drawing = False
             seq = stream.picture.seq + 1 if stream.picture is not None else 1
             stream.picture = Picture(key, seq, index, jpeg, polyps, held)
             self._changed.notify_all()

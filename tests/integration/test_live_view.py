@@ -223,22 +223,40 @@ def test_a_viewer_that_stops_reading_is_closed_and_no_more_is_drawn_for_it(
     draw = pipeline._draw_view
     monkeypatch.setattr(pipeline, "_draw_view", lambda frame, *rest: (drawn.append(frame.index), draw(frame, *rest)))
     with live_view(pipeline, send_timeout_s=1.0) as (running, live):
+        hub = pipeline.view
+        assert hub is not None
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
         stalled.connect(("127.0.0.1", live.port))
         stalled.sendall(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        wait_for(lambda: hub.viewers == 1, what="the viewer joining")
         # Noise, decoded at full size (an overlay is asked for): each picture is a few hundred
-        # kB, so two or three fill the connection's buffers
+        # kB, so two or three fill the connection's buffers. Frames go on until the server has
+        # given up on the viewer (at most 400), then 20 more.
         noise = np.random.default_rng(0).integers(0, 256, (720, 960, 3), np.uint8)
         options = FrameOptions(allow_view=True, return_overlay=True)
+        closed_after: list[int] = []
+
+        def frames() -> Iterator[pb.Frame]:
+            for i in range(400):
+                if hub.viewers == 0 and not closed_after:
+                    closed_after.append(i)
+                if closed_after and i >= closed_after[0] + 20:
+                    return
+                yield encode_frame(noise, "scope", i, options)
+                time.sleep(0.01)
+
         with SegmenterClient(running.address) as client:
-            frames = (encode_frame(noise, "scope", i, options) for i in range(40))
-            answers = list(client.segment(frames))
-            assert {a.status for a in answers} == {"OK"}  # the stream it viewed: every frame served
-        # The server gave up on it: what it had sent is there to read, then the connection's end
+            answers = list(client.segment(frames()))
+        assert {a.status for a in answers} == {"OK"}  # the stream it viewed: every frame served
+        assert closed_after, "the server did not close a viewer that stopped reading"
+        # What it had been sent is there to read, then the connection's end
         stalled.settimeout(15)
+        deadline = time.monotonic() + 15
         while stalled.recv(1 << 20):
-            pass
+            assert time.monotonic() < deadline, "the stalled viewer's connection was not ended"
         stalled.close()
-    # drawn until its buffers filled (a few pictures; 4-7 seen), then not for the rest of the 40 frames
+    # Drawn until its buffers filled and it was found stalled (a few pictures), then never again
+    # (frames still in flight when it was closed may have been claimed before)
     assert 1 <= len(drawn) < 12
+    assert max(drawn) < closed_after[0] + 16  # server.ServerConfig.inflight_per_stream

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from polypstream import pipeline as pipeline_module
 from polypstream.config import EngineConfig
-from polypstream.frames import FrameOptions, Result, Status
+from polypstream.frames import Frame, FrameOptions, Result, Status
 from polypstream.metrics import Metrics
 from polypstream.pipeline import BACKGROUND_NICE, Pipeline
 from polypstream.runner import Runner
@@ -175,6 +175,58 @@ def test_no_view_picture_is_drawn_while_nobody_watches(pipeline: Pipeline, monke
     assert pool.work == []
     assert [s["id"] for s in pipeline.view.snapshot()["streams"]] == ["k"]  # type: ignore[attr-defined]
     assert pipeline.metrics.registry.get_sample_value("polypstream_view_pictures_total") == 0
+
+
+def test_while_a_view_picture_is_drawn_no_other_of_that_stream_is_asked_for(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_draw = pipeline._draw_view
+
+    def slow_draw(frame: Frame, *rest: object) -> None:
+        release.wait(20)  # drawing at the bottom of a busy machine
+        real_draw(frame, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_draw_view", slow_draw)
+    pool = RecordingPool(pipeline.render_pool)  # records on the batcher's thread, before each answer
+    monkeypatch.setattr(pipeline, "render_pool", pool)
+    hub = pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    answer(pipeline, 0, FrameOptions(allow_view=True))  # puts the stream on the view
+    viewer = hub.join()  # ready, and stays ready: it waits for pictures
+    for index in range(1, 6):
+        answer(pipeline, index, FrameOptions(allow_view=True))
+    assert pool.work == ["slow_draw"]  # frame 1's; frames 2-5 came while it was being drawn
+    release.set()
+    pictures = hub.next_pictures(viewer, 10.0)
+    assert pictures is not None and [p.index for p in pictures] == [1]
+    answer(pipeline, 6, FrameOptions(allow_view=True))
+    assert pool.work == ["slow_draw", "slow_draw"]  # published: the next frame is drawn again
+
+
+def test_a_view_picture_that_fails_to_draw_does_not_stop_the_next(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    answer(pipeline, 0, FrameOptions(allow_view=True))
+    viewer = hub.join()
+    real = pipeline_module.draw_reported
+
+    def broken(*args: object) -> np.ndarray:
+        raise ValueError("broken")
+
+    monkeypatch.setattr(pipeline_module, "draw_reported", broken)
+    answer(pipeline, 1, FrameOptions(allow_view=True))
+    deadline = time.monotonic() + 10
+    while not hub.claim_picture("k"):  # until the failed drawing (on the render pool) gives its claim back
+        assert time.monotonic() < deadline, "a failed drawing kept its stream's claim"
+        time.sleep(0.01)
+    hub.unclaim("k")
+    monkeypatch.setattr(pipeline_module, "draw_reported", real)
+    answer(pipeline, 2, FrameOptions(allow_view=True))
+    pictures = hub.next_pictures(viewer, 10.0)
+    assert pictures is not None and [p.index for p in pictures] == [2]
 
 
 def test_a_ready_viewer_gets_the_frame_drawn_with_its_polyps(pipeline: Pipeline) -> None:

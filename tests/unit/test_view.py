@@ -186,17 +186,38 @@ def test_pictures_are_drawn_only_for_a_listed_stream_while_a_viewer_is_ready() -
     clock = Clock()
     hub = ViewHub({}, clock=clock)
     hub.observe("a", "a", result(0), viewable=True)
-    assert not hub.wants_overlay("a")  # nobody watches
+
+    def claims(key: str = "a") -> bool:
+        claimed = hub.claim_picture(key)
+        if claimed:
+            hub.unclaim(key)  # each check below stands alone
+        return claimed
+
+    assert not claims()  # nobody watches
     viewer = hub.join()
-    assert hub.wants_overlay("a")  # joined, not yet sending: ready
-    assert not hub.wants_overlay("not-listed")
+    assert claims()  # joined, not yet sending: ready
+    assert not claims("not-listed")
     hub.next_pictures(viewer, 0.0)  # returns: the viewer is now sending what it got
     clock.now += BUSY_S / 2
-    assert hub.wants_overlay("a")  # sending briefly: still ready for the next one
+    assert claims()  # sending briefly: still ready for the next one
     clock.now += BUSY_S
-    assert not hub.wants_overlay("a")  # its sending stalls: nothing is drawn for it
+    assert not claims()  # its sending stalls: nothing is drawn for it
     other = hub.join()
-    assert hub.wants_overlay("a")  # another viewer is ready
+    assert claims()  # another viewer is ready
     hub.leave(other)
     hub.leave(viewer)
-    assert not hub.wants_overlay("a")
+    assert not claims()
+
+
+def test_one_picture_of_a_stream_is_drawn_at_a_time() -> None:
+    hub = ViewHub({})
+    hub.observe("a", "a", result(0), viewable=True)
+    hub.observe("b", "b", result(0), viewable=True)
+    hub.join()
+    assert hub.claim_picture("a")
+    assert not hub.claim_picture("a")  # still being drawn: the next frame is not
+    assert hub.claim_picture("b")  # another stream's own turn
+    hub.publish("a", 0, b"jpeg", (), ())
+    assert hub.claim_picture("a")  # published: the next one may be drawn
+    hub.unclaim("a")  # drawing it failed
+    assert hub.claim_picture("a")
