@@ -46,8 +46,8 @@ def device_name() -> str:
 
 class StealMeter:
     """The share of CPU time a virtual machine's host gave to others while this one wanted it
-    (/proc/stat 'steal'), between `start()` and `share()`: on a shared VM, latency spikes that
-    no code here caused. None where the kernel does not say (not Linux)."""
+    (/proc/stat 'steal'), from the meter's making to `share()`: on a shared VM, latency spikes
+    that no code here caused. None where the kernel does not say (not Linux)."""
 
     def __init__(self) -> None:
         self._start = self._read()

@@ -262,11 +262,12 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
         rss.append((time.perf_counter() - started, scrape(metrics_url).get(RSS, 0.0)))
         for t in threads:
             t.join(timeout=max(1.0, seconds / 30))
-    rss.append((time.perf_counter() - started, scrape(metrics_url).get(RSS, 0.0)))
+    end = scrape(metrics_url)
     wall = time.perf_counter() - started
+    rss.append((wall, end.get(RSS, 0.0)))
     steal_share = steal.share()
     client_cores = round((time.process_time() - cpu) / wall, 2)
-    server_cores = round((scrape(metrics_url).get(CPU, 0.0) - server_cpu) / wall, 2)
+    server_cores = round((end.get(CPU, 0.0) - server_cpu) / wall, 2)
     time.sleep(2.0)  # the last streams' ends reach the server
     after = scrape(metrics_url)
     window = max(5.0, seconds / 20)

@@ -80,6 +80,11 @@ def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (96, 80), f
     return path
 
 
+def blank_image(width: int, height: int, ext: str = ".jpg") -> bytes:
+    """A black width x height image encoded as `ext` (what a header parser reads sizes from)."""
+    return cv2.imencode(ext, np.zeros((height, width, 3), np.uint8))[1].tobytes()
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "the condition") -> None:
     """Poll `condition` until it holds; fail after `timeout` s (a hang, not a slow machine)."""
     deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import threading
 
-import cv2
 import numpy as np
 import pytest
 
@@ -17,11 +16,11 @@ from polypstream.config import ServerConfig
 from polypstream.frames import Result, invalid_result
 from polypstream.pipeline import Pipeline
 from polypstream.server import SegmenterServicer
+from tests.conftest import blank_image
 
 
 def encoded(width: int, height: int, ext: str = ".jpg", **options: bool) -> pb.Frame:
-    data = cv2.imencode(ext, np.zeros((height, width, 3), np.uint8))[1].tobytes()
-    return pb.Frame(stream_id="s", index=0, encoded=data, options=pb.FrameOptions(**options))
+    return pb.Frame(stream_id="s", index=0, encoded=blank_image(width, height, ext), options=pb.FrameOptions(**options))
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import cv2
-import numpy as np
 import pytest
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.memory import MemoryBudget
 from polypstream.server import frame_cost
+from tests.conftest import blank_image
 
 
 def test_a_stream_waits_for_its_own_share_and_others_go_on() -> None:
@@ -89,14 +88,10 @@ def test_limits_must_be_consistent() -> None:
         MemoryBudget(limit=10, per_stream=20)
 
 
-def jpeg_bytes(width: int, height: int) -> bytes:
-    return cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes()
-
-
 def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
     model = (160, 160)
     model_bytes = 16 * 160 * 160  # float32 CHW input (12 bytes a pixel) + float32 probabilities
-    data = jpeg_bytes(1920, 1080)
+    data = blank_image(1920, 1080)
     # A JPEG without overlay is decoded at the smallest scale covering 160x160: 1/4 -> 480x270
     plain = pb.Frame(encoded=data)
     assert frame_cost(plain, model) == len(data) + model_bytes + 3 * 480 * 270
