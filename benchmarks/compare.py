@@ -70,7 +70,7 @@ def main() -> None:
         videos = find_videos(corpus)
         path = resolve_model(args.model)
         batches = [int(b) for b in args.batches.split(",")]
-        runner = Runner(path, device=args.device, max_batch=max(batches))
+        runner = Runner(path, device=args.device, max_batch=max(batches), spin=True)
         limit_rows = [time_batches(runner, b, args.limit_seconds) for b in batches]
         limit = max(limit_rows, key=lambda r: r["fps"])
         naive = naive_over_videos(runner, videos, 20.0)  # one frame per run, on the same session

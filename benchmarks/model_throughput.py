@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     path = resolve_model(args.model)
-    runner = Runner(path, device=args.device, max_batch=max(batches), threads=args.threads)
+    runner = Runner(path, device=args.device, max_batch=max(batches), threads=args.threads, spin=True)
     frames = [jpeg(f) for f in endoscopy_frames(32)]
     limit = [time_batches(runner, b, args.seconds) for b in batches]
     naive = naive_loop(runner, frames, args.seconds * 2)

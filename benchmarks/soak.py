@@ -61,6 +61,7 @@ class Totals:
     errors: list[str] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, ms)
     server_ms: list[float] = field(default_factory=list)  # the same frames' time in the server
+    stages: list[dict[str, float]] = field(default_factory=list)  # live answers' stages (OK and dropped)
 
 
 def make_frame(rng: random.Random, encoded: list[bytes], stream_id: str, index: int) -> pb.Frame:
@@ -97,6 +98,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
     answered: dict[str, int] = {}
     latencies: list[tuple[float, float]] = []
     server_ms: list[float] = []
+    stages: list[dict[str, float]] = []
     error = ""
     client = SegmenterClient(address)
     try:
@@ -105,6 +107,8 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
             if answer.status == "OK":
                 latencies.append((time.perf_counter() - started, answer.latency_s * 1e3))
                 server_ms.append(answer.result.timing.server_ms)
+            if answer.status in ("OK", "DROPPED_LATE"):
+                stages.append(stage_times(answer.result))
             if abandon_at is not None and n >= abandon_at:
                 break  # hang up with frames in flight
     except grpc.RpcError as exc:
@@ -119,6 +123,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
             totals.answered[status] = totals.answered.get(status, 0) + n
         totals.latencies.extend(latencies)
         totals.server_ms.extend(server_ms)
+        totals.stages.extend(stages)
         if abandon_at is not None:
             totals.abandoned_streams += 1
             totals.abandoned += unanswered
@@ -126,6 +131,39 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
             totals.lost += unanswered
             if error:
                 totals.errors.append(error)
+
+
+STAGES = ("decode", "queue", "inference", "postprocess")
+
+
+def stage_times(result: pb.FrameResult) -> dict[str, float]:
+    """A live answer's status, batch size and server time by stage (ms); 'other' is the rest of
+    its server time: waiting for a decoder, for the frame before it, for the event loop."""
+    t = result.timing
+    times = {"decode": t.decode_ms, "queue": t.queue_ms, "inference": t.inference_ms, "postprocess": t.postprocess_ms}
+    return {
+        "ok": float(result.status == pb.FRAME_STATUS_OK),
+        "batch_size": float(t.batch_size),
+        "server": t.server_ms,
+        **times,
+        "other": max(0.0, t.server_ms - sum(times.values())),
+    }
+
+
+def where_time_went(stages: list[dict[str, float]], budget_ms: float) -> dict[str, object]:
+    """Mean time per stage (ms) of live answers: OK within the budget, OK past it, and dropped."""
+    groups = {
+        "ok_within_budget": [s for s in stages if s["ok"] and s["server"] <= budget_ms],
+        "ok_past_budget": [s for s in stages if s["ok"] and s["server"] > budget_ms],
+        "dropped_late": [s for s in stages if not s["ok"]],
+    }
+    keys = ("server", *STAGES, "other", "batch_size")
+    return {
+        name: {"frames": len(group), **{k: round(float(np.mean([s[k] for s in group])), 2) for k in keys}}
+        if group
+        else {"frames": 0}
+        for name, group in groups.items()
+    }
 
 
 @dataclass
@@ -314,6 +352,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
         "live_ok_within_budget_share": within(totals.server_ms),
         "live_ok_within_budget_share_client_side": within([ms for _, ms in totals.latencies]),
         "server_latency_ms": percentiles(totals.server_ms),
+        "live_mean_stage_ms": where_time_went(totals.stages, budget_ms),
         "adversarial": {
             "cancelled_streams": adv.cancels,
             "non_reading_streams": adv.non_readers,

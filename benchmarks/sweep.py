@@ -48,7 +48,7 @@ def measure_model(
     """The limit (batched model runs), the naive loop, and which model on which provider,
     with the model loaded in this process."""
     batches = [int(b) for b in args.batches.split(",")]
-    runner = Runner(resolve_model(args.model), device=args.device, max_batch=max(batches))
+    runner = Runner(resolve_model(args.model), device=args.device, max_batch=max(batches), spin=True)
     limit = [time_batches(runner, b, args.limit_seconds) for b in batches]
     naive = naive_loop(runner, encoded, args.limit_seconds * 2)
     return limit, naive, {"provider": runner.provider, "model": f"{runner.contract.name} {runner.contract.version}"}

@@ -719,7 +719,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     path = resolve_model(args.model)
-    runner = Runner(path, device=args.device, max_batch=args.batch)
+    runner = Runner(path, device=args.device, max_batch=args.batch, spin=True)
     tally = SplitScores()
     started = time.monotonic()
     interrupted = False
@@ -749,7 +749,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:
-    runner = Runner(resolve_model(args.model), device=args.device, max_batch=8)
+    runner = Runner(resolve_model(args.model), device=args.device, max_batch=8, spin=True)
     started = time.monotonic()
 
     def progress(what: str) -> None:

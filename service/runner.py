@@ -182,6 +182,9 @@ def _providers(device: str) -> list[str]:
     raise ModelError(f"unknown device '{device}' (auto, cuda or cpu)")
 
 
+SPINNING = "session.intra_op.allow_spinning"
+
+
 class Runner:
     """One ONNX Runtime session with a fixed input buffer of `max_batch` frames."""
 
@@ -193,12 +196,20 @@ class Runner:
         max_batch: int = 8,
         threads: int = 0,
         io_binding: bool | None = None,
+        spin: bool = False,
     ) -> None:
+        """`spin`: let onnxruntime's idle threads spin between runs, for a model that runs back
+        to back with the CPU to itself (eval, the model's limit in the benchmarks); a server
+        shares the CPU and leaves it off."""
         self.path = model_path
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's threads spin between runs by default. A server's threads share the CPU with
+        # the decoders, the drawing threads and gRPC, and live frames come one run at a time: there
+        # spinning took more CPU than the model (soak: 1.7 server cores with it, 1.1–1.3 without).
+        options.add_session_config_entry(SPINNING, "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
         except ModelError:

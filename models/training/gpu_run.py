@@ -46,7 +46,7 @@ def check_with_onnxruntime(
 ) -> tuple[dict[str, float | int | None], list]:
     """The exported model as the service runs it, on the validation images: their scores, and
     per image (regions found without a floor, true boxes) for choosing the floor."""
-    runner = Runner(model_path, device="cpu", max_batch=8)
+    runner = Runner(model_path, device="cpu", max_batch=8, spin=True)
     tally, regions = SplitScores(), []
     threshold = runner.contract.threshold
     for start in range(0, len(images), 8):

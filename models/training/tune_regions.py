@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.split.name == "test.txt":
         parser.error("tune on validation images, never on the test split")
-    runner = Runner(args.model, device="cpu", max_batch=1)
+    runner = Runner(args.model, device="cpu", max_batch=1, spin=True)
     regions = []
     for sample in load_split(args.data, args.split):
         image, (width, height) = read_as_served(sample.image_path, runner.input_size)

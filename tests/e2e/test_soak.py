@@ -22,6 +22,9 @@ def test_short_soak_loses_nothing(tmp_path: Path, tiny_model: Path) -> None:
     assert sum(report["answered"].values()) + report["abandoned"] == report["frames_sent"] > 100
     assert report["answered"]["OK"] > 0 and report["answered"]["INVALID_FRAME"] > 0  # bad frames were in the mix
     assert report["rss_mb"]["start"] > 0 and report["latency_over_time"]
+    answered = report["answered"]  # every live answer with a server time is in the account by stage
+    accounted = sum(group["frames"] for group in report["live_mean_stage_ms"].values())
+    assert accounted == answered["OK"] + answered.get("DROPPED_LATE", 0)
 
 
 def test_compare_prints_limit_naive_and_ours_with_ratios(tmp_path: Path, tiny_model: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from polypstream import runner as runner_module
-from polypstream.runner import ModelContract, ModelError, Runner, record_checksum, resolve_model
+from polypstream.runner import SPINNING, ModelContract, ModelError, Runner, record_checksum, resolve_model
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
 
@@ -307,6 +307,9 @@ def test_session_settings_and_defaults(tiny_model: Path) -> None:
     assert (runner.max_batch, runner.input_size, runner.io_binding) == (8, (64, 64), False)
     options = runner.session.get_session_options()
     assert (options.log_severity_level, options.intra_op_num_threads) == (3, 0)
+    assert options.get_session_config_entry(SPINNING) == "0"  # idle threads sleep: the CPU is shared
+    spinning = Runner(tiny_model, device="cpu", spin=True).session.get_session_options()
+    assert spinning.get_session_config_entry(SPINNING) == "1"  # the model alone, back to back
     assert Runner(tiny_model, device="cpu", threads=2).session.get_session_options().intra_op_num_threads == 2
 
 
