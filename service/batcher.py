@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .frames import Frame, Result, Status, unserved_result
+from .threads import name_os_thread
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ class Batcher:
         return batch, late
 
     def _run(self) -> None:
+        name_os_thread()
         while (work := self._next_batch()) is not None:
             batch, late, discarded = work
             now = self._clock()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +26,13 @@ from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
 from .metrics import Metrics
 from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
+from .threads import background_worker, name_os_thread
 from .view import ViewHub
 
 logger = logging.getLogger(__name__)
 
 VIEW_MAX_WIDTH = 960  # the live view's pictures are at most this wide (a monitor tile, not the frame)
 VIEW_MIN_SIZE = (640, 360)  # and a viewed client JPEG is decoded at least this large (or in full)
-BACKGROUND_NICE = 10  # how far below the rest pixel-heavy and offline work runs (Linux thread niceness)
 
 
 @dataclass
@@ -63,19 +62,21 @@ class Pipeline:
         )
         workers = config.decode_workers or os.cpu_count() or 2
         self.decode_workers = workers
-        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polypstream-decode")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="polypstream-decode", initializer=name_os_thread
+        )
         # Offline (no-drop) frames are decoded on their own, smaller pool: a client sending as
         # fast as it may keeps it busy, never the queue that live frames wait in.
         self.offline_decode_pool = ThreadPoolExecutor(
             max_workers=max(1, workers // 2),
-            thread_name_prefix="polypstream-decode-offline",
-            initializer=lower_thread_priority,
+            thread_name_prefix="polypstream-offline",
+            initializer=background_worker,
         )
         # Frame-sized masks and overlays (and the live view's pictures) are drawn and encoded on
         # a pool of their own: a 4096x4096 overlay takes a second, and in the decode pool's queue
         # every other stream's next frame would wait behind it.
         self.render_pool = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="polypstream-render", initializer=lower_thread_priority
+            max_workers=workers, thread_name_prefix="polypstream-render", initializer=background_worker
         )
         self._streams: dict[str, _StreamState] = {}
         self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
@@ -355,16 +356,6 @@ def _scaled(polyp: Polyp, sx: float, sy: float) -> Polyp:
     x, y, w, h = polyp.box
     box = (round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)))
     return replace(polyp, box=box)
-
-
-def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:
-    """Lower the calling thread's CPU priority (Linux: niceness is per thread), so that under
-    contention it gets what the model and the light frames leave; elsewhere, nothing."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError):
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + by))
 
 
 def on_every_thread(pool: ThreadPoolExecutor, workers: int, work: Callable[[], None], timeout_s: float = 10.0) -> None:

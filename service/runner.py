@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from .threads import os_thread_named
+
 logger = logging.getLogger(__name__)
 
 META_PREFIX = "polypstream."
@@ -211,7 +213,8 @@ class Runner:
         # spinning took more CPU than the model (soak: 1.7 server cores with it, 1.1–1.3 without).
         options.add_session_config_entry(SPINNING, "1" if spin else "0")
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
+            with os_thread_named("onnxruntime"):  # the session's threads take the name (top -H)
+                self.session = ort.InferenceSession(str(model_path), options, providers=_providers(device))
         except ModelError:
             raise
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file

@@ -44,6 +44,7 @@ from .memory import MemoryBudget, trim_heap
 from .pipeline import VIEW_MIN_SIZE, Pipeline
 from .security import TokenAuthInterceptor, server_credentials
 from .sources import SourceHub
+from .threads import name_os_thread
 from .wire import options_from_proto
 
 logger = logging.getLogger(__name__)
@@ -708,7 +709,12 @@ def serve_in_thread(
 ) -> Iterator[RunningServer]:
     """Run the server on an event loop in a background thread (tests, `demo`, benchmarks)."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="polypstream-grpc", daemon=True)
+
+    def run() -> None:
+        name_os_thread()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="polypstream-grpc", daemon=True)
     thread.start()
     running = asyncio.run_coroutine_threadsafe(start_server(pipeline, config, sources), loop).result()
     running.loop = loop

@@ -24,6 +24,7 @@ from .batcher import BatcherStoppedError, QueueFullError
 from .capture import FrameSource, SourceError, is_live, open_source, redact_uri
 from .frames import FrameOptions, Result
 from .pipeline import Pipeline
+from .threads import name_os_thread
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class SourceHub:
 
     def _run(self) -> None:
         """Play the source; a live one that stops or cannot open is reopened with backoff."""
+        name_os_thread()
         self.pipeline.open_stream(self.name)
         backoff = self.backoff_s
         while not self._stop.is_set():

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import Counter
 
 from .config import TlsFiles
+from .threads import name_os_thread
 from .view import ViewHub
 
 logger = logging.getLogger(__name__)
@@ -89,8 +90,12 @@ class LiveView:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="polypstream-ui", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="polypstream-ui", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        name_os_thread()
+        self.httpd.serve_forever()
 
     def stop(self) -> None:
         """Stop accepting, end every page's stream, close the socket."""

@@ -17,6 +17,7 @@ HEAVY = ("grpc", "onnxruntime", "cv2")
         ("frames", set()),
         ("scores", set()),  # metrics of masks and boxes: numpy only
         ("stats", set()),
+        ("threads", set()),  # names and priorities of threads: the standard library only
         ("pipeline", {"onnxruntime", "cv2"}),  # the engine: no gRPC
         ("replay", {"grpc", "cv2"}),  # a client: no model runtime
         ("client", {"grpc", "cv2"}),

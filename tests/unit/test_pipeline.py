@@ -19,8 +19,9 @@ from polypstream import pipeline as pipeline_module
 from polypstream.config import EngineConfig
 from polypstream.frames import Frame, FrameOptions, Result, Status
 from polypstream.metrics import Metrics
-from polypstream.pipeline import BACKGROUND_NICE, Pipeline
+from polypstream.pipeline import Pipeline
 from polypstream.runner import Runner
+from polypstream.threads import BACKGROUND_NICE, os_thread_name
 from polypstream.view import ViewHub
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
@@ -291,3 +292,28 @@ def test_pixel_work_and_offline_decoding_run_below_the_model_and_live_decoding(
     assert run_one(pipeline, FrameOptions()).status is Status.OK
     assert ran_at == [own]
     assert niceness() == own  # lowering a worker's priority left the caller's alone
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads' names in /proc are Linux's")
+def test_the_operating_system_sees_each_thread_by_its_work(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    def names(pool: ThreadPoolExecutor, workers: int) -> set[str | None]:
+        seen: set[str | None] = set()
+        pipeline_module.on_every_thread(pool, workers, lambda: seen.add(os_thread_name()))
+        return seen
+
+    workers = pipeline.decode_workers
+    assert names(pipeline.decode_pool, workers) == {f"decode_{i}" for i in range(workers)}
+    assert names(pipeline.render_pool, workers) == {f"render_{i}" for i in range(workers)}
+    assert names(pipeline.offline_decode_pool, max(1, workers // 2)) == {
+        f"offline_{i}" for i in range(max(1, workers // 2))
+    }
+    real_run = pipeline.runner.run
+    ran_on: list[str | None] = []
+
+    def spy(tensors: list[np.ndarray]) -> np.ndarray:
+        ran_on.append(os_thread_name())
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", spy)
+    assert run_one(pipeline, FrameOptions()).status is Status.OK
+    assert ran_on == ["batcher"]
