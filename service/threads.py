@@ -26,17 +26,17 @@ def os_thread_name() -> str | None:
     if sys.platform != "linux":
         return None
     try:
-        return _comm().read_text().rstrip("\n")
+        return _comm().read_bytes().decode(errors="replace").rstrip("\n")
     except OSError:
         return None
 
 
 def set_os_thread_name(name: str) -> None:
-    """Name the calling thread for the OS (cut to what Linux keeps)."""
+    """Name the calling thread for the OS (cut to what Linux keeps, on a character's boundary)."""
     if sys.platform != "linux":
         return
     with contextlib.suppress(OSError):
-        _comm().write_bytes(name.encode()[:OS_NAME_BYTES])
+        _comm().write_bytes(name.encode()[:OS_NAME_BYTES].decode(errors="ignore").encode())
 
 
 def name_os_thread() -> None:

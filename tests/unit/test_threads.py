@@ -35,6 +35,8 @@ def test_a_thread_takes_its_python_name_less_the_package_prefix() -> None:
 
 def test_a_name_is_cut_to_the_15_bytes_linux_keeps() -> None:
     assert on_a_thread("t", lambda: set_os_thread_name("source-endoscope-room-4")) == ["source-endoscop"]
+    # never inside a character: "source-Bærumx" is 14 bytes, and the "ø" after it (2 bytes) would pass 15
+    assert on_a_thread("t", lambda: set_os_thread_name("source-Bærumxø")) == ["source-Bærumx"]
 
 
 def test_a_temporary_name_is_given_back() -> None:
