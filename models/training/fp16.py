@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from polypstream.runner import META_PREFIX
+from models.training.variant import save_variant
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:
@@ -40,11 +40,7 @@ def to_fp16(source: Path, out: Path) -> None:
     half = convert_float_to_float16(model, keep_io_types=True)
     half.ir_version = model.ir_version  # what the source was exported for (onnxruntime 1.2x loads ≤ 10)
     sort_nodes(half.graph)
-    for prop in half.metadata_props:
-        if prop.key == META_PREFIX + "version":
-            prop.value += "-fp16"
-    onnx.checker.check_model(half)
-    onnx.save(half, str(out))
+    save_variant(half, out, "-fp16")
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from models.training.variant import save_variant
 from polypstream.dataset import load_split, read_image
-from polypstream.runner import META_PREFIX, Runner
+from polypstream.runner import Runner
 
 
 class _Inputs(CalibrationDataReader):
@@ -63,12 +64,7 @@ def to_int8(source: Path, out: Path, tensors: list[np.ndarray]) -> None:
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    model = onnx.load(str(out))
-    for prop in model.metadata_props:
-        if prop.key == META_PREFIX + "version":
-            prop.value += "-int8"
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
+    save_variant(onnx.load(str(out)), out, "-int8")
 
 
 def main() -> None:
