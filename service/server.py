@@ -176,10 +176,15 @@ def decode_size(model_size: tuple[int, int], viewed: bool) -> tuple[int, int]:
     return max(model_size[0], VIEW_MIN_SIZE[0]), max(model_size[1], VIEW_MIN_SIZE[1])
 
 
-def frame_sizes(message: pb.Frame, model_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+# A frame's (width, height) and the most its pixels take once decoded; None: header unreadable.
+FrameSizes = tuple[tuple[int, int], tuple[int, int]] | None
+
+
+def frame_sizes(message: pb.Frame, model_size: tuple[int, int]) -> FrameSizes:
     """From the frame's header alone: its (width, height), and the most its pixels take once
     decoded (a JPEG at the reduced scale it is decoded at, the live view's if the frame may be
-    viewed); None when the header cannot be read (the frame is refused before any decoding)."""
+    viewed); None when the header cannot be read (the frame is refused before any decoding).
+    Read once per frame (on the event loop): the memory cost and the decode pool both use it."""
     if message.WhichOneof("image") == "raw":
         return (message.raw.width, message.raw.height), (message.raw.width, message.raw.height)
     size = image_size(message.encoded)
@@ -190,15 +195,14 @@ def frame_sizes(message: pb.Frame, model_size: tuple[int, int]) -> tuple[tuple[i
     return size, jpeg_decoded_size(*size, decode_size(model_size, message.options.allow_view))
 
 
-def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
+def frame_cost(message: pb.Frame, model_size: tuple[int, int], sizes: FrameSizes) -> int:
     """The most bytes a frame holds in the server at once: its image bytes, its decoded pixels,
     the model input and probability map, and the full-resolution mask and overlay when asked
-    for (before they are encoded)."""
+    for (before they are encoded). `sizes`: frame_sizes' answer for it."""
     options = message.options
     data_bytes = len(message.raw.data) if message.WhichOneof("image") == "raw" else len(message.encoded)
     model_w, model_h = model_size
     cost = data_bytes + (3 * 4 + 4) * model_w * model_h  # float32 CHW input + float32 probabilities
-    sizes = frame_sizes(message, model_size)
     if sizes is None:
         return cost
     (width, height), (decoded_w, decoded_h) = sizes
@@ -211,9 +215,8 @@ def frame_cost(message: pb.Frame, model_size: tuple[int, int]) -> int:
     return cost
 
 
-def heavy(message: pb.Frame, model_size: tuple[int, int]) -> bool:
+def heavy(sizes: FrameSizes) -> bool:
     """Whether a frame decodes to more than HEAVY_PIXELS (an overlay of a large frame, a PNG)."""
-    sizes = frame_sizes(message, model_size)
     return sizes is not None and sizes[1][0] * sizes[1][1] > HEAVY_PIXELS
 
 
@@ -303,9 +306,11 @@ class SegmentCall:
                 if broken:
                     self.servicer.answer_invalid(message, broken, pending.answer)
                     continue
-                cost = frame_cost(message, self.pipeline.runner.input_size)
+                sizes = frame_sizes(message, self.pipeline.runner.input_size)
+                cost = frame_cost(message, self.pipeline.runner.input_size, sizes)
                 pending.reserved = await self.servicer.memory.reserve(self.key, cost)
-                submitted = self.servicer.start_frame(message, self.key, pending.answer, submitted)
+                pool = self.servicer.decode_pool_for(message, sizes)
+                submitted = self.servicer.start_frame(message, self.key, pending.answer, submitted, pool)
         finally:
             # No await here: this also runs when the call is cancelled. A full queue
             # needs no marker: the writer drains it, then sees reading_done.
@@ -479,15 +484,16 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         stream_key: str,
         answer: asyncio.Future[_Answer],
         previous: asyncio.Future[None] | None,
+        pool: ThreadPoolExecutor,
     ) -> asyncio.Future[None]:
-        """Decode off the event loop, then submit in stream order; returns 'submitted'."""
+        """Decode on `pool` (off the event loop), then submit in stream order; returns 'submitted'."""
         loop = asyncio.get_running_loop()
         received_at = time.monotonic()
         submitted: asyncio.Future[None] = loop.create_future()
         delivery = _Delivery(loop, answer)
 
         async def run() -> None:
-            decoded = await self._decoded(message, stream_key, received_at)
+            decoded = await self._decoded(message, stream_key, received_at, pool)
             if previous is not None:
                 await previous
             try:
@@ -504,11 +510,14 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         task.add_done_callback(self.tasks.discard)
         return submitted
 
-    async def _decoded(self, message: pb.Frame, stream_key: str, received_at: float) -> Frame | Result:
-        """The frame decoded on a worker, or its INVALID_FRAME answer."""
-        loop, pool = asyncio.get_running_loop(), self.decode_pool_for(message)
+    async def _decoded(
+        self, message: pb.Frame, stream_key: str, received_at: float, pool: ThreadPoolExecutor
+    ) -> Frame | Result:
+        """The frame decoded on a worker of `pool`, or its INVALID_FRAME answer."""
         try:
-            return await loop.run_in_executor(pool, self._decode, message, stream_key, received_at)
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, self._decode, message, stream_key, received_at
+            )
         except InvalidFrameError as exc:
             error = str(exc)
         except Exception as exc:
@@ -516,12 +525,13 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             error = f"cannot read frame: {exc}"
         return invalid_result(message.stream_id, message.index, error, received_at, message.client_time_ns)
 
-    def decode_pool_for(self, message: pb.Frame) -> ThreadPoolExecutor:
-        """Where a frame is decoded: offline (no-drop) frames on their own pool, heavy ones with
-        the overlays on the render pool (both below the rest), light live frames on the decode pool."""
+    def decode_pool_for(self, message: pb.Frame, sizes: FrameSizes) -> ThreadPoolExecutor:
+        """Where a frame (of these `frame_sizes`) is decoded: offline (no-drop) frames on their own
+        pool, heavy ones with the overlays on the render pool (both below the rest), light live
+        frames on the decode pool."""
         if message.options.no_drop:
             return self.pipeline.offline_decode_pool
-        if heavy(message, self.pipeline.runner.input_size):
+        if heavy(sizes):
             return self.pipeline.render_pool
         return self.pipeline.decode_pool
 

@@ -15,7 +15,7 @@ from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.config import ServerConfig
 from polypstream.frames import Result, invalid_result
 from polypstream.pipeline import Pipeline
-from polypstream.server import SegmenterServicer
+from polypstream.server import SegmenterServicer, frame_sizes
 from tests.conftest import blank_image
 
 
@@ -47,7 +47,8 @@ def encoded(width: int, height: int, ext: str = ".jpg", **options: bool) -> pb.F
 )
 def test_frames_are_decoded_on_the_pool_their_weight_calls_for(pipeline: Pipeline, frame: pb.Frame, pool: str) -> None:
     servicer = SegmenterServicer(pipeline, ServerConfig())
-    assert servicer.decode_pool_for(frame) is getattr(pipeline, pool)
+    sizes = frame_sizes(frame, pipeline.runner.input_size)
+    assert servicer.decode_pool_for(frame, sizes) is getattr(pipeline, pool)
 
 
 def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:

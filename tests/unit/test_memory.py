@@ -8,7 +8,7 @@ import pytest
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.memory import MemoryBudget
-from polypstream.server import frame_cost
+from polypstream.server import frame_cost, frame_sizes
 from tests.conftest import blank_image
 
 
@@ -90,21 +90,25 @@ def test_limits_must_be_consistent() -> None:
 
 def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
     model = (160, 160)
+
+    def frame_cost_of(frame: pb.Frame) -> int:  # the header read once, as the server reads it
+        return frame_cost(frame, model, frame_sizes(frame, model))
+
     model_bytes = 16 * 160 * 160  # float32 CHW input (12 bytes a pixel) + float32 probabilities
     data = blank_image(1920, 1080)
     # A JPEG without overlay is decoded at the smallest scale covering 160x160: 1/4 -> 480x270
     plain = pb.Frame(encoded=data)
-    assert frame_cost(plain, model) == len(data) + model_bytes + 3 * 480 * 270
+    assert frame_cost_of(plain) == len(data) + model_bytes + 3 * 480 * 270
     # An overlay needs the full decode, the boolean mask and its 0/255 copy, and the overlay
     overlay = pb.Frame(encoded=data, options=pb.FrameOptions(return_overlay=True))
-    assert frame_cost(overlay, model) == len(data) + model_bytes + 3 * 1920 * 1080 + 2 * 1920 * 1080 + 3 * 1920 * 1080
+    assert frame_cost_of(overlay) == len(data) + model_bytes + 3 * 1920 * 1080 + 2 * 1920 * 1080 + 3 * 1920 * 1080
     # A frame the live view may show is counted at the view's decode size (covering 640x360): 1/2
     viewable = pb.Frame(encoded=data, options=pb.FrameOptions(allow_view=True))
-    assert frame_cost(viewable, model) == len(data) + model_bytes + 3 * 960 * 540
+    assert frame_cost_of(viewable) == len(data) + model_bytes + 3 * 960 * 540
     # A mask at the model's resolution costs no frame-sized buffer
     small_mask = pb.Frame(encoded=data, options=pb.FrameOptions(return_mask=True, mask_at_model_resolution=True))
-    assert frame_cost(small_mask, model) == frame_cost(plain, model)
+    assert frame_cost_of(small_mask) == frame_cost_of(plain)
     # Raw pixels are used as they come; unreadable bytes cost what they weigh
     raw = pb.Frame(raw=pb.RawImage(width=64, height=48, format=pb.PIXEL_FORMAT_BGR8, data=b"\0" * 9216))
-    assert frame_cost(raw, model) == 9216 + model_bytes + 3 * 64 * 48
-    assert frame_cost(pb.Frame(encoded=b"garbage"), model) == 7 + model_bytes
+    assert frame_cost_of(raw) == 9216 + model_bytes + 3 * 64 * 48
+    assert frame_cost_of(pb.Frame(encoded=b"garbage")) == 7 + model_bytes
