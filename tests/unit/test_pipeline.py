@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -25,6 +26,8 @@ from polypstream.threads import BACKGROUND_NICE, os_thread_name
 from polypstream.view import ViewHub
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
+
+T = TypeVar("T")
 
 
 def run_one(pipeline: Pipeline, options: FrameOptions, image: np.ndarray | None = None) -> Result:
@@ -271,6 +274,20 @@ def niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
+def on_the_models_thread(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, probe: Callable[[], T]) -> list[T]:
+    """What `probe` says on the thread the model runs on, while one frame is served."""
+    real_run = pipeline.runner.run
+    seen: list[T] = []
+
+    def spy(tensors: list[np.ndarray]) -> np.ndarray:
+        seen.append(probe())
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", spy)
+    assert run_one(pipeline, FrameOptions()).status is Status.OK
+    return seen
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
 def test_pixel_work_and_offline_decoding_run_below_the_model_and_live_decoding(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
@@ -281,16 +298,7 @@ def test_pixel_work_and_offline_decoding_run_below_the_model_and_live_decoding(
     assert pipeline.offline_decode_pool.submit(niceness).result(10) == lowered
     assert pipeline.decode_pool.submit(niceness).result(10) == own
     # The model runs on the batcher's thread, at the process's priority
-    real_run = pipeline.runner.run
-    ran_at: list[int] = []
-
-    def spy(tensors: list[np.ndarray]) -> np.ndarray:
-        ran_at.append(niceness())
-        return real_run(tensors)
-
-    monkeypatch.setattr(pipeline.runner, "run", spy)
-    assert run_one(pipeline, FrameOptions()).status is Status.OK
-    assert ran_at == [own]
+    assert on_the_models_thread(pipeline, monkeypatch, niceness) == [own]
     assert niceness() == own  # lowering a worker's priority left the caller's alone
 
 
@@ -307,13 +315,4 @@ def test_the_operating_system_sees_each_thread_by_its_work(pipeline: Pipeline, m
     assert names(pipeline.offline_decode_pool, max(1, workers // 2)) == {
         f"offline_{i}" for i in range(max(1, workers // 2))
     }
-    real_run = pipeline.runner.run
-    ran_on: list[str | None] = []
-
-    def spy(tensors: list[np.ndarray]) -> np.ndarray:
-        ran_on.append(os_thread_name())
-        return real_run(tensors)
-
-    monkeypatch.setattr(pipeline.runner, "run", spy)
-    assert run_one(pipeline, FrameOptions()).status is Status.OK
-    assert ran_on == ["batcher"]
+    assert on_the_models_thread(pipeline, monkeypatch, os_thread_name) == ["batcher"]
