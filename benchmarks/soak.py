@@ -266,6 +266,8 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     crafted = crafted_jpeg(np.full((4096, 4096, 3), 128, np.uint8), 2500)  # small file, 2,510 scans
     hd = jpeg(cv2.resize(big_image, (1920, 1080)))
     adv = Adversaries()
+    with SegmenterClient(address) as client:
+        info = client.model_info()  # which model served the soak, as the server says it
     totals, lock = Totals(), threading.Lock()
     rss: list[tuple[float, float]] = []
     server_cpu = scrape(metrics_url).get(CPU, 0.0)
@@ -322,6 +324,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     first = sorted(v for _, v in rss[:fifth])[fifth // 2]
     last = sorted(v for _, v in rss[-fifth:])[fifth // 2]
     return {
+        "model": f"{info.name} {info.version}",
         "seconds": round(wall, 1),
         "cpu_steal_share": steal_share,
         "client_cpu_cores": client_cores,  # what this load generator took of the machine's cores

@@ -37,19 +37,22 @@ class Preset:
     epochs: int
     batch: int
     lr: float
+    half_res: bool = False  # the first level works at half the input resolution (a stride-2 stem)
 
 
 # fast: sized for ≥ 20 frames/s at batch 1 on a 2-core CPU (≈17 ms per frame on one core);
-# (16, 32, 64, 128, 192) at 192² took 73 ms there. accurate: for the GPU.
+# (16, 32, 64, 128, 192) at 192² took 73 ms there. `--half-res --widths 16,32,64,128` runs in half
+# the time of fast but did worse on video (models/README.md, "A half-resolution fast: not shipped").
+# accurate: for the GPU.
 PRESETS = {
     "fast": Preset("polyp-unet-fast", 160, (8, 16, 32, 64, 128), 60, 8, 3e-3),
     "accurate": Preset("polyp-unet-accurate", 352, (16, 32, 64, 128, 256), 150, 16, 2e-3),
 }
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
+def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
@@ -59,14 +62,19 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Plain U-Net: max-pool down, bilinear up, skip concatenation; one logit channel."""
+    """Plain U-Net: max-pool down, bilinear up, skip concatenation; one logit channel.
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    `half_res`: the first convolution has stride 2, so that no level works at the input's full
+    resolution (on a CPU the full-resolution level, with the fewest channels, took more than half
+    of the run); the logits are upsampled 2× at the end."""
+
+    def __init__(self, widths: tuple[int, ...], half_res: bool = False) -> None:
         super().__init__()
+        self.half_res = half_res
         self.down = nn.ModuleList()
         cin = 3
         for w in widths:
-            self.down.append(conv_block(cin, w))
+            self.down.append(conv_block(cin, w, stride=2 if half_res and cin == 3 else 1))
             cin = w
         self.up = nn.ModuleList(
             conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
@@ -74,6 +82,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -85,7 +94,10 @@ class UNet(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        logits = self.head(x)
+        if self.half_res:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
 
 
 class Exported(nn.Module):
@@ -226,7 +238,7 @@ def train_model(
     `epochs`, so a budget that ends training early leaves the learning rate where it was."""
     device = x_train.device
     gen = torch.Generator().manual_seed(seed)
-    model = UNet(preset.widths).to(device).to(memory_format=torch.channels_last)
+    model = UNet(preset.widths, preset.half_res).to(device).to(memory_format=torch.channels_last)
     averaged = (
         torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True
@@ -302,6 +314,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="override the preset's input size")
     parser.add_argument("--widths", help="override the preset's widths, e.g. 8,16,32,64,128")
     parser.add_argument("--batch", type=int, help="override the preset's batch size")
+    parser.add_argument("--half-res", action="store_true", help="a stride-2 first level (about half the CPU time)")
     parser.add_argument("--out", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val", type=int, default=80, help="images of train.txt held out for validation")
@@ -315,6 +328,7 @@ def main() -> None:
         size=args.size or preset.size,
         widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else preset.widths,
         batch=args.batch or preset.batch,
+        half_res=args.half_res or preset.half_res,
     )
     epochs = args.epochs or preset.epochs
     if args.threads:

@@ -18,6 +18,7 @@ def test_short_soak_loses_nothing(tmp_path: Path, tiny_model: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
+    assert report["model"] == "tiny-brightness test"  # the served model, as the server names it
     assert report["lost"] == 0 and report["errors"] == []
     assert sum(report["answered"].values()) + report["abandoned"] == report["frames_sent"] > 100
     assert report["answered"]["OK"] > 0 and report["answered"]["INVALID_FRAME"] > 0  # bad frames were in the mix

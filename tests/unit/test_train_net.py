@@ -1,0 +1,49 @@
+"""The U-Net the training tools build and export (needs torch: CI runs it beside the GPU rehearsal)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models.training.train import PRESETS, UNet, export_onnx  # noqa: E402
+from polypstream.runner import Runner  # noqa: E402
+
+# export_onnx uses torch's TorchScript exporter on purpose (dynamo=False), which warns of deprecations.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def spatial_sizes(path: Path) -> dict[str, tuple[str, int]]:
+    """Each node's first output → (op type, its height: 0 unless a 4-D tensor's height is known)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in [*model.graph.value_info, *model.graph.output]}
+    heights = {name: dims[2].dim_value for name, dims in shapes.items() if len(dims) == 4}
+    return {node.output[0]: (node.op_type, heights.get(node.output[0], 0)) for node in model.graph.node}
+
+
+@pytest.mark.parametrize("half_res", [False, True])
+def test_the_network_answers_at_the_input_resolution(half_res: bool) -> None:
+    net = UNet((4, 8, 16), half_res=half_res).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_half_res_keeps_every_layer_but_the_last_upsampling_off_the_full_resolution(tmp_path: Path) -> None:
+    preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16), half_res=True)
+    export_onnx(UNet(preset.widths, half_res=True), preset, tmp_path / "m.onnx", {"version": "test"})
+    full = sorted(op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32)
+    assert full == ["Resize", "Sigmoid"]  # the logits upsampled 2×, then the probability
+    runner = Runner(tmp_path / "m.onnx", device="cpu", max_batch=1)  # the service's contract holds
+    assert runner.run([runner.preprocess(np.zeros((40, 40, 3), np.uint8))]).shape == (1, 32, 32)
+
+
+def test_the_plain_network_works_at_full_resolution(tmp_path: Path) -> None:
+    preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16))
+    export_onnx(UNet(preset.widths), preset, tmp_path / "m.onnx", {"version": "test"})
+    full = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32]
+    assert full.count("Conv") == 5  # two in the first level, two in the last, and the head
