@@ -42,7 +42,7 @@ class Preset:
 
 # fast: sized for ≥ 20 frames/s at batch 1 on a 2-core CPU (≈17 ms per frame on one core);
 # (16, 32, 64, 128, 192) at 192² took 73 ms there. `--half-res --widths 16,32,64,128` runs in half
-# the time of fast but did worse on video (models/README.md, "A half-resolution fast: not shipped").
+# the time of fast but did worse on video (models/README.md, "A half-resolution `fast`").
 # accurate: for the GPU.
 PRESETS = {
     "fast": Preset("polyp-unet-fast", 160, (8, 16, 32, 64, 128), 60, 8, 3e-3),
@@ -73,8 +73,8 @@ class UNet(nn.Module):
         self.half_res = half_res
         self.down = nn.ModuleList()
         cin = 3
-        for w in widths:
-            self.down.append(conv_block(cin, w, stride=2 if half_res and cin == 3 else 1))
+        for level, w in enumerate(widths):
+            self.down.append(conv_block(cin, w, stride=2 if half_res and level == 0 else 1))
             cin = w
         self.up = nn.ModuleList(
             conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))

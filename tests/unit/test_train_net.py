@@ -35,7 +35,7 @@ def test_the_network_answers_at_the_input_resolution(half_res: bool) -> None:
 
 def test_half_res_keeps_every_layer_but_the_last_upsampling_off_the_full_resolution(tmp_path: Path) -> None:
     preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16), half_res=True)
-    export_onnx(UNet(preset.widths, half_res=True), preset, tmp_path / "m.onnx", {"version": "test"})
+    export_onnx(UNet(preset.widths, preset.half_res), preset, tmp_path / "m.onnx", {"version": "test"})
     full = sorted(op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32)
     assert full == ["Resize", "Sigmoid"]  # the logits upsampled 2×, then the probability
     runner = Runner(tmp_path / "m.onnx", device="cpu", max_batch=1)  # the service's contract holds
