@@ -72,16 +72,17 @@ def test_a_factor_that_is_not_whole_is_left_alone(tmp_path: Path) -> None:
     assert model.SerializeToString() == before
 
 
+def rewrite(model: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "models.training.fixed_resize", "--model", str(model), "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 def test_the_command_rewrites_a_model_and_refuses_one_with_nothing_to_rewrite(tmp_path: Path) -> None:
     run_time_sized(tmp_path / "m.onnx", size=2)
-    command = [sys.executable, "-m", "models.training.fixed_resize", "--model", str(tmp_path / "m.onnx")]
-    done = subprocess.run([*command, "--out", str(tmp_path / "fixed.onnx")], capture_output=True, text=True)
+    done = rewrite(tmp_path / "m.onnx", tmp_path / "fixed.onnx")
     assert done.returncode == 0, done.stderr
     assert [n.op_type for n in onnx.load(str(tmp_path / "fixed.onnx")).graph.node] == ["Resize"]
-    again = subprocess.run(
-        [sys.executable, "-m", "models.training.fixed_resize", "--model", str(tmp_path / "fixed.onnx"),
-         "--out", str(tmp_path / "again.onnx")], capture_output=True, text=True,
-    )  # fmt: skip
+    again = rewrite(tmp_path / "fixed.onnx", tmp_path / "again.onnx")
     assert again.returncode == 1 and "nothing written" in again.stderr and not (tmp_path / "again.onnx").exists()
 
 
