@@ -234,8 +234,8 @@ def train_model(
 ) -> tuple[nn.Module, list[dict[str, float]], float]:
     """Train from scratch; returns the model at its best validation Dice (of the weights'
     moving average when `ema` > 0), the per-epoch history and that Dice. Stops after the epoch
-    that passes `budget_s` of training, keeping the best so far; the schedule is laid out for
-    `epochs`, so a budget that ends training early leaves the learning rate where it was."""
+    that passes `budget_s` of training, keeping the best so far. With a budget the learning rate
+    follows the time spent (`timed_lr`); without one it is one-cycle over `epochs`."""
     device = x_train.device
     gen = torch.Generator().manual_seed(seed)
     model = UNet(preset.widths, preset.half_res).to(device).to(memory_format=torch.channels_last)
@@ -329,8 +329,9 @@ def main() -> None:
         widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else preset.widths,
         batch=args.batch or preset.batch,
         half_res=args.half_res or preset.half_res,
+        epochs=args.epochs or preset.epochs,
     )
-    epochs = args.epochs or preset.epochs
+    epochs = preset.epochs
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -357,6 +358,7 @@ def main() -> None:
     record = {
         "preset": asdict(preset),
         "epochs_run": len(history),
+        "budget_minutes": args.minutes,
         "seed": args.seed,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "train_seconds": history[-1]["seconds"],

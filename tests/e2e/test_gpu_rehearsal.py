@@ -1,5 +1,6 @@
-"""The accurate model's GPU run, rehearsed on the CPU with a tiny budget: same command, same
-code path, same outputs (models/training/gpu_run.py). Needs torch (CI installs the CPU build)."""
+"""The training commands, rehearsed on the CPU with tiny budgets: the accurate model's GPU run
+(models/training/gpu_run.py: same command, same code path, same outputs) and the CPU recipe
+(models/training/train.py). Needs torch (CI installs the CPU build)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,29 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
     assert all(epoch["seconds"] <= record["train_budget_s"] for epoch in record["history"][:-1])
     val_ids = (out / "accurate.val-ids.txt").read_text().split()
     assert len(val_ids) == 1 and val_ids[0] in (data / "train.txt").read_text().split()
+
+
+def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) -> None:
+    # The CPU recipe's command (models/README.md) with a tiny network: the record must say what
+    # was asked (epochs, time budget, half resolution), not the preset's defaults.
+    data = tmp_path / "kvasir"
+    for folder in ("images", "masks"):
+        shutil.copytree(KVASIR_FIXTURES / folder, data / folder)
+    ids = [p.stem for p in sorted((data / "images").iterdir())]
+    (data / "train.txt").write_text("\n".join(ids) + "\n")
+    cache, out = tmp_path / "cache.npz", tmp_path / "out"
+    for args in (
+        ("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train"),
+        ("models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
+         "--half-res", "--batch", "2", "--epochs", "2", "--minutes", "5", "--val", "1", "--threads", "1",
+         "--out", str(out), "--version", "t"),
+    ):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "fast.training.json").read_text())
+    assert record["preset"]["epochs"] == 2 and record["epochs_run"] == 2
+    assert record["preset"]["half_res"] is True and record["preset"]["widths"] == [4, 8]
+    assert record["budget_minutes"] == 5.0
+    val_ids = (out / "fast.val-ids.txt").read_text().split()
+    assert len(val_ids) == 1 and val_ids[0] in ids
+    assert Runner(out / "fast.onnx", device="cpu", max_batch=1).contract.version == "t"
