@@ -31,15 +31,39 @@ def polypstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     )
 
 
+# A test run started in the background by a shell without job control (`cmd &`, nohup) inherits
+# SIGINT ignored, and so would every process spawned here: Ctrl-C could not be tested. A handler
+# (unlike "ignore") is reset to the default in a child, so the CLI sees Ctrl-C as a user's shell
+# would deliver it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+SPAWNED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test() -> Iterator[None]:
+    """A test that fails while its CLI still runs must not leave it eating the CPU of later tests."""
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
-    """`polypstream ARGS` running in the background, its output piped."""
-    return subprocess.Popen(
+    """`polypstream ARGS` running in the background, its output piped; killed after the test if
+    it still runs then."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "polypstream", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    SPAWNED.append(proc)
+    return proc
 
 
 def first_progress_line(proc: subprocess.Popen[str], counting: str = "videos") -> str:
