@@ -38,6 +38,7 @@ class Preset:
     batch: int
     lr: float
     half_res: bool = False  # the first level works at half the input resolution (a stride-2 stem)
+    light_ends: bool = False  # one convolution, not two, in the first level and the last decoder level
 
 
 # fast: sized for ≥ 20 frames/s at batch 1 on a 2-core CPU (≈17 ms per frame on one core);
@@ -50,15 +51,15 @@ PRESETS = {
 }
 
 
-def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+def conv_block(cin: int, cout: int, stride: int = 1, convs: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
 
 
 class UNet(nn.Module):
@@ -66,18 +67,23 @@ class UNet(nn.Module):
 
     `half_res`: the first convolution has stride 2, so that no level works at the input's full
     resolution (on a CPU the full-resolution level, with the fewest channels, took more than half
-    of the run); the logits are upsampled 2× at the end."""
+    of the run); the logits are upsampled 2× at the end. `light_ends`: one convolution instead of
+    two in the first level and in the last decoder level (the full-resolution ones, unless
+    half_res), which keeps the full resolution at a lower cost."""
 
-    def __init__(self, widths: tuple[int, ...], half_res: bool = False) -> None:
+    def __init__(self, widths: tuple[int, ...], half_res: bool = False, light_ends: bool = False) -> None:
         super().__init__()
         self.half_res = half_res
+        ends = 1 if light_ends else 2
         self.down = nn.ModuleList()
         cin = 3
         for level, w in enumerate(widths):
-            self.down.append(conv_block(cin, w, stride=2 if half_res and level == 0 else 1))
+            stride = 2 if half_res and level == 0 else 1
+            self.down.append(conv_block(cin, w, stride=stride, convs=ends if level == 0 else 2))
             cin = w
         self.up = nn.ModuleList(
-            conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+            conv_block(widths[i + 1] + widths[i], widths[i], convs=ends if i == 0 else 2)
+            for i in reversed(range(len(widths) - 1))
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
 
@@ -238,7 +244,7 @@ def train_model(
     follows the time spent (`timed_lr`); without one it is one-cycle over `epochs`."""
     device = x_train.device
     gen = torch.Generator().manual_seed(seed)
-    model = UNet(preset.widths, preset.half_res).to(device).to(memory_format=torch.channels_last)
+    model = UNet(preset.widths, preset.half_res, preset.light_ends).to(device).to(memory_format=torch.channels_last)
     averaged = (
         torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True
@@ -315,6 +321,9 @@ def main() -> None:
     parser.add_argument("--widths", help="override the preset's widths, e.g. 8,16,32,64,128")
     parser.add_argument("--batch", type=int, help="override the preset's batch size")
     parser.add_argument("--half-res", action="store_true", help="a stride-2 first level (about half the CPU time)")
+    parser.add_argument(
+        "--light-ends", action="store_true", help="one convolution in the first and the last decoder level (not two)"
+    )
     parser.add_argument("--out", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val", type=int, default=80, help="images of train.txt held out for validation")
@@ -329,6 +338,7 @@ def main() -> None:
         widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else preset.widths,
         batch=args.batch or preset.batch,
         half_res=args.half_res or preset.half_res,
+        light_ends=args.light_ends or preset.light_ends,
         epochs=args.epochs or preset.epochs,
     )
     epochs = preset.epochs

@@ -63,7 +63,7 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
 
 def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) -> None:
     # The CPU recipe's command (models/README.md) with a tiny network: the record must say what
-    # was asked (epochs, time budget, half resolution), not the preset's defaults.
+    # was asked (epochs, time budget, network options), not the preset's defaults.
     data = tmp_path / "kvasir"
     for folder in ("images", "masks"):
         shutil.copytree(KVASIR_FIXTURES / folder, data / folder)
@@ -73,14 +73,15 @@ def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) 
     for args in (
         ("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train"),
         ("models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
-         "--half-res", "--batch", "2", "--epochs", "2", "--minutes", "5", "--val", "1", "--threads", "1",
-         "--out", str(out), "--version", "t"),
+         "--half-res", "--light-ends", "--batch", "2", "--epochs", "2", "--minutes", "5", "--val", "1",
+         "--threads", "1", "--out", str(out), "--version", "t"),
     ):  # fmt: skip
         done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "fast.training.json").read_text())
     assert record["preset"]["epochs"] == 2 and record["epochs_run"] == 2
-    assert record["preset"]["half_res"] is True and record["preset"]["widths"] == [4, 8]
+    assert record["preset"]["half_res"] is True and record["preset"]["light_ends"] is True
+    assert record["preset"]["widths"] == [4, 8]
     assert record["budget_minutes"] == 5.0
     val_ids = (out / "fast.val-ids.txt").read_text().split()
     assert len(val_ids) == 1 and val_ids[0] in ids

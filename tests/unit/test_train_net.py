@@ -26,9 +26,9 @@ def spatial_sizes(path: Path) -> dict[str, tuple[str, int]]:
     return {node.output[0]: (node.op_type, heights.get(node.output[0], 0)) for node in model.graph.node}
 
 
-@pytest.mark.parametrize("half_res", [False, True])
-def test_the_network_answers_at_the_input_resolution(half_res: bool) -> None:
-    net = UNet((4, 8, 16), half_res=half_res).eval()
+@pytest.mark.parametrize(("half_res", "light_ends"), [(False, False), (True, False), (False, True)])
+def test_the_network_answers_at_the_input_resolution(half_res: bool, light_ends: bool) -> None:
+    net = UNet((4, 8, 16), half_res=half_res, light_ends=light_ends).eval()
     with torch.no_grad():
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 32, 32)
 
@@ -47,3 +47,16 @@ def test_the_plain_network_works_at_full_resolution(tmp_path: Path) -> None:
     export_onnx(UNet(preset.widths), preset, tmp_path / "m.onnx", {"version": "test"})
     full = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32]
     assert full.count("Conv") == 5  # two in the first level, two in the last, and the head
+
+
+def test_light_ends_keep_one_convolution_in_each_full_resolution_level(tmp_path: Path) -> None:
+    preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16), light_ends=True)
+    net = UNet(preset.widths, light_ends=True)
+    export_onnx(net, preset, tmp_path / "m.onnx", {"version": "test"})
+    full = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32]
+    assert full.count("Conv") == 3  # one in the first level, one in the last, and the head
+    half = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 16]
+    assert half.count("Conv") == 4  # the middle levels keep their two each
+    plain = sum(p.numel() for p in UNet(preset.widths).parameters())
+    # 4×4×3×3 weights and a BatchNorm of 4 (8 numbers) gone in each of the two levels
+    assert plain - sum(p.numel() for p in net.parameters()) == 2 * (4 * 4 * 9 + 8)
