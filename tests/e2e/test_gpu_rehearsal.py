@@ -21,17 +21,24 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_folder(tmp_path: Path) -> None:
+def module(*args: str) -> None:
+    """`python -m ARGS` from the repository root; it must succeed."""
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def fixture_train_split(tmp_path: Path) -> Path:
+    """A Kvasir-SEG layout folder of the fixture images, all of them in train.txt."""
     data = tmp_path / "kvasir"
     for folder in ("images", "masks"):
         shutil.copytree(KVASIR_FIXTURES / folder, data / folder)
     (data / "train.txt").write_text("\n".join(p.stem for p in sorted((data / "images").iterdir())) + "\n")
+    return data
+
+
+def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_folder(tmp_path: Path) -> None:
+    data = fixture_train_split(tmp_path)
     cache, out = tmp_path / "cache.npz", tmp_path / "out"
-
-    def module(*args: str) -> None:
-        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-
     module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
     module(
         "models.training.gpu_run", "--cache", str(cache), "--out", str(out), "--size", "32", "--widths", "4,8",
@@ -64,20 +71,15 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
 def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) -> None:
     # The CPU recipe's command (models/README.md) with a tiny network: the record must say what
     # was asked (epochs, time budget, network options), not the preset's defaults.
-    data = tmp_path / "kvasir"
-    for folder in ("images", "masks"):
-        shutil.copytree(KVASIR_FIXTURES / folder, data / folder)
-    ids = [p.stem for p in sorted((data / "images").iterdir())]
-    (data / "train.txt").write_text("\n".join(ids) + "\n")
+    data = fixture_train_split(tmp_path)
+    ids = (data / "train.txt").read_text().split()
     cache, out = tmp_path / "cache.npz", tmp_path / "out"
-    for args in (
-        ("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train"),
-        ("models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
-         "--half-res", "--light-ends", "--batch", "2", "--epochs", "2", "--minutes", "5", "--val", "1",
-         "--threads", "1", "--out", str(out), "--version", "t"),
-    ):  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
+    module(
+        "models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
+        "--half-res", "--light-ends", "--batch", "2", "--epochs", "2", "--minutes", "5", "--val", "1",
+        "--threads", "1", "--out", str(out), "--version", "t",
+    )  # fmt: skip
     record = json.loads((out / "fast.training.json").read_text())
     assert record["preset"]["epochs"] == 2 and record["epochs_run"] == 2
     assert record["preset"]["half_res"] is True and record["preset"]["light_ends"] is True
