@@ -53,9 +53,10 @@ def test_light_ends_keep_one_convolution_in_each_full_resolution_level(tmp_path:
     preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16), light_ends=True)
     net = UNet(preset.widths, light_ends=True)
     export_onnx(net, preset, tmp_path / "m.onnx", {"version": "test"})
-    full = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 32]
+    nodes = spatial_sizes(tmp_path / "m.onnx").values()
+    full = [op for op, height in nodes if height == 32]
     assert full.count("Conv") == 3  # one in the first level, one in the last, and the head
-    half = [op for op, height in spatial_sizes(tmp_path / "m.onnx").values() if height == 16]
+    half = [op for op, height in nodes if height == 16]
     assert half.count("Conv") == 4  # the middle levels keep their two each
     plain = sum(p.numel() for p in UNet(preset.widths).parameters())
     # 4×4×3×3 weights and a BatchNorm of 4 (8 numbers) gone in each of the two levels
