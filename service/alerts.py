@@ -22,8 +22,8 @@ from .frames import AlertEvent, Polyp
 
 @dataclass(frozen=True)
 class AlertRule:
-    min_seen: int = 3  # frames a track must be seen in...
-    window: int = 3  # ...of its last this many, to start alerting
+    min_seen: int = 2  # frames a track must be seen in...
+    window: int = 2  # ...of its last this many, to start alerting (the defaults: config.EngineConfig)
     hold: int = 4  # unseen frames an alert outlasts (its last box is reported meanwhile)
 
     def __post_init__(self) -> None:

@@ -58,9 +58,10 @@ class EngineConfig:
     decode_workers: int = 0  # 0: one per CPU core
     # Alerts (alerts.py): seen in alert_min_seen of the last alert_window frames to start, held
     # alert_hold unseen frames; per stream, FrameOptions may set each.
-    # Chosen on the stand-in corpus by video_eval.choose_rule (benchmarks/README.md, "Alerts").
-    alert_min_seen: int = 3
-    alert_window: int = 3
+    # Chosen for the shipped `fast` model on the stand-in corpus by video_eval.choose_rule
+    # (benchmarks/README.md, "Clinical alerts"): 2 of 2, held 4 for 0.3-cpu (3 of 3 for 0.2-cpu).
+    alert_min_seen: int = 2
+    alert_window: int = 2
     alert_hold: int = 4
 
     def __post_init__(self) -> None:

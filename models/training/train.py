@@ -51,14 +51,13 @@ PRESETS = {
 }
 
 
-def conv_block(cin: int, cout: int, stride: int = 1, convs: int = 2) -> nn.Sequential:
+def conv_block(cin: int, cout: int, stride: int = 1, convs: int = 2, norm: bool = True) -> nn.Sequential:
+    """`convs` 3×3 convolutions, each followed by batch norm (or, with `norm` False, a bias: the
+    form an exported model has once batch norm is folded into its convolutions) and ReLU."""
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [
-            nn.Conv2d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        ]
+        conv = nn.Conv2d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=not norm)
+        layers += [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)] if norm else [conv, nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -69,9 +68,12 @@ class UNet(nn.Module):
     resolution (on a CPU the full-resolution level, with the fewest channels, took more than half
     of the run); the logits are upsampled 2× at the end. `light_ends`: one convolution instead of
     two in the first level and in the last decoder level (the full-resolution ones, unless
-    half_res), which keeps the full resolution at a lower cost."""
+    half_res), which keeps the full resolution at a lower cost. `norm` False: no batch norm, a
+    bias per convolution (the layout of an exported model, see distill.py)."""
 
-    def __init__(self, widths: tuple[int, ...], half_res: bool = False, light_ends: bool = False) -> None:
+    def __init__(
+        self, widths: tuple[int, ...], half_res: bool = False, light_ends: bool = False, norm: bool = True
+    ) -> None:
         super().__init__()
         self.half_res = half_res
         ends = 1 if light_ends else 2
@@ -79,10 +81,10 @@ class UNet(nn.Module):
         cin = 3
         for level, w in enumerate(widths):
             stride = 2 if half_res and level == 0 else 1
-            self.down.append(conv_block(cin, w, stride=stride, convs=ends if level == 0 else 2))
+            self.down.append(conv_block(cin, w, stride=stride, convs=ends if level == 0 else 2, norm=norm))
             cin = w
         self.up = nn.ModuleList(
-            conv_block(widths[i + 1] + widths[i], widths[i], convs=ends if i == 0 else 2)
+            conv_block(widths[i + 1] + widths[i], widths[i], convs=ends if i == 0 else 2, norm=norm)
             for i in reversed(range(len(widths) - 1))
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
@@ -226,6 +228,34 @@ def timed_lr(done: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (done - 0.1) / 0.9))
 
 
+class Progress:
+    """The per-epoch history of a training run, its best validation Dice and the weights that
+    had it, and its time budget."""
+
+    def __init__(self, budget_s: float, best: float = -1.0, best_state: dict[str, torch.Tensor] | None = None) -> None:
+        self.budget_s, self.best, self.best_state = budget_s, best, best_state
+        self.history: list[dict[str, float | None]] = []
+
+    def end_epoch(self, epoch: int, loss: torch.Tensor, val_dice: float, judged: nn.Module, elapsed: float) -> bool:
+        """Record (and print) an epoch, keep its weights if they are the best so far; True when
+        the budget is spent and training should stop."""
+        self.history.append(
+            {
+                "epoch": epoch,
+                "loss": round(float(loss.detach()), 4),
+                "val_dice": round(val_dice, 4),
+                "seconds": round(elapsed, 1),
+            }
+        )
+        print(json.dumps(self.history[-1]), flush=True)
+        if val_dice > self.best:
+            self.best, self.best_state = val_dice, {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        if elapsed > self.budget_s:
+            print(f"time budget reached after epoch {epoch}", flush=True)
+            return True
+        return False
+
+
 def train_model(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -266,7 +296,7 @@ def train_model(
         )
     )
     use_amp = device.type == "cuda"
-    best, best_state, history = -1.0, None, []
+    progress = Progress(budget_s)
     started = time.perf_counter()
     for epoch in range(epochs):
         perm = torch.randperm(len(x_train), generator=gen)
@@ -291,24 +321,11 @@ def train_model(
                 averaged.update_parameters(model)
         judged = averaged.module if averaged is not None else model
         val_dice = validate(judged, x_val, y_val, preset.size)
-        elapsed = time.perf_counter() - started
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": round(float(loss.detach()), 4),
-                "val_dice": round(val_dice, 4),
-                "seconds": round(elapsed, 1),
-            }
-        )
-        print(json.dumps(history[-1]), flush=True)
-        if val_dice > best:
-            best, best_state = val_dice, {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        if elapsed > budget_s:
-            print(f"time budget reached after epoch {epoch + 1}", flush=True)
+        if progress.end_epoch(epoch + 1, loss, val_dice, judged, time.perf_counter() - started):
             break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    return model, history, best
+    assert progress.best_state is not None
+    model.load_state_dict(progress.best_state)
+    return model, progress.history, progress.best
 
 
 def main() -> None:

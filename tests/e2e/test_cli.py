@@ -525,7 +525,7 @@ def test_eval_video_prints_the_cade_metrics_as_json_with_a_sweep_and_a_plot(tmp_
     required = {"frames", "polyps", "per_frame_sensitivity", "per_polyp_sensitivity", "first_detection_ms",
                 "fp_activations", "fp_per_minute", "minutes", "sources"}  # fmt: skip
     assert required <= set(report) and set(report["first_detection_ms"]) == {"median", "p90", "max"}
-    assert report["rule"] == {"min_seen": 3, "window": 3, "hold": 4} and len(report["sweep"]) == 1 + 6 * 2 * 3
+    assert report["rule"] == {"min_seen": 2, "window": 2, "hold": 4} and len(report["sweep"]) == 1 + 6 * 2 * 3
     assert report["sweep"][0]["rule"] == {"min_seen": 1, "window": 1, "hold": 0}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

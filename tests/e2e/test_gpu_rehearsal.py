@@ -88,3 +88,51 @@ def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) 
     val_ids = (out / "fast.val-ids.txt").read_text().split()
     assert len(val_ids) == 1 and val_ids[0] in ids
     assert Runner(out / "fast.onnx", device="cpu", max_batch=1).contract.version == "t"
+
+
+def test_distill_makes_a_smaller_input_model_held_out_on_the_teachers_validation_ids(tmp_path: Path) -> None:
+    data = fixture_train_split(tmp_path)
+    cache, teacher, out = tmp_path / "cache.npz", tmp_path / "teacher", tmp_path / "out"
+    module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "64", "--splits", "train")
+    module(
+        "models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
+        "--batch", "2", "--epochs", "1", "--val", "1", "--threads", "1", "--out", str(teacher), "--version", "t",
+    )  # fmt: skip
+    module(
+        "models.training.distill", "--teacher", str(teacher / "fast.onnx"), "--cache", str(cache),
+        "--val-ids", str(teacher / "fast.val-ids.txt"), "--size", "16", "--epochs", "2", "--minutes", "5",
+        "--threads", "1", "--out", str(out), "--version", "small",
+    )  # fmt: skip
+
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["SHA256SUMS", "fast.onnx", "fast.training.json", "fast.val-ids.txt"]
+    student = Runner(out / "fast.onnx", device="cpu", max_batch=1)
+    c = student.contract
+    assert (c.name, c.version, c.input_width, c.input_height) == ("polyp-unet-fast", "small", 16, 16)
+    assert student.run([student.preprocess(np.zeros((40, 50, 3), np.uint8))]).shape == (1, 16, 16)
+    # the same held-out image as the teacher's: neither model trained on it
+    assert (out / "fast.val-ids.txt").read_text() == (teacher / "fast.val-ids.txt").read_text()
+    record = json.loads((out / "fast.training.json").read_text())
+    assert (record["teacher_version"], record["preset"]["size"], record["preset"]["widths"]) == ("t", 16, [4, 8])
+    assert [e["epoch"] for e in record["history"]] == [0, 1, 2]  # the start, then the epochs asked
+    assert record["best_val_dice"] >= record["start_val_dice"]
+
+
+def test_distill_refuses_validation_ids_the_cache_does_not_hold(tmp_path: Path) -> None:
+    data = fixture_train_split(tmp_path)
+    cache, teacher = tmp_path / "cache.npz", tmp_path / "teacher"
+    module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
+    module(
+        "models.training.train", "--cache", str(cache), "--preset", "fast", "--size", "32", "--widths", "4,8",
+        "--batch", "2", "--epochs", "1", "--val", "1", "--threads", "1", "--out", str(teacher), "--version", "t",
+    )  # fmt: skip
+    (tmp_path / "ids.txt").write_text("not-an-id\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "models.training.distill", "--teacher", str(teacher / "fast.onnx"),
+         "--cache", str(cache), "--val-ids", str(tmp_path / "ids.txt"), "--size", "16", "--minutes", "0.001",
+         "--out", str(tmp_path / "o")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith("1 ids are not in the cache's train split")
+    assert not (tmp_path / "o").exists()

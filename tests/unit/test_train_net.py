@@ -61,3 +61,28 @@ def test_light_ends_keep_one_convolution_in_each_full_resolution_level(tmp_path:
     plain = sum(p.numel() for p in UNet(preset.widths).parameters())
     # 4×4×3×3 weights and a BatchNorm of 4 (8 numbers) gone in each of the two levels
     assert plain - sum(p.numel() for p in net.parameters()) == 2 * (4 * 4 * 9 + 8)
+
+
+@pytest.mark.parametrize(("half_res", "light_ends"), [(False, False), (True, False), (False, True)])
+def test_distill_loads_back_the_network_an_onnx_file_holds(tmp_path: Path, half_res: bool, light_ends: bool) -> None:
+    # The student starts from the teacher's weights: a convolution mapped to the wrong layer, or
+    # batch norm lost in the folding, would start it from another network.
+    from models.training.distill import load_unet
+
+    torch.manual_seed(1)
+    net = UNet((4, 8, 16), half_res=half_res, light_ends=light_ends)
+    for layer in net.modules():  # batch norm that is not the identity, so that folding it matters
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.data.uniform_(0.5, 1.5)
+            layer.bias.data.uniform_(-0.5, 0.5)
+    preset = replace(PRESETS["fast"], size=32, widths=(4, 8, 16), half_res=half_res, light_ends=light_ends)
+    export_onnx(net.eval(), preset, tmp_path / "m.onnx", {"version": "test"})
+
+    loaded, found = load_unet(tmp_path / "m.onnx")
+    assert (found.size, found.widths, found.half_res, found.light_ends) == (32, (4, 8, 16), half_res, light_ends)
+    assert not any(isinstance(layer, torch.nn.BatchNorm2d) for layer in loaded.modules())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.sigmoid(loaded(x)), torch.sigmoid(net(x)), atol=1e-5)
