@@ -74,6 +74,7 @@ def main() -> None:
         check_runs(model, args.size)
     except ValueError as exc:
         raise SystemExit(f"{args.model}: {exc}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out))
     record_checksum(args.out)
     print(f"wrote {args.out}: {args.size}x{args.size}, version {args.version}")

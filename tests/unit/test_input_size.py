@@ -58,8 +58,7 @@ def down_and_up(path: Path, size: int, upsample_to_sizes: bool = False) -> Path:
 
 def test_the_same_weights_are_served_at_the_new_size(tmp_path: Path) -> None:
     source = build_tiny_model(tmp_path / "m.onnx", size=64, metadata={"polypstream.min_region_score": "0.8"})
-    out = tmp_path / "out" / "m.onnx"
-    out.parent.mkdir()
+    out = tmp_path / "out" / "m.onnx"  # a folder that does not exist yet
     done = input_size("--model", str(source), "--size", "32", "--version", "2-at32", "--out", str(out))
     assert done.returncode == 0, done.stderr
 
