@@ -13,6 +13,7 @@ the teacher's own (`--val-ids`): neither model has trained on them. test.txt is 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import asdict, replace
@@ -73,8 +74,10 @@ def load_unet(path: Path) -> tuple[UNet, Preset]:
             assert layer.bias is not None
             layer.bias.copy_(torch.from_numpy(bias))
     size = int(meta["input_size"].split("x")[0])
-    preset = replace(PRESETS["fast"], name=meta["name"], size=size, widths=tuple(widths), half_res=half_res)
-    return net.eval(), replace(preset, light_ends=light_ends)
+    preset = replace(
+        PRESETS["fast"], name=meta["name"], size=size, widths=tuple(widths), half_res=half_res, light_ends=light_ends
+    )
+    return net.eval(), preset
 
 
 def area(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,7 +167,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     teacher, preset = load_unet(args.teacher)
-    student, _ = load_unet(args.teacher)
+    student = copy.deepcopy(teacher)  # starts from the teacher's weights
     images, masks, ids = load_cache(args.cache, "train")
     held_out = set(args.val_ids.read_text().split())
     val_idx = np.array([i for i, name in enumerate(ids) if name in held_out])

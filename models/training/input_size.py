@@ -33,13 +33,12 @@ def resized(model: onnx.ModelProto, size: int, version: str) -> onnx.ModelProto:
             raise ValueError(f"{value.name} is not N×C×H×W")
         dims[2].dim_value, dims[3].dim_value = size, size
     del out.graph.value_info[:]  # shapes inferred for the old size
-    found = set()
-    for prop in out.metadata_props:
-        if prop.key in (META_PREFIX + "input_size", META_PREFIX + "version"):
-            found.add(prop.key)
-            prop.value = f"{size}x{size}" if prop.key.endswith("input_size") else version
-    if len(found) != 2:
+    props = {prop.key: prop for prop in out.metadata_props}
+    new = {META_PREFIX + "input_size": f"{size}x{size}", META_PREFIX + "version": version}
+    if not new.keys() <= props.keys():
         raise ValueError("not a polypstream model: no polypstream.input_size or polypstream.version")
+    for key, value in new.items():
+        props[key].value = value
     for node in out.graph.node:
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
             raise ValueError(
