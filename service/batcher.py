@@ -1,8 +1,10 @@
 """Deadline-aware dynamic batching shared by every stream, live frames first.
 
 A batch launches when it is full, when its oldest frame has waited `max_wait_s`, or when
-waiting for one more frame would make the earliest deadline unreachable. Frames that can
-no longer meet their deadline (and did not ask for no-drop) are answered DROPPED_LATE;
+waiting for one more frame would make the earliest deadline unreachable. It holds the live
+frames, earliest deadline first, that can finish by the first one's deadline; the rest wait
+for the next batch. Frames that can no longer meet their deadline even alone, on the expected
+(mean) time of a batch of one, and did not ask for no-drop are answered DROPPED_LATE;
 a batch whose processing raises answers every frame in it with FAILED. No frame submitted
 is ever left without an answer, including at shutdown (the queue is drained).
 
@@ -56,9 +58,14 @@ ProcessBatch = Callable[[list[Queued], float], list[Result]]
 
 
 class ServiceTimeEstimator:
-    """Batch processing time per batch size: a moving average plus `spread` times the moving
-    mean deviation (as TCP estimates its retransmission timeout), so that a frame admitted
-    against its deadline rarely misses it. Sizes never seen are interpolated."""
+    """Batch processing time per batch size: a moving mean, and a cautious estimate that adds
+    `spread` times the moving mean deviation (as TCP estimates its retransmission timeout), so
+    that a batch launched against its deadline rarely misses it. Sizes never seen are
+    interpolated.
+
+    No size is taken to cost more than its frames would in smaller batches of a measured size
+    (a batch of n at most ceil(n/m) times a batch of m): one slow run of a size that is then no
+    longer tried cannot keep that size's estimate, and every batch planned on it, high for good."""
 
     def __init__(self, alpha: float = 0.2, spread: float = 2.0) -> None:
         self.alpha = alpha
@@ -77,20 +84,35 @@ class ServiceTimeEstimator:
             self._mean[batch_size] = mean + self.alpha * (seconds - mean)
 
     def estimate(self, batch_size: int) -> float:
+        """The cautious estimate: what launch times and batch sizes are planned on."""
         with self._lock:
-            known = {size: self._mean[size] + self.spread * self._deviation[size] for size in self._mean}
-            if not known:
-                return 0.0
-            if batch_size in known:
-                return known[batch_size]
-            lower = [s for s in known if s < batch_size]
-            upper = [s for s in known if s > batch_size]
-            if lower and upper:
-                lo, hi = max(lower), min(upper)
-                t = (batch_size - lo) / (hi - lo)
-                return known[lo] + t * (known[hi] - known[lo])
+            return _per_size(batch_size, {n: m + self.spread * self._deviation[n] for n, m in self._mean.items()})
+
+    def expected(self, batch_size: int) -> float:
+        """The moving mean: a frame that would miss its deadline even by this is dropped."""
+        with self._lock:
+            return _per_size(batch_size, self._mean)
+
+
+def _per_size(batch_size: int, known: dict[int, float]) -> float:
+    """The time of a batch of `batch_size` given the times of measured sizes (0.0 when none):
+    interpolated between sizes, extrapolated in proportion past them, and never more than
+    ceil(batch_size / m) batches of a smaller measured size m."""
+    if not known:
+        return 0.0
+    if batch_size in known:
+        value = known[batch_size]
+    else:
+        lower = [s for s in known if s < batch_size]
+        upper = [s for s in known if s > batch_size]
+        if lower and upper:
+            lo, hi = max(lower), min(upper)
+            value = known[lo] + (batch_size - lo) / (hi - lo) * (known[hi] - known[lo])
+        else:
             nearest = max(lower) if lower else min(upper)
-            return known[nearest] * batch_size / nearest
+            value = known[nearest] * batch_size / nearest
+    pieces = [-(-batch_size // m) * known[m] for m in known if m < batch_size]
+    return min([value, *pieces])
 
 
 def _largest(limit: int, fits: Callable[[int], bool]) -> int:
@@ -231,7 +253,7 @@ class Batcher:
         waiting = [q for q in self._queue if id(q) not in closed]
         live = sorted((q for q in waiting if not q.frame.options.no_drop), key=lambda q: q.frame.deadline)
         offline = [q for q in waiting if q.frame.options.no_drop]  # in arrival order
-        batch, late = self._split_late(live[: self.max_batch], now)
+        batch = self._fitting(live[: self.max_batch], now)
         # Starving: an offline frame has waited offline_max_wait_s and none has run for as long.
         # It then takes a place even from a live frame, once per offline_max_wait_s at most.
         starving = (
@@ -246,10 +268,10 @@ class Batcher:
         batch += chosen
         if chosen:
             self._last_offline_at = now
-        self._adapt_pacing(now, pressed=bool(hopeless or late or self._tight(batch, now)))
-        gone = set(map(id, batch + late)) | closed
+        self._adapt_pacing(now, pressed=bool(hopeless or self._tight(batch, now)))
+        gone = set(map(id, batch)) | closed
         self._queue = deque(q for q in self._queue if id(q) not in gone)
-        return batch, hopeless + late, discarded
+        return batch, hopeless, discarded
 
     def _tight(self, batch: list[Queued], now: float) -> bool:
         """Whether a live frame of this batch will finish with less than a slice to spare."""
@@ -298,10 +320,11 @@ class Batcher:
 
     def _take_hopeless(self, now: float) -> list[Queued]:
         """Remove, from anywhere in the queue, the droppable frames that would miss their
-        deadline even in a batch of one. Latest frame wins: if that is every live frame
-        queued, the freshest stays, so its stream still gets results and the time estimate
-        stays current (a batcher that only drops never measures again, and drops from then on)."""
-        one = self.estimator.estimate(1)
+        deadline even in a batch of one, taking the expected time (the moving mean: a frame that
+        may still make it is run). Latest frame wins: if that is every live frame queued, the
+        freshest stays, so its stream still gets results and the time estimate stays current (a
+        batcher that only drops never measures again, and drops from then on)."""
+        one = self.estimator.expected(1)
         live = [q for q in self._queue if not q.frame.options.no_drop]
         hopeless = [q for q in live if now + one > q.frame.deadline]
         if not hopeless:
@@ -312,23 +335,14 @@ class Batcher:
         self._queue = deque(q for q in self._queue if id(q) not in doomed)
         return hopeless
 
-    def _split_late(self, batch: list[Queued], now: float) -> tuple[list[Queued], list[Queued]]:
-        """Move out the droppable frames that this batch would finish after their deadline.
-
-        The finish time depends on the batch size, so drop until the rest fits."""
-        late: list[Queued] = []
-        while batch:
-            finish = now + self.estimator.estimate(len(batch))
-            missing = [q for q in batch if not q.frame.options.no_drop and finish > q.frame.deadline]
-            if not missing:
-                break
-            late.extend(missing)
-            batch = [q for q in batch if q not in missing]
-        if late and not batch:  # as in _take_hopeless: never drop everything
-            freshest = max(late, key=lambda q: q.frame.received_at)
-            late.remove(freshest)
-            batch = [freshest]
-        return batch, late
+    def _fitting(self, live: list[Queued], now: float) -> list[Queued]:
+        """The live frames (earliest deadline first) that go in this batch: the most that, on the
+        cautious estimate, finish by the first one's deadline, and at least that one. The rest
+        wait for the next batch; none is dropped for a batch it could have been left out of."""
+        if not live:
+            return []
+        deadline = live[0].frame.deadline
+        return live[: max(1, _largest(len(live), lambda n: now + self.estimator.estimate(n) <= deadline))]
 
     def _run(self) -> None:
         name_os_thread()
@@ -336,8 +350,7 @@ class Batcher:
             batch, late, discarded = work
             now = self._clock()
             for queued in late:
-                late_by_ms = max(0.0, now - queued.frame.deadline) * 1e3
-                error = f"missed its deadline by {late_by_ms:.1f} ms before inference"
+                error = self._why_late(queued.frame, now)
                 self._answer(queued, unserved_result(queued.frame, Status.DROPPED_LATE, error, now, queued.enqueued_at))
             for queued in discarded:
                 self._answer(
@@ -361,6 +374,14 @@ class Batcher:
                 self.estimator.observe(len(batch), self._clock() - started)
             for queued, result in zip(batch, results, strict=True):
                 self._answer(queued, result)
+
+    def _why_late(self, frame: Frame, now: float) -> str:
+        if now >= frame.deadline:
+            return f"missed its deadline by {(now - frame.deadline) * 1e3:.1f} ms before inference"
+        return (
+            f"would miss its deadline: due in {(frame.deadline - now) * 1e3:.1f} ms, "
+            f"a batch of one takes {self.estimator.expected(1) * 1e3:.1f} ms"
+        )
 
     def _answer(self, queued: Queued, result: Result) -> None:
         try:
