@@ -9,6 +9,8 @@ import platform
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -50,10 +52,11 @@ class StealMeter:
     that no code here caused. None where the kernel does not say (not Linux)."""
 
     def __init__(self) -> None:
-        self._start = self._read()
+        self._start = self.counters()
 
     @staticmethod
-    def _read() -> tuple[int, int] | None:
+    def counters() -> tuple[int, int] | None:
+        """/proc/stat's (steal, all) CPU time counters now; None where it cannot be read."""
         try:
             fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         except (OSError, ValueError):
@@ -63,10 +66,39 @@ class StealMeter:
         return fields[7], sum(fields[:8])  # steal, and all time (guest time is inside user time)
 
     def share(self) -> float | None:
-        end = self._read()
+        end = self.counters()
         if self._start is None or end is None or end[1] == self._start[1]:
             return None
         return round((end[0] - self._start[0]) / (end[1] - self._start[1]), 4)
+
+
+class StealSampler:
+    """StealMeter's counters once a second on a thread of its own, and once more at `stop()`,
+    which returns them as (seconds since `started`, steal, all): the host's steal window by window."""
+
+    def __init__(self, started: float, every_s: float = 1.0) -> None:
+        self.started, self.every_s = started, every_s
+        self._samples: list[tuple[float, float, float]] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
+
+    def start(self) -> StealSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, float, float]]:
+        self._stopping.set()
+        self._thread.join()
+        return self._samples
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            if (counters := StealMeter.counters()) is not None:
+                self._samples.append((time.perf_counter() - self.started, *counters))
+            if stopping:
+                return
+            stopping = self._stopping.wait(self.every_s)
 
 
 def slug(text: str) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.common import (
     StealMeter,
+    StealSampler,
     command_line,
     device_name,
     endoscopy_frames,
@@ -105,7 +106,7 @@ def one_stream(address: str, rng: random.Random, encoded: list[bytes], fps: floa
             if answer.status == "OK":
                 latencies.append((time.perf_counter() - started, answer.latency_s * 1e3))
             if answer.status in ("OK", "DROPPED_LATE"):
-                stages.append(stage_times(answer.result))
+                stages.append({**stage_times(answer.result), "t": time.perf_counter() - started})
             if abandon_at is not None and n >= abandon_at:
                 break  # hang up with frames in flight
     except grpc.RpcError as exc:
@@ -159,6 +160,54 @@ def where_time_went(stages: list[dict[str, float]], budget_ms: float) -> dict[st
         if group
         else {"frames": 0}
         for name, group in groups.items()
+    }
+
+
+def live_windows(
+    stages: list[dict[str, float]], steal: list[tuple[float, float, float]], window_s: float, budget_ms: float
+) -> list[dict[str, float | None]]:
+    """Per window of `window_s` (by when the answer came, "t"): the live answers (OK or dropped),
+    the share of them OK within the budget, and the VM's CPU steal share over the window, from
+    samples (t, steal, total) of /proc/stat's counters (None without two samples in reach)."""
+    out: list[dict[str, float | None]] = []
+    for i in range(int(max((s["t"] for s in stages), default=0.0) // window_s) + 1):
+        lo, hi = i * window_s, (i + 1) * window_s
+        group = [s for s in stages if lo <= s["t"] < hi]
+        if not group:
+            continue
+        within = sum(1 for s in group if s["ok"] and s["server"] <= budget_ms)
+        out.append({
+            "t_s": round(lo, 1),
+            "live_answers": len(group),
+            "within_budget_share": round(within / len(group), 4),
+            "steal": steal_share(steal, lo, hi),
+        })  # fmt: skip
+    return out
+
+
+def steal_share(samples: list[tuple[float, float, float]], lo: float, hi: float) -> float | None:
+    """The steal share between the last sample at or before `lo` and the first at or after `hi`."""
+    before = [s for s in samples if s[0] <= lo]
+    after = [s for s in samples if s[0] >= hi]
+    if not before or not after or after[0][2] == before[-1][2]:
+        return None
+    (_, steal0, total0), (_, steal1, total1) = before[-1], after[0]
+    return round((steal1 - steal0) / (total1 - total0), 4)
+
+
+def quiet_windows(windows: list[dict[str, float | None]], steal_below: float) -> dict[str, float | int | None]:
+    """The live answers of the windows in which the VM's host took less than `steal_below` of
+    the CPU, and the share of them within the budget: what the server does when the machine is
+    its own. Every window counts in the headline share; this says how much of a miss was the host's."""
+    quiet = [w for w in windows if w["steal"] is not None and w["steal"] < steal_below]
+    answers = sum(int(w["live_answers"] or 0) for w in quiet)
+    within = sum(float(w["within_budget_share"] or 0) * int(w["live_answers"] or 0) for w in quiet)
+    return {
+        "steal_below": steal_below,
+        "windows": len(quiet),
+        "of_windows": len(windows),
+        "live_answers": answers,
+        "within_budget_share": round(within / answers, 4) if answers else None,
     }
 
 
@@ -292,12 +341,14 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             "oversized": (oversized, (address, big, crafted, end, adv)),
         }
         threads += [threading.Thread(target=kinds[k][0], args=kinds[k][1]) for k in adversarial]
+    sampler = StealSampler(started).start()  # the host's steal over time, for live_windows
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
         rss.append((time.perf_counter() - started, scrape(metrics_url).get(RSS, 0.0)))
         for t in threads:
             t.join(timeout=max(1.0, seconds / 30))
+    steal_samples = sampler.stop()
     end = scrape(metrics_url)
     wall = time.perf_counter() - started
     rss.append((wall, end.get(RSS, 0.0)))
@@ -314,6 +365,8 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             over_time.append({"t_s": round(i * window, 1), "frames": len(chunk), **percentiles(chunk)})
     valid = max(1, sum(n for status, n in totals.answered.items() if status != "INVALID_FRAME"))
     server_ms = [s["server"] for s in totals.stages if s["ok"]]  # the OK frames' time in the server
+
+    windows = live_windows(totals.stages, steal_samples, window, budget_ms)
 
     def within(latencies_ms: list[float]) -> float:
         """The share of the valid live frames answered OK within the budget."""
@@ -353,6 +406,10 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
         "live_ok_within_budget_share_client_side": within([ms for _, ms in totals.latencies]),
         "server_latency_ms": percentiles(server_ms),
         "live_mean_stage_ms": where_time_went(totals.stages, budget_ms),
+        # Live frames by window, each with the CPU the VM's host took meanwhile, and the share
+        # within budget in the windows where it took under 1 %: how much of a miss was the host's.
+        "live_windows": windows,
+        "quiet_windows": quiet_windows(windows, steal_below=0.01),
         "adversarial": {
             "cancelled_streams": adv.cancels,
             "non_reading_streams": adv.non_readers,
@@ -422,7 +479,8 @@ def main() -> None:
         f"{report['seconds']} s, {report['stream_runs']} streams ({report['abandoned_streams']} abandoned): "
         f"sent {report['frames_sent']}, answered {report['answered']}, abandoned {report['abandoned']}, "
         f"lost {report['lost']}; p99 {lat['p99']} ms; RSS {report['rss_mb']} (growth {report['rss_growth_mb']} MB); "
-        f"live OK within budget {report['live_ok_within_budget_share']}; after {report['after']}; "
+        f"live OK within budget {report['live_ok_within_budget_share']} (quiet windows {report['quiet_windows']}); "
+        f"after {report['after']}; "
         f"adversarial {report['adversarial']}; server ERROR lines {payload.get('server_error_lines')}"
     )
     print(f"wrote {out}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from benchmarks.soak import stage_times, where_time_went
+from benchmarks.common import StealMeter, StealSampler
+from benchmarks.soak import live_windows, quiet_windows, stage_times, steal_share, where_time_went
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 
 
@@ -55,3 +58,52 @@ def test_an_empty_group_says_none_were_there() -> None:
         "ok_past_budget": {"frames": 0},
         "dropped_late": {"frames": 0},
     }
+
+
+def live(t: float, ok: bool, server: float) -> dict[str, float]:
+    return {"t": t, "ok": float(ok), "server": server}
+
+
+def test_live_answers_are_counted_by_window_with_the_hosts_steal_over_it() -> None:
+    stages = [live(1.0, True, 20.0), live(9.9, True, 41.0), live(10.0, False, 15.0), live(12.0, True, 40.0)]
+    # (t, steal, all): 0 of 1000 stolen over 0-10 s, then 50 of 1000 over 10-20 s
+    samples = [(0.0, 0.0, 0.0), (10.0, 0.0, 1000.0), (20.0, 50.0, 2000.0)]
+    assert live_windows(stages, samples, window_s=10.0, budget_ms=40.0) == [
+        {"t_s": 0.0, "live_answers": 2, "within_budget_share": 0.5, "steal": 0.0},
+        {"t_s": 10.0, "live_answers": 2, "within_budget_share": 0.5, "steal": 0.05},
+    ]
+
+
+def test_steal_over_a_window_uses_the_samples_around_it_and_none_without_them() -> None:
+    samples = [(0.5, 10.0, 100.0), (4.0, 12.0, 400.0), (11.0, 40.0, 1100.0)]
+    assert steal_share(samples, 1.0, 10.0) == round(30 / 1000, 4)  # from 0.5 s to 11 s
+    assert steal_share(samples, 0.0, 10.0) is None  # no sample at or before the start
+    assert steal_share(samples, 5.0, 12.0) is None  # none at or after the end
+
+
+def test_quiet_windows_are_those_under_the_steal_threshold_weighted_by_their_answers() -> None:
+    windows: list[dict[str, float | None]] = [
+        {"t_s": 0.0, "live_answers": 100, "within_budget_share": 1.0, "steal": 0.002},
+        {"t_s": 30.0, "live_answers": 300, "within_budget_share": 0.98, "steal": 0.009},
+        {"t_s": 60.0, "live_answers": 200, "within_budget_share": 0.5, "steal": 0.13},
+        {"t_s": 90.0, "live_answers": 10, "within_budget_share": 0.0, "steal": None},
+    ]
+    assert quiet_windows(windows, steal_below=0.01) == {
+        "steal_below": 0.01,
+        "windows": 2,
+        "of_windows": 4,
+        "live_answers": 400,
+        "within_budget_share": round((100 + 294) / 400, 4),
+    }
+    assert quiet_windows(windows, steal_below=0.001)["within_budget_share"] is None
+
+
+def test_the_steal_sampler_samples_at_start_and_at_stop_in_order() -> None:
+    started = time.perf_counter()
+    samples = StealSampler(started, every_s=60.0).start().stop()  # stopped before a second sample is due
+    if StealMeter.counters() is None:  # not Linux: nothing to read
+        assert samples == []
+        return
+    assert len(samples) == 2
+    (t0, steal0, all0), (t1, steal1, all1) = samples
+    assert 0.0 <= t0 <= t1 and steal0 <= steal1 and all0 <= all1
