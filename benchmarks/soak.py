@@ -186,9 +186,11 @@ def live_windows(
 
 
 def steal_share(samples: list[tuple[float, float, float]], lo: float, hi: float) -> float | None:
-    """The steal share between the last sample at or before `lo` and the first at or after `hi`."""
-    before = [s for s in samples if s[0] <= lo]
-    after = [s for s in samples if s[0] >= hi]
+    """The steal share from the last sample at or before `lo` to the first at or after `hi`; where
+    the samples start after `lo` or end before `hi` (the first and last windows), over the part
+    of the window they cover. None without two samples there."""
+    before = [s for s in samples if s[0] <= lo] or [s for s in samples if s[0] < hi][:1]
+    after = [s for s in samples if s[0] >= hi] or [s for s in samples if s[0] > lo][-1:]
     if not before or not after or after[0][2] == before[-1][2]:
         return None
     (_, steal0, total0), (_, steal1, total1) = before[-1], after[0]

@@ -74,11 +74,13 @@ def test_live_answers_are_counted_by_window_with_the_hosts_steal_over_it() -> No
     ]
 
 
-def test_steal_over_a_window_uses_the_samples_around_it_and_none_without_them() -> None:
+def test_steal_over_a_window_uses_the_samples_around_it_or_those_inside_it() -> None:
     samples = [(0.5, 10.0, 100.0), (4.0, 12.0, 400.0), (11.0, 40.0, 1100.0)]
-    assert steal_share(samples, 1.0, 10.0) == round(30 / 1000, 4)  # from 0.5 s to 11 s
-    assert steal_share(samples, 0.0, 10.0) is None  # no sample at or before the start
-    assert steal_share(samples, 5.0, 12.0) is None  # none at or after the end
+    assert steal_share(samples, 1.0, 10.0) == 0.03  # from 0.5 s to 11 s: 30 of 1000
+    assert steal_share(samples, 0.0, 10.0) == 0.03  # sampling began at 0.5 s: from there
+    assert steal_share(samples, 5.0, 12.0) == round(28 / 700, 4)  # it ended at 11 s: 4 s to 11 s
+    assert steal_share(samples, 20.0, 30.0) is None  # no sample covers any of it
+    assert steal_share(samples[:1], 0.0, 10.0) is None  # one sample is no interval
 
 
 def test_quiet_windows_are_those_under_the_steal_threshold_weighted_by_their_answers() -> None:
