@@ -77,12 +77,27 @@ def test_a_full_batch_is_run_by_the_worker_thread() -> None:
 # --- when a batch launches: on a fake clock ----------------------------------------------
 
 
+def estimator_of(*runs: tuple[int, float]) -> ServiceTimeEstimator:
+    """An estimator (alpha 0.2, spread 2) that has seen these (batch size, seconds) runs, in order."""
+    estimator = ServiceTimeEstimator()
+    for size, seconds in runs:
+        estimator.observe(size, seconds)
+    return estimator
+
+
+def still_batcher(estimator: ServiceTimeEstimator, max_batch: int) -> Batcher:
+    """An open batcher (no worker thread) at 100.0 on a clock that does not move."""
+    batcher = Batcher(
+        FakeModel(), max_batch=max_batch, max_wait_s=0, capacity=8, estimator=estimator, clock=lambda: 100.0
+    )
+    batcher.open()
+    return batcher
+
+
 def clocked_batcher(clock: list[float], *, max_batch: int = 8, max_wait_s: float = 60.0, **kw: float) -> Batcher:
     """An open batcher (no worker thread) on the clock clock[0]; batches of 1 take 10 ms, of 2
     16 ms, of 8 48 ms (no spread)."""
-    estimator = ServiceTimeEstimator()
-    for size, seconds in ((1, 0.010), (2, 0.016), (8, 0.048)):
-        estimator.observe(size, seconds)
+    estimator = estimator_of((1, 0.010), (2, 0.016), (8, 0.048))
     batcher = Batcher(
         FakeModel(), max_batch=max_batch, max_wait_s=max_wait_s, capacity=64, estimator=estimator,
         clock=lambda: clock[0], **kw,
@@ -328,14 +343,10 @@ def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_hig
     # take 20 ms, so a batch of 2 is taken to cost 20 ms, not 100, and two frames due in 30 ms
     # run together (before, the pair was planned at 100 ms: one of them was dropped, and pairs
     # were never tried, so never measured again).
-    estimator = ServiceTimeEstimator()
-    estimator.observe(1, 0.010)
-    estimator.observe(2, 0.100)
+    estimator = estimator_of((1, 0.010), (2, 0.100))
     assert (estimator.estimate(2), estimator.expected(2)) == (0.020, 0.020)
     assert estimator.estimate(5) == pytest.approx(0.050)  # five of 1; three of 2 would be 0.300
-    clock = [100.0]
-    batcher = Batcher(FakeModel(), max_batch=2, max_wait_s=0, capacity=8, estimator=estimator, clock=lambda: clock[0])
-    batcher.open()
+    batcher = still_batcher(estimator, max_batch=2)
     batcher.submit(make_frame(0, now=100.0, budget_s=0.030), print)
     batcher.submit(make_frame(1, now=100.0, budget_s=0.030), print)
     batch, late, _ = batcher.plan(100.0)
@@ -345,14 +356,10 @@ def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_hig
 def test_a_frame_is_dropped_on_the_expected_time_not_the_cautious_estimate() -> None:
     # Batches of 1 took 10 then 20 ms: mean 12 ms, mean deviation 2 ms, cautious estimate 16 ms.
     # A frame due in 14 ms may still make it: it is run, not dropped.
-    estimator = ServiceTimeEstimator()
-    estimator.observe(1, 0.010)
-    estimator.observe(1, 0.020)
+    estimator = estimator_of((1, 0.010), (1, 0.020))
     assert estimator.expected(1) == pytest.approx(0.012)
     assert estimator.estimate(1) == pytest.approx(0.016)
-    clock = [100.0]
-    batcher = Batcher(FakeModel(), max_batch=1, max_wait_s=0, capacity=8, estimator=estimator, clock=lambda: clock[0])
-    batcher.open()
+    batcher = still_batcher(estimator, max_batch=1)
     batcher.submit(make_frame(0, now=100.0, budget_s=0.014), print)
     batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
     batch, late, _ = batcher.plan(100.0)
