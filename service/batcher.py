@@ -3,8 +3,8 @@
 A batch launches when it is full, when its oldest frame has waited `max_wait_s`, or when
 waiting for one more frame would make the earliest deadline unreachable. It holds the live
 frames, earliest deadline first, that can finish by the first one's deadline; the rest wait
-for the next batch. Frames that can no longer meet their deadline even alone, on the expected
-(mean) time of a batch of one, and did not ask for no-drop are answered DROPPED_LATE;
+for the next batch. Frames that can no longer meet their deadline even alone (and did not ask
+for no-drop) are answered DROPPED_LATE;
 a batch whose processing raises answers every frame in it with FAILED. No frame submitted
 is ever left without an answer, including at shutdown (the queue is drained).
 
@@ -58,10 +58,9 @@ ProcessBatch = Callable[[list[Queued], float], list[Result]]
 
 
 class ServiceTimeEstimator:
-    """Batch processing time per batch size: a moving mean, and a cautious estimate that adds
-    `spread` times the moving mean deviation (as TCP estimates its retransmission timeout), so
-    that a batch launched against its deadline rarely misses it. Sizes never seen are
-    interpolated.
+    """Batch processing time per batch size: a moving average plus `spread` times the moving
+    mean deviation (as TCP estimates its retransmission timeout), so that a frame admitted
+    against its deadline rarely misses it. Sizes never seen are interpolated.
 
     No size is taken to cost more than its frames would in smaller batches of a measured size
     (a batch of n at most ceil(n/m) times a batch of m): one slow run of a size that is then no
@@ -84,14 +83,8 @@ class ServiceTimeEstimator:
             self._mean[batch_size] = mean + self.alpha * (seconds - mean)
 
     def estimate(self, batch_size: int) -> float:
-        """The cautious estimate: what launch times and batch sizes are planned on."""
         with self._lock:
             return _per_size(batch_size, {n: m + self.spread * self._deviation[n] for n, m in self._mean.items()})
-
-    def expected(self, batch_size: int) -> float:
-        """The moving mean: a frame that would miss its deadline even by this is dropped."""
-        with self._lock:
-            return _per_size(batch_size, self._mean)
 
 
 def _per_size(batch_size: int, known: dict[int, float]) -> float:
@@ -320,11 +313,10 @@ class Batcher:
 
     def _take_hopeless(self, now: float) -> list[Queued]:
         """Remove, from anywhere in the queue, the droppable frames that would miss their
-        deadline even in a batch of one, taking the expected time (the moving mean: a frame that
-        may still make it is run). Latest frame wins: if that is every live frame queued, the
+        deadline even in a batch of one. Latest frame wins: if that is every live frame queued, the
         freshest stays, so its stream still gets results and the time estimate stays current (a
         batcher that only drops never measures again, and drops from then on)."""
-        one = self.estimator.expected(1)
+        one = self.estimator.estimate(1)
         live = [q for q in self._queue if not q.frame.options.no_drop]
         hopeless = [q for q in live if now + one > q.frame.deadline]
         if not hopeless:
@@ -380,7 +372,7 @@ class Batcher:
             return f"missed its deadline by {(now - frame.deadline) * 1e3:.1f} ms before inference"
         return (
             f"would miss its deadline: due in {(frame.deadline - now) * 1e3:.1f} ms, "
-            f"a batch of one takes {self.estimator.expected(1) * 1e3:.1f} ms"
+            f"a batch of one may take {self.estimator.estimate(1) * 1e3:.1f} ms"
         )
 
     def _answer(self, queued: Queued, result: Result) -> None:

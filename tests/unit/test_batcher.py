@@ -344,7 +344,7 @@ def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_hig
     # run together (before, the pair was planned at 100 ms: one of them was dropped, and pairs
     # were never tried, so never measured again).
     estimator = estimator_of((1, 0.010), (2, 0.100))
-    assert (estimator.estimate(2), estimator.expected(2)) == (0.020, 0.020)
+    assert estimator.estimate(2) == 0.020
     assert estimator.estimate(5) == pytest.approx(0.050)  # five of 1; three of 2 would be 0.300
     batcher = still_batcher(estimator, max_batch=2)
     batcher.submit(make_frame(0, now=100.0, budget_s=0.030), print)
@@ -353,20 +353,15 @@ def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_hig
     assert (planned(batch), late) == ([0, 1], [])
 
 
-def test_a_frame_is_dropped_on_the_expected_time_not_the_cautious_estimate() -> None:
-    # Batches of 1 took 10 then 20 ms: mean 12 ms, mean deviation 2 ms, cautious estimate 16 ms.
-    # A frame due in 14 ms may still make it: it is run, not dropped.
-    estimator = estimator_of((1, 0.010), (1, 0.020))
-    assert estimator.expected(1) == pytest.approx(0.012)
-    assert estimator.estimate(1) == pytest.approx(0.016)
-    batcher = still_batcher(estimator, max_batch=1)
+def test_a_frame_is_dropped_on_the_cautious_estimate_not_the_mean() -> None:
+    # Batches of 1 took 10 then 20 ms: mean 12 ms, cautious estimate 16 ms (mean + 2 x 2 ms). A
+    # frame due in 14 ms is dropped: run on the mean, such frames made an overloaded server serve
+    # its stalest frames, late (sweep, 8 streams of 720p on 2 cores: server p50 24 -> 37 ms).
+    batcher = still_batcher(estimator_of((1, 0.010), (1, 0.020)), max_batch=1)
     batcher.submit(make_frame(0, now=100.0, budget_s=0.014), print)
     batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
     batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), late) == ([0], [])
-    batcher.submit(make_frame(2, now=100.0, budget_s=0.011), print)  # under the 12 ms expected
-    batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), planned(late)) == ([1], [2])
+    assert (planned(batch), planned(late)) == ([1], [0])
 
 
 # --- live first: batches planned on a fake clock ------------------------------------------
@@ -656,7 +651,7 @@ def test_a_frame_due_100_ms_ago_says_so_and_one_not_yet_due_says_when_it_is_due(
     by_index = {r.index: r for r in collect.wait()}
     batcher.stop()
     assert by_index[0].error == "missed its deadline by 100.0 ms before inference"
-    assert by_index[1].error == "would miss its deadline: due in 5.0 ms, a batch of one takes 10.0 ms"
+    assert by_index[1].error == "would miss its deadline: due in 5.0 ms, a batch of one may take 10.0 ms"
 
 
 def test_a_queue_of_closed_streams_frames_only_does_not_stop_the_worker() -> None:
