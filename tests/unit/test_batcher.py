@@ -316,26 +316,27 @@ def test_frames_of_closed_streams_are_answered_not_run() -> None:
     batcher.stop()
 
 
+def plan_at_100(batcher: Batcher, *frames: tuple[int, float, float]) -> tuple[list[int], list[int]]:
+    """Queue live frames (index, arrival, budget in s) and plan at 100.0: the batch's and the
+    dropped frames' indexes."""
+    for index, now, budget_s in frames:
+        batcher.submit(make_frame(index, now=now, budget_s=budget_s), print)
+    batch, late, _ = batcher.plan(100.0)
+    return planned(batch), planned(late)
+
+
 def test_a_frame_that_can_finish_alone_runs_alone_rather_than_being_dropped_from_a_pair() -> None:
     # A batch of 1 takes 10 ms, of 2 16 ms. Frame 0 has 14 ms left, frame 1 a second: the pair
     # would end too late for frame 0, so frame 0 runs alone first, then frame 1; none is dropped.
-    clock = [100.0]
-    batcher = clocked_batcher(clock, max_wait_s=0.0)
-    batcher.submit(make_frame(0, now=100.0, budget_s=0.014), print)
-    batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
-    batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), late) == ([0], [])
+    batcher = clocked_batcher([100.0], max_wait_s=0.0)
+    assert plan_at_100(batcher, (0, 100.0, 0.014), (1, 100.0, 1.0)) == ([0], [])
     assert planned(batcher.plan(100.010)[0]) == [1]
 
 
 def test_frames_that_fit_a_batch_together_run_together() -> None:
     # Due in 19 and 20 ms, a batch of 2 takes 16 ms: one batch, earliest deadline first.
-    clock = [100.0]
-    batcher = clocked_batcher(clock, max_wait_s=0.0)
-    batcher.submit(make_frame(1, now=100.001, budget_s=0.018), print)
-    batcher.submit(make_frame(0, now=100.0, budget_s=0.020), print)
-    batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), late) == ([1, 0], [])
+    batcher = clocked_batcher([100.0], max_wait_s=0.0)
+    assert plan_at_100(batcher, (1, 100.001, 0.018), (0, 100.0, 0.020)) == ([1, 0], [])
 
 
 def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_high() -> None:
@@ -347,10 +348,7 @@ def test_one_slow_batch_of_a_size_no_longer_tried_does_not_keep_its_estimate_hig
     assert estimator.estimate(2) == 0.020
     assert estimator.estimate(5) == pytest.approx(0.050)  # five of 1; three of 2 would be 0.300
     batcher = still_batcher(estimator, max_batch=2)
-    batcher.submit(make_frame(0, now=100.0, budget_s=0.030), print)
-    batcher.submit(make_frame(1, now=100.0, budget_s=0.030), print)
-    batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), late) == ([0, 1], [])
+    assert plan_at_100(batcher, (0, 100.0, 0.030), (1, 100.0, 0.030)) == ([0, 1], [])
 
 
 def test_a_frame_is_dropped_on_the_cautious_estimate_not_the_mean() -> None:
@@ -358,10 +356,7 @@ def test_a_frame_is_dropped_on_the_cautious_estimate_not_the_mean() -> None:
     # frame due in 14 ms is dropped: run on the mean, such frames made an overloaded server serve
     # its stalest frames, late (sweep, 8 streams of 720p on 2 cores: server p50 24 -> 37 ms).
     batcher = still_batcher(estimator_of((1, 0.010), (1, 0.020)), max_batch=1)
-    batcher.submit(make_frame(0, now=100.0, budget_s=0.014), print)
-    batcher.submit(make_frame(1, now=100.0, budget_s=1.0), print)
-    batch, late, _ = batcher.plan(100.0)
-    assert (planned(batch), planned(late)) == ([1], [0])
+    assert plan_at_100(batcher, (0, 100.0, 0.014), (1, 100.0, 1.0)) == ([1], [0])
 
 
 # --- live first: batches planned on a fake clock ------------------------------------------
