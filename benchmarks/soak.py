@@ -31,7 +31,6 @@ import grpc
 import numpy as np
 
 from benchmarks.common import (
-    StealMeter,
     StealSampler,
     command_line,
     device_name,
@@ -322,7 +321,8 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     totals, lock = Totals(), threading.Lock()
     rss: list[tuple[float, float]] = []
     server_cpu = scrape(metrics_url).get(CPU, 0.0)
-    started, steal, cpu = time.perf_counter(), StealMeter(), time.process_time()
+    started, cpu = time.perf_counter(), time.process_time()
+    sampler = StealSampler(started).start()  # the host's steal over the run and window by window
     stop_at = started + seconds
 
     def worker(k: int) -> None:
@@ -343,7 +343,6 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
             "oversized": (oversized, (address, big, crafted, end, adv)),
         }
         threads += [threading.Thread(target=kinds[k][0], args=kinds[k][1]) for k in adversarial]
-    sampler = StealSampler(started).start()  # the host's steal over time, for live_windows
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -354,7 +353,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     end = scrape(metrics_url)
     wall = time.perf_counter() - started
     rss.append((wall, end.get(RSS, 0.0)))
-    steal_share = steal.share()
+    host_steal = steal_share(steal_samples, 0.0, wall)  # from the first sample to the last
     client_cores = round((time.process_time() - cpu) / wall, 2)
     server_cores = round((end.get(CPU, 0.0) - server_cpu) / wall, 2)
     time.sleep(2.0)  # the last streams' ends reach the server
@@ -381,7 +380,7 @@ def soak(address: str, metrics_url: str, *, streams: int, seconds: float, fps: f
     return {
         "model": f"{info.name} {info.version}",
         "seconds": round(wall, 1),
-        "cpu_steal_share": steal_share,
+        "cpu_steal_share": host_steal,
         "client_cpu_cores": client_cores,  # what this load generator took of the machine's cores
         "server_cpu_cores": server_cores,  # and what the server took (of os.cpu_count() here)
         "streams": streams,

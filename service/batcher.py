@@ -313,9 +313,9 @@ class Batcher:
 
     def _take_hopeless(self, now: float) -> list[Queued]:
         """Remove, from anywhere in the queue, the droppable frames that would miss their
-        deadline even in a batch of one. Latest frame wins: if that is every live frame queued, the
-        freshest stays, so its stream still gets results and the time estimate stays current (a
-        batcher that only drops never measures again, and drops from then on)."""
+        deadline even in a batch of one. Latest frame wins: if that is every live frame
+        queued, the freshest stays, so its stream still gets results and the time estimate
+        stays current (a batcher that only drops never measures again, and drops from then on)."""
         one = self.estimator.estimate(1)
         live = [q for q in self._queue if not q.frame.options.no_drop]
         hopeless = [q for q in live if now + one > q.frame.deadline]
