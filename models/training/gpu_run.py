@@ -7,7 +7,9 @@
 
 Everything it makes goes to --out: accurate.onnx (with its region score floor in its metadata),
 accurate-fp16.onnx, SHA256SUMS, accurate.training.json (recipe, per-epoch history, validation
-Dice in torch and in onnxruntime, the floor table, timings, device) and accurate.val-ids.txt. The
+Dice in torch (also with test-time flips) and in onnxruntime, the floor table, torch inference
+times at batch 1 and 32, timings, device), accurate.val-ids.txt and accurate.pt (the trained
+weights, saved before the export so that a failure there does not lose the training). The
 whole run keeps to --budget-s of wall time: training stops early (keeping its best epoch) so that
 the export, the onnxruntime check, the tuning and the fp16 variant fit in --reserve-s.
 
@@ -29,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from models.training.cache import load_cache
 from models.training.fp16 import to_fp16
-from models.training.train import PRESETS, export_onnx, to_tensor, train_model
+from models.training.train import PRESETS, export_onnx, normalise, to_tensor, train_model
 from models.training.tune_regions import choose_floor, write_floor
 from polypstream.postprocess import locate_polyps, mask_boxes, probability_to_mask
 from polypstream.runner import Runner, record_checksum
@@ -62,6 +65,49 @@ def check_with_onnxruntime(
     return tally.as_dict(), regions
 
 
+@torch.no_grad()
+def flipped_dice(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, size: int) -> float:
+    """Mean per-image validation Dice (threshold 0.5) of the probability averaged over the image
+    and its mirror image: what test-time flips would add (they are not in the exported model)."""
+    model.eval()
+    scores = []
+    for start in range(0, images.shape[0], 32):
+        x = normalise(F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear"))
+        truth = F.interpolate(masks[start : start + 32], size=(size, size), mode="bilinear") > 0.5
+        prob = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
+        pred = prob > 0.5
+        inter = (pred & truth).sum(dim=(1, 2, 3)).float()
+        total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+    return float(torch.cat(scores).mean())
+
+
+@torch.no_grad()
+def inference_ms(model: torch.nn.Module, size: int, device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds of one forward pass in torch at batch 1 and 32, fp32 and (on CUDA)
+    fp16 autocast, after warming up: the model alone, without the service around it."""
+    model.eval()
+    kinds = {"fp32": False, "fp16_autocast": True} if device.type == "cuda" else {"fp32": False}
+    timings: dict[str, dict[str, float]] = {}
+    for kind, half in kinds.items():
+        timings[kind] = {}
+        for batch in (1, 32):
+            x = torch.zeros(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+            samples = []
+            for i in range(repeats + 3):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.float16, enabled=half):
+                    model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= 3:
+                    samples.append((time.perf_counter() - start) * 1e3)
+            timings[kind][str(batch)] = round(float(np.median(samples)), 3)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True, help="a train-split .npz from models.training.cache")
@@ -76,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=140, help="images of train.txt held out for validation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1")
+    parser.add_argument("--timing-repeats", type=int, default=50, help="forward passes timed per batch size")
     args = parser.parse_args(argv)
     started = time.monotonic()
     deadline = started + args.budget_s
@@ -89,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # one input size throughout: let cuDNN pick its fastest kernels
     images, masks, ids = load_cache(args.cache, "train")
     if args.val >= len(ids):
         parser.error(f"--val {args.val} leaves nothing to train on ({len(ids)} images)")
@@ -105,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, seed=args.seed, budget_s=train_budget, ema=args.ema,
     )  # fmt: skip
     trained_at = time.monotonic()
+    # The weights first, so that a failure further on (export, checks) does not lose the training.
+    torch.save(model.state_dict(), args.out / f"{NAME}.pt")
+    hflip_dice = flipped_dice(model, x_val, y_val, preset.size)
+    timings = inference_ms(model, preset.size, device, args.timing_repeats)
 
     onnx_path = args.out / f"{NAME}.onnx"
     training = f"seed={args.seed} epochs={len(history)} val_dice={best:.4f} ema={args.ema:g}"
@@ -131,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "val_images": len(val_idx),
         "epochs_run": len(history),
         "best_val_dice_torch": round(best, 4),
+        "val_dice_torch_hflip": round(hflip_dice, 4),
+        "torch_inference_ms": timings,
         "val_onnxruntime": scores,
         "floor": floor,
         "floor_table": [dict(zip(("floor", "box_precision", "box_recall", "box_f1"), r, strict=True)) for r in rows],

@@ -42,11 +42,12 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
     module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
     module(
         "models.training.gpu_run", "--cache", str(cache), "--out", str(out), "--size", "32", "--widths", "4,8",
-        "--batch", "2", "--val", "1", "--budget-s", "30", "--reserve-s", "26", "--ema", "0.9",
+        "--batch", "2", "--val", "1", "--budget-s", "30", "--reserve-s", "26", "--ema", "0.9", "--timing-repeats", "2",
     )  # fmt: skip
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "SHA256SUMS", "accurate-fp16.onnx", "accurate.onnx", "accurate.training.json", "accurate.val-ids.txt",
+        "SHA256SUMS", "accurate-fp16.onnx", "accurate.onnx", "accurate.pt", "accurate.training.json",
+        "accurate.val-ids.txt",
     ]  # fmt: skip
     assert set(read_checksums(out)) == {"accurate.onnx", "accurate-fp16.onnx"}
     model = Runner(out / "accurate.onnx", device="cpu", max_batch=2)
@@ -62,6 +63,8 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
     record = json.loads((out / "accurate.training.json").read_text())
     assert record["train_images"] == 3 and record["val_images"] == 1 and record["epochs_run"] >= 1
     assert record["val_onnxruntime"]["images"] == 1 and "val" in record["fp16"]
+    assert 0 <= record["val_dice_torch_hflip"] <= 1
+    assert set(record["torch_inference_ms"]["fp32"]) == {"1", "32"}  # on CUDA, fp16_autocast too
     # training stops after the first epoch that passes its share of the budget
     assert all(epoch["seconds"] <= record["train_budget_s"] for epoch in record["history"][:-1])
     val_ids = (out / "accurate.val-ids.txt").read_text().split()
