@@ -14,7 +14,6 @@ from polypstream.config import EngineConfig
 from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
 from polypstream.runner import Runner
-from tests.pki import make_pki
 from tests.tiny_model import build_tiny_model
 
 DATA = Path(__file__).parent / "data"
@@ -29,6 +28,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """PEM files: "ca", "server_cert", "server_key", "client_cert", "client_key"."""
+    from tests.pki import make_pki  # here, not at the top: `cryptography` is needed only by the TLS tests
+
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
