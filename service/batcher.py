@@ -150,6 +150,7 @@ class Batcher:
         self.offline_max_wait_s = offline_max_wait_s
         self.live_window_s = live_window_s  # live streams count as active this long after a live frame
         self._last_live_at = -float("inf")
+        self._live_streams: dict[str, float] = {}  # stream key → when its last live frame came
         # While live frames are being dropped, or finish with less than a slice to spare, the
         # machine has no capacity left over: offline frames then run at most one slice per
         # pacing interval (slowed, not starved), which grows while the pressure lasts.
@@ -197,6 +198,7 @@ class Batcher:
             self._queue.append(Queued(frame, on_done, now))
             if not frame.options.no_drop:
                 self._last_live_at = now
+                self._live_streams[frame.stream_key] = now
             self._cond.notify()
 
     def launch_time(self) -> float:
@@ -214,12 +216,28 @@ class Batcher:
         one is due now (full, due by `launch_time`, or stopping)."""
         if not self._accepting:
             return 0.0
-        if len(self._queue) < self.max_batch and (wait := self.launch_time() - now) > 0:
+        if (
+            len(self._queue) < self.max_batch
+            and not self._every_stream_queued(now)
+            and (wait := self.launch_time() - now) > 0
+        ):
             return wait
         held = self._offline_held_until(now)
         if held > now and all(q.frame.options.no_drop for q in self._queue):
             return held - now
         return 0.0
+
+    def _every_stream_queued(self, now: float) -> bool:
+        """Whether every live stream heard from in the last `live_window_s` has a frame queued,
+        and no offline frame is: then waiting for more frames could only delay this batch (a
+        stream's next frame comes a frame interval later: 40 ms at 25 fps, against `max_wait_s`)."""
+        self._live_streams = {k: t for k, t in self._live_streams.items() if now - t <= self.live_window_s}
+        queued = set()
+        for q in self._queue:
+            if q.frame.options.no_drop:
+                return False
+            queued.add(q.frame.stream_key)
+        return queued >= self._live_streams.keys()
 
     def _next_batch(self) -> tuple[list[Queued], list[Queued], list[Queued]] | None:
         """Block until a batch is due: (batch, late, discarded), or None when stopped and empty."""

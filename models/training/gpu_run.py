@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", help="U-Net widths (default: the preset's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     parser.add_argument("--ema", type=float, default=0.999, help="weight moving average (0: none)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's weight decay")
+    parser.add_argument(
+        "--scales", default="1", help="multi-scale training: multiples of the input size, e.g. 0.75,1,1.25"
+    )
     parser.add_argument("--val", type=int, default=140, help="images of train.txt held out for validation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1")
@@ -133,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size or preset.size,
         widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else preset.widths,
         batch=args.batch or preset.batch,
+        lr=args.lr or preset.lr,
     )
+    scales = tuple(float(f) for f in args.scales.split(","))
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True  # one input size throughout: let cuDNN pick its fastest kernels
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     model, history, best = train_model(
         x_train, y_train, x_val, y_val, preset,
         epochs=args.epochs, seed=args.seed, budget_s=train_budget, ema=args.ema,
+        weight_decay=args.weight_decay, scales=scales,
     )  # fmt: skip
     trained_at = time.monotonic()
     # The weights first, so that a failure further on (export, checks) does not lose the training.
@@ -159,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     timings = inference_ms(model, preset.size, device, args.timing_repeats)
 
     onnx_path = args.out / f"{NAME}.onnx"
-    training = f"seed={args.seed} epochs={len(history)} val_dice={best:.4f} ema={args.ema:g}"
+    training = (
+        f"seed={args.seed} epochs={len(history)} val_dice={best:.4f} ema={args.ema:g} lr={preset.lr:g} "
+        f"weight_decay={args.weight_decay:g} batch={preset.batch} scales={args.scales}"
+    )
     export_onnx(model, preset, onnx_path, {"version": args.version, "polypstream.training": training})
     scores, regions = check_with_onnxruntime(onnx_path, images[val_idx], masks[val_idx])
     floor, rows = choose_floor(regions)
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         "preset": asdict(preset),
         "seed": args.seed,
         "ema": args.ema,
+        "weight_decay": args.weight_decay,
+        "scales": list(scales),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images": len(train_idx),

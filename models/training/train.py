@@ -267,11 +267,16 @@ def train_model(
     seed: int,
     budget_s: float = math.inf,
     ema: float = 0.0,
+    weight_decay: float = 1e-4,
+    scales: tuple[float, ...] = (1.0,),
 ) -> tuple[nn.Module, list[dict[str, float]], float]:
     """Train from scratch; returns the model at its best validation Dice (of the weights'
     moving average when `ema` > 0), the per-epoch history and that Dice. Stops after the epoch
     that passes `budget_s` of training, keeping the best so far. With a budget the learning rate
-    follows the time spent (`timed_lr`); without one it is one-cycle over `epochs`."""
+    follows the time spent (`timed_lr`); without one it is one-cycle over `epochs`.
+
+    `scales`: multi-scale training, each step's batch drawn at one of these multiples of the
+    preset's size (rounded to a multiple of 32); validation stays at the preset's size."""
     device = x_train.device
     gen = torch.Generator().manual_seed(seed)
     model = UNet(preset.widths, preset.half_res, preset.light_ends).to(device).to(memory_format=torch.channels_last)
@@ -282,7 +287,8 @@ def train_model(
         if ema > 0
         else None
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=weight_decay)
+    sizes = [max(32, round(preset.size * scale / 32) * 32) for scale in scales] if scales != (1.0,) else [preset.size]
     steps_per_epoch = max(1, len(x_train) // preset.batch)
     # With a time budget the learning rate follows the time spent, not a step count fixed in
     # advance: warm up over the first 10 %, then cosine down to zero as the budget ends, so that
@@ -302,7 +308,8 @@ def train_model(
         perm = torch.randperm(len(x_train), generator=gen)
         for b in range(steps_per_epoch):
             idx = perm[b * preset.batch : (b + 1) * preset.batch].to(device)
-            x, y = augment(x_train[idx], y_train[idx], preset.size, gen)
+            size = sizes[int(torch.randint(len(sizes), (1,), generator=gen))] if len(sizes) > 1 else preset.size
+            x, y = augment(x_train[idx], y_train[idx], size, gen)
             x = normalise(x).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)

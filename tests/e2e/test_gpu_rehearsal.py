@@ -71,6 +71,43 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
     assert len(val_ids) == 1 and val_ids[0] in (data / "train.txt").read_text().split()
 
 
+def test_the_recipe_search_trains_each_recipe_and_keeps_the_best_on_the_validation_images(tmp_path: Path) -> None:
+    data = fixture_train_split(tmp_path)
+    cache, out, work = tmp_path / "cache.npz", tmp_path / "out", tmp_path / "work"
+    module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
+    tiny = "--size 32 --widths 4,8 --batch 2 --val 1 --reserve-s 26 --ema 0.9 --timing-repeats 2"
+    module(
+        "models.training.gpu_search", "--cache", str(cache), "--out", str(out), "--work", str(work),
+        "--budget-s", "30", "--recipes", "base,multiscale", "--extra", tiny,
+    )  # fmt: skip
+
+    search = json.loads((out / "search.json").read_text())
+    recipes = search["recipes"]
+    assert sorted(recipes) == ["base", "multiscale"] and all(r["exit"] == 0 for r in recipes.values())
+    assert "--scales" in recipes["multiscale"]["arguments"] and "--scales" not in recipes["base"]["arguments"]
+    winner = search["winner"]
+    assert recipes[winner]["val_dice_onnxruntime"] == max(r["val_dice_onnxruntime"] for r in recipes.values())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS", "accurate-fp16.onnx", "accurate.onnx", "accurate.pt", "accurate.training.json",
+        "accurate.val-ids.txt", "search.json",
+    ]  # fmt: skip
+    assert (out / "accurate.onnx").read_bytes() == (work / winner / "accurate.onnx").read_bytes()
+    # one validation set for every recipe: the same seed draws the same images
+    val_ids = {(work / name / "accurate.val-ids.txt").read_text() for name in recipes}
+    assert len(val_ids) == 1
+    assert set(read_checksums(out)) == {"accurate.onnx", "accurate-fp16.onnx"}
+
+
+def test_the_recipe_search_refuses_a_recipe_it_does_not_know(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "models.training.gpu_search", "--cache", "c.npz", "--out", str(tmp_path / "o"),
+         "--recipes", "base,bigger"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith("unknown recipes: bigger")
+    assert not (tmp_path / "o").exists()
+
+
 def test_train_records_the_recipe_it_ran_and_its_validation_ids(tmp_path: Path) -> None:
     # The CPU recipe's command (models/README.md) with a tiny network: the record must say what
     # was asked (epochs, time budget, network options), not the preset's defaults.

@@ -13,11 +13,13 @@ from polypstream.frames import Frame, FrameOptions, Result, Status
 from tests.conftest import wait_for
 
 
-def make_frame(index: int, *, budget_s: float = 10.0, no_drop: bool = False, now: float | None = None) -> Frame:
+def make_frame(
+    index: int, *, budget_s: float = 10.0, no_drop: bool = False, now: float | None = None, stream: str = "s"
+) -> Frame:
     now = time.monotonic() if now is None else now
     return Frame(
-        stream_key="s",
-        stream_id="s",
+        stream_key=stream,
+        stream_id=stream,
         index=index,
         image=np.zeros((4, 4, 3), np.uint8),
         received_at=now,
@@ -106,9 +108,17 @@ def clocked_batcher(clock: list[float], *, max_batch: int = 8, max_wait_s: float
     return batcher
 
 
+def another_stream_just_served(batcher: Batcher, now: float = 100.0) -> None:
+    """A live frame of stream "other" comes and is taken at `now`: that stream is active, with
+    nothing queued, so a batch may wait for its next frame."""
+    batcher.submit(make_frame(-1, now=now, stream="other"), print)
+    assert [q.frame.stream_key for q in batcher.plan(now)[0]] == ["other"]
+
+
 def test_a_full_batch_launches_at_once() -> None:
     clock = [100.0]
     batcher = clocked_batcher(clock, max_batch=2)
+    another_stream_just_served(batcher)
     batcher.submit(make_frame(0, now=100.0), print)
     assert batcher.wait_s(100.0) > 0
     batcher.submit(make_frame(1, now=100.0), print)
@@ -118,6 +128,7 @@ def test_a_full_batch_launches_at_once() -> None:
 def test_a_partial_batch_waits_max_wait_for_more_frames() -> None:
     clock = [100.0]
     batcher = clocked_batcher(clock, max_wait_s=0.004)
+    another_stream_just_served(batcher)
     batcher.submit(make_frame(0, now=100.0, budget_s=10.0), print)
     assert batcher.launch_time() == 100.0 + 0.004
     assert batcher.wait_s(100.001) == pytest.approx(0.003, abs=1e-12)
@@ -129,6 +140,7 @@ def test_a_partial_batch_launches_when_waiting_for_one_more_frame_would_miss_the
     # by 100.034, less the launch margin (2 ms); not by 100.040, the time a batch of 1 allows.
     clock = [100.0]
     batcher = clocked_batcher(clock, launch_margin_s=0.002)
+    another_stream_just_served(batcher)
     batcher.submit(make_frame(0, now=100.0, budget_s=0.050), print)
     assert batcher.launch_time() == pytest.approx(100.032, abs=1e-9)
     assert batcher.wait_s(100.010) == pytest.approx(0.022, abs=1e-9)
@@ -150,6 +162,30 @@ def test_the_earliest_deadline_sets_the_launch_time_whatever_the_arrival_order()
     batcher.submit(make_frame(0, now=100.0, budget_s=1.0), print)
     batcher.submit(make_frame(1, now=100.0, budget_s=0.100), print)
     assert batcher.launch_time() == pytest.approx(100.100 - (0.016 + 0.032 / 6), abs=1e-9)
+
+
+def test_a_batch_does_not_wait_when_every_live_stream_has_a_frame_queued() -> None:
+    # One live stream: its next frame comes a frame interval later, so waiting max_wait for
+    # more could only delay this one (first light: 2.2 ms of a single stream's 9.3 ms on the H100).
+    clock = [100.0]
+    batcher = clocked_batcher(clock, max_wait_s=0.004)
+    batcher.submit(make_frame(0, now=100.0, stream="a"), print)
+    assert batcher.wait_s(100.0) == 0.0
+    assert [q.frame.index for q in batcher.plan(100.0)[0]] == [0]
+    # A second stream heard from (and served) at 100.0 may send again: wait for it.
+    another_stream_just_served(batcher)
+    batcher.submit(make_frame(1, now=100.0, stream="a"), print)
+    assert batcher.wait_s(100.0) == pytest.approx(0.004, abs=1e-12)
+    batcher.submit(make_frame(-2, now=100.0, stream="other"), print)
+    assert batcher.wait_s(100.0) == 0.0
+    # A stream silent for longer than live_window_s (1 s) no longer counts.
+    assert [q.frame.index for q in batcher.plan(100.0)[0]] == [1, -2]
+    clock[0] = 101.5
+    batcher.submit(make_frame(2, now=101.5, stream="a"), print)
+    assert batcher.wait_s(101.5) == 0.0  # "other" was last heard from at 100.0
+    batcher.submit(make_frame(3, now=101.5, stream="b"), print)
+    batcher.submit(make_frame(4, now=101.5, stream="c", no_drop=True), print)
+    assert batcher.wait_s(101.5) == pytest.approx(0.004, abs=1e-12)  # an offline frame: batching pays
 
 
 def test_a_stopping_batcher_takes_its_last_frames_at_once() -> None:
@@ -668,14 +704,16 @@ def test_a_partial_batch_on_a_still_clock_waits_for_the_frame_that_fills_it() ->
     model = FakeModel()
     batcher = Batcher(model, max_batch=2, max_wait_s=0.2, capacity=4, clock=lambda: clock[0])
     batcher.start()
-    collect = Collector(2)
-    batcher.submit(make_frame(0, now=100.0), collect)
+    collect = Collector(3)
+    batcher.submit(make_frame(-1, now=100.0, stream="b"), collect)  # alone in the queue: runs at once
+    wait_for(lambda: model.batches == [[-1]])
+    batcher.submit(make_frame(0, now=100.0, stream="a"), collect)
     time.sleep(0.05)  # the worker has looked at the queue: one frame, 200 ms to wait, on a still clock
-    assert model.batches == []
-    batcher.submit(make_frame(1, now=100.0), collect)
+    assert model.batches == [[-1]]
+    batcher.submit(make_frame(1, now=100.0, stream="b"), collect)
     collect.wait()
     batcher.stop()
-    assert model.batches == [[0, 1]]
+    assert model.batches == [[-1], [0, 1]]
 
 
 def test_the_oldest_offline_frame_decides_whether_offline_work_is_starving() -> None:

@@ -86,3 +86,30 @@ def test_distill_loads_back_the_network_an_onnx_file_holds(tmp_path: Path, half_
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(torch.sigmoid(loaded(x)), torch.sigmoid(net(x)), atol=1e-5)
+
+
+def test_multi_scale_training_draws_its_batches_at_each_scale_and_validates_at_the_preset_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.training import train
+
+    sizes: list[int] = []
+    real_augment = train.augment
+
+    def recording(
+        images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes.append(size)
+        x, y = real_augment(images, masks, size, gen)
+        assert x.shape[-2:] == y.shape[-2:] == (size, size)
+        return x, y
+
+    monkeypatch.setattr(train, "augment", recording)
+    preset = replace(PRESETS["fast"], size=64, widths=(4, 8), batch=2)
+    images, masks = torch.rand(8, 3, 64, 64), (torch.rand(8, 1, 64, 64) > 0.5).float()
+    model, history, _ = train.train_model(
+        images, masks, images[:2], masks[:2], preset, epochs=6, seed=0, scales=(0.5, 1.0, 1.5), weight_decay=0.05
+    )
+    assert set(sizes) == {32, 64, 96} and len(sizes) == 6 * 4  # multiples of 32; four steps an epoch
+    assert len(history) == 6
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
