@@ -231,13 +231,12 @@ class Batcher:
         """Whether every live stream heard from in the last `live_window_s` has a frame queued,
         and no offline frame is: then waiting for more frames could only delay this batch (a
         stream's next frame comes a frame interval later: 40 ms at 25 fps, against `max_wait_s`)."""
-        self._live_streams = {k: t for k, t in self._live_streams.items() if now - t <= self.live_window_s}
         queued = set()
         for q in self._queue:
             if q.frame.options.no_drop:
                 return False
             queued.add(q.frame.stream_key)
-        return queued >= self._live_streams.keys()
+        return all(key in queued for key, at in self._live_streams.items() if now - at <= self.live_window_s)
 
     def _next_batch(self) -> tuple[list[Queued], list[Queued], list[Queued]] | None:
         """Block until a batch is due: (batch, late, discarded), or None when stopped and empty."""
@@ -259,6 +258,7 @@ class Batcher:
         """Take the next batch off the queue: (batch, late, discarded); the worker calls it
         with the lock held when a batch is due."""
         hopeless = self._take_hopeless(now)
+        self._live_streams = {k: t for k, t in self._live_streams.items() if now - t <= self.live_window_s}
         discarded = [q for q in self._queue if self._discard is not None and self._discard(q.frame)]
         closed = set(map(id, discarded))
         waiting = [q for q in self._queue if id(q) not in closed]

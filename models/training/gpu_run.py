@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     scales = tuple(float(f) for f in args.scales.split(","))
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.benchmark = True  # one input size throughout: let cuDNN pick its fastest kernels
+    torch.backends.cudnn.benchmark = True  # one input size (a few with --scales): cuDNN picks its fastest kernels
     images, masks, ids = load_cache(args.cache, "train")
     if args.val >= len(ids):
         parser.error(f"--val {args.val} leaves nothing to train on ({len(ids)} images)")

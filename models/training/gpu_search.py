@@ -78,9 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         log = (folder / "run.log").open("w")
         runs[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), command, log)
         print(f"started {name}: {' '.join(command[2:])}", flush=True)
+    # Each run keeps to its budget; one that does not is stopped, so that the others' results
+    # and search.json are still written before the device call's own time limit.
+    deadline = started + args.budget_s + 45.0
     results = {}
     for name, (proc, command, log) in runs.items():
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
         log.close()
         folder = args.work / name
         record = folder / "accurate.training.json"
