@@ -101,6 +101,39 @@ class StealSampler:
             stopping = self._stopping.wait(self.every_s)
 
 
+def thread_group(name: str, is_main: bool = False) -> str:
+    """What a thread's CPU time is counted under: "main" for the main thread, else its OS name
+    less a pool's number ("decode_3" → "decode")."""
+    return "main" if is_main else re.sub(r"[-_]\d+$", "", name) or name
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) that a process's live threads have used so far, summed by
+    `thread_group`; {} where /proc cannot be read (not Linux, or the process is gone)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return totals
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, …
+        except OSError:  # the thread ended meanwhile
+            continue
+        group = thread_group(name, task.name == str(pid))
+        totals[group] = totals.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return totals
+
+
+def cores_by_thread(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, object]:
+    """CPU cores used per thread group between two `thread_cpu_seconds`, busiest first, and in all."""
+    used = {name: (seconds - before.get(name, 0.0)) / wall_s for name, seconds in after.items()}
+    busiest = sorted(((n, round(c, 2)) for n, c in used.items() if round(c, 2) > 0), key=lambda item: -item[1])
+    return {"total": round(sum(used.values()), 2), "threads": dict(busiest)}
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 

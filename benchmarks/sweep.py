@@ -10,7 +10,8 @@ on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
         [--streams 1,2,4,8,16,32,48,64] [--seconds 10] [--budget-ms 40] [--max-batch 32] [--plot OUT.png]
 
 Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
-served frames/s, client latency and server stages, the largest K that holds, and the ratios
+served frames/s, client latency and server stages, the server's CPU cores by thread group
+(`server_cpu_cores`: decode pool, event loop, batcher, onnxruntime), the largest K that holds, and the ratios
 of the best served frames/s to the limit and to the naive loop; --plot draws throughput and
 p99 against K and the server's stages per K.
 """
@@ -18,9 +19,19 @@ p99 against K and the server's stages per K.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, start_server_process, write_result
+from benchmarks.common import (
+    command_line,
+    cores_by_thread,
+    device_name,
+    endoscopy_frames,
+    jpeg,
+    start_server_process,
+    thread_cpu_seconds,
+    write_result,
+)
 from benchmarks.model_throughput import naive_loop, time_batches
 from benchmarks.service_latency import STAGES, run_streams
 from polypstream.client import SegmenterClient
@@ -116,15 +127,25 @@ def main() -> None:
         with SegmenterClient(address) as ready:
             ready.wait_ready()
         for k in (int(s) for s in args.streams.split(",")):
+            cpu_before, started = thread_cpu_seconds(proc.pid), time.monotonic()
             row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
+            # Where the server's CPU went, thread group by thread group: "grpc" is the event loop
+            # (Python, under the GIL), "decode" the decoding pool, "batcher" the model's thread.
+            row["server_cpu_cores"] = cores_by_thread(
+                cpu_before, thread_cpu_seconds(proc.pid), time.monotonic() - started
+            )
             row["offered_fps"] = k * args.fps
             row["holds"] = holds(row, args.budget_ms)
             service.append(row)
             lat = row["latency_ms"]
             assert isinstance(lat, dict)
+            cpu = row["server_cpu_cores"]
+            assert isinstance(cpu, dict)
+            top = ", ".join(f"{name} {cores}" for name, cores in list(cpu["threads"].items())[:4])
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
-                f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}",
+                f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
+                f"server {cpu['total']} cores ({top})",
                 flush=True,
             )
     finally:
