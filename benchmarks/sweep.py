@@ -11,9 +11,9 @@ on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
 
 Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
 served frames/s, client latency and server stages, the server's CPU cores by thread group
-(`server_cpu_cores`: decode pool, event loop, batcher, onnxruntime), the largest K that holds, and the ratios
-of the best served frames/s to the limit and to the naive loop; --plot draws throughput and
-p99 against K and the server's stages per K.
+(`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), the largest K
+that holds, and the ratios of the best served frames/s to the limit and to the naive loop;
+--plot draws throughput and p99 against K and the server's stages per K.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def main() -> None:
         for k in (int(s) for s in args.streams.split(",")):
             cpu_before, started = thread_cpu_seconds(proc.pid), time.monotonic()
             row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
-            # Where the server's CPU went, thread group by thread group: "grpc" is the event loop
-            # (Python, under the GIL), "decode" the decoding pool, "batcher" the model's thread.
+            # Where the server's CPU went, thread group by thread group: "main" is `serve`'s event
+            # loop (Python, under the GIL), "decode" the decoding pool, "batcher" the model's
+            # thread, "event_engine" gRPC's own.
             row["server_cpu_cores"] = cores_by_thread(
                 cpu_before, thread_cpu_seconds(proc.pid), time.monotonic() - started
             )
