@@ -10,6 +10,7 @@ offline run (no-drop, unpaced) measures the most frames/s the service sustains.
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,33 @@ from polypstream.replay import STAGES
 from polypstream.runner import Runner, resolve_model
 from polypstream.server import serve_in_thread
 from polypstream.stats import percentiles
+
+ESTIMATE = re.compile(r"a batch of one may take ([0-9.]+) ms")
+
+
+def late_drops(answers: list[Answer]) -> dict[str, object]:
+    """Why frames were answered DROPPED_LATE, from their error text: past their deadline before
+    a batch could take them, or dropped before it because the estimate of a batch of one said
+    they would miss it (with that estimate's percentiles: a stall inflates it)."""
+    missed = 0
+    estimates = []
+    for answer in answers:
+        if answer.status != "DROPPED_LATE":
+            continue
+        found = ESTIMATE.search(answer.result.error)
+        if found is None:
+            missed += 1
+        else:
+            estimates.append(float(found.group(1)))
+    return {"missed_deadline": missed, "would_miss": len(estimates), "batch_of_one_estimate_ms": percentiles(estimates)}
+
+
+def by_batch_size(ok: list[Answer]) -> dict[str, dict[str, object]]:
+    """Per batch size: frames served in batches of that size and their inference time's percentiles."""
+    sizes: dict[int, list[float]] = {}
+    for answer in ok:
+        sizes.setdefault(answer.result.timing.batch_size, []).append(answer.result.timing.inference_ms)
+    return {str(n): {"frames": len(times), "inference_ms": percentiles(times)} for n, times in sorted(sizes.items())}
 
 
 def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int) -> dict[str, object]:
@@ -77,6 +105,8 @@ def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | N
         "latency_ms": percentiles([a.latency_s * 1e3 for a in ok]),
         "server_stages_ms": {s: percentiles([getattr(a.result.timing, s) for a in ok]) for s in STAGES},
         "mean_batch": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
+        "by_batch_size": by_batch_size(ok),
+        "late_drops": late_drops(flat),
         "errors": errors,
     }
 

@@ -11,7 +11,9 @@ on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
 
 Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
 served frames/s, client latency and server stages, the server's CPU cores by thread group
-(`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), the largest K
+(`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), frames and
+inference time by batch size (`by_batch_size`), why frames were dropped late (`late_drops`:
+past their deadline, or on the estimate of a batch of one, with that estimate), the largest K
 that holds, and the ratios of the best served frames/s to the limit and to the naive loop;
 --plot draws throughput and p99 against K and the server's stages per K.
 """
@@ -143,10 +145,18 @@ def main() -> None:
             cpu = row["server_cpu_cores"]
             assert isinstance(cpu, dict)
             top = ", ".join(f"{name} {cores}" for name, cores in list(cpu["threads"].items())[:4])
+            drops = row["late_drops"]
+            assert isinstance(drops, dict)
+            why = (
+                f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate "
+                f"(a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
+                if drops["missed_deadline"] or drops["would_miss"]
+                else ""
+            )
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
                 f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
-                f"server {cpu['total']} cores ({top})",
+                f"server {cpu['total']} cores ({top}){why}",
                 flush=True,
             )
     finally:

@@ -57,6 +57,9 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     for row in report["service"]:
         assert row["lost"] == 0 and sum(row["statuses"].values()) == row["frames_sent"] == row["streams"] * 10
         assert set(row["server_cpu_cores"]) == {"total", "threads"}  # the server's CPU, by thread group
+        assert sum(size["frames"] for size in row["by_batch_size"].values()) == row["statuses"].get("OK", 0)
+        drops = row["late_drops"]
+        assert drops["missed_deadline"] + drops["would_miss"] == row["statuses"].get("DROPPED_LATE", 0)
     assert report["limit_fps"] > 0 and report["naive"]["fps"] > 0
     # The ratios are what the reported numbers give, to three significant digits: a tiny model's
     # limit is tens of thousands of frames/s, so the ratio is small, and must not read as 0.

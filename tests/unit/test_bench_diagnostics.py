@@ -1,0 +1,89 @@
+"""The sweep's diagnostics: where the server's CPU time goes, thread group by thread group
+(server_cpu_cores); why frames were dropped late; inference time by batch size."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from benchmarks.common import cores_by_thread, thread_cpu_seconds, thread_group
+from benchmarks.service_latency import by_batch_size, late_drops
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.client import Answer
+from polypstream.threads import set_os_thread_name
+
+
+def test_a_pool_s_threads_count_as_one_group_and_the_main_thread_as_main() -> None:
+    assert thread_group("decode_3") == "decode"
+    assert thread_group("render-12") == "render"
+    assert thread_group("batcher") == "batcher"
+    assert thread_group("grpc_global_tim") == "grpc_global_tim"  # gRPC's own threads keep their names
+    assert thread_group("python3", is_main=True) == "main"
+
+
+def test_cores_are_cpu_seconds_over_the_wall_time_busiest_first() -> None:
+    before = {"decode": 1.0, "grpc": 2.0}
+    after = {"decode": 4.0, "grpc": 2.5, "batcher": 1.0}  # a thread group that started meanwhile
+    expected = {"total": 2.25, "threads": {"decode": 1.5, "batcher": 0.5, "grpc": 0.25}}
+    assert cores_by_thread(before, after, 2.0) == expected
+    # an idle group is left out
+    assert cores_by_thread({"a": 1.0}, {"a": 1.0, "b": 3.0}, 1.0) == {"total": 3.0, "threads": {"b": 3.0}}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_named_thread_s_cpu_time_is_found_under_its_group() -> None:
+    stop = threading.Event()
+
+    def burn() -> None:
+        set_os_thread_name("burner_7")
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while thread_cpu_seconds(os.getpid()).get("burner", 0.0) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = thread_cpu_seconds(os.getpid())
+    finally:
+        stop.set()
+        thread.join()
+    assert seen["burner"] > 0 and "main" in seen
+    assert thread_cpu_seconds(-1) == {}  # no such process
+
+
+def answer(status: int, error: str = "", batch: int = 0, inference_ms: float = 0.0) -> Answer:
+    timing = pb.Timing(batch_size=batch, inference_ms=inference_ms)
+    return Answer(pb.FrameResult(status=status, error=error, timing=timing), 0.0)
+
+
+def test_late_drops_tell_a_passed_deadline_from_a_drop_on_the_estimate() -> None:
+    # The batcher's two messages (Batcher._why_late), and an OK frame that is not counted.
+    late = pb.FRAME_STATUS_DROPPED_LATE
+    answers = [
+        answer(late, "missed its deadline by 3.5 ms before inference"),
+        answer(late, "would miss its deadline: due in 4.0 ms, a batch of one may take 121.5 ms"),
+        answer(late, "would miss its deadline: due in 30.2 ms, a batch of one may take 40.5 ms"),
+        answer(pb.FRAME_STATUS_OK),
+    ]
+    drops = late_drops(answers)
+    assert (drops["missed_deadline"], drops["would_miss"]) == (1, 2)
+    assert drops["batch_of_one_estimate_ms"]["max"] == 121.5  # type: ignore[index]
+    none = {"p50": None, "p90": None, "p99": None, "max": None}
+    nothing = {"missed_deadline": 0, "would_miss": 0, "batch_of_one_estimate_ms": none}
+    assert late_drops([answer(pb.FRAME_STATUS_OK)]) == nothing
+
+
+def test_frames_are_counted_by_the_size_of_the_batch_that_served_them() -> None:
+    ok = pb.FRAME_STATUS_OK
+    served = [answer(ok, batch=1, inference_ms=2.0), answer(ok, batch=2, inference_ms=3.0)]
+    served.append(answer(ok, batch=2, inference_ms=5.0))
+    table = by_batch_size(served)
+    assert list(table) == ["1", "2"]
+    assert table["1"]["frames"] == 1 and table["2"]["frames"] == 2
+    assert table["2"]["inference_ms"]["max"] == 5.0  # type: ignore[index]
