@@ -147,12 +147,11 @@ def main() -> None:
             top = ", ".join(f"{name} {cores}" for name, cores in list(cpu["threads"].items())[:4])
             drops = row["late_drops"]
             assert isinstance(drops, dict)
-            why = (
-                f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate "
-                f"(a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
-                if drops["missed_deadline"] or drops["would_miss"]
-                else ""
-            )
+            why = ""
+            if drops["missed_deadline"] or drops["would_miss"]:
+                why = f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate"
+            if drops["would_miss"]:
+                why += f" (a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
                 f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
