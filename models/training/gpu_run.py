@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from models.training.cache import load_cache
 from models.training.fp16 import to_fp16
-from models.training.train import PRESETS, export_onnx, normalise, to_tensor, train_model
+from models.training.train import PRESETS, export_onnx, to_tensor, train_model, validate
 from models.training.tune_regions import choose_floor, write_floor
 from polypstream.postprocess import locate_polyps, mask_boxes, probability_to_mask
 from polypstream.runner import Runner, record_checksum
@@ -63,23 +62,6 @@ def check_with_onnxruntime(
             tally.add(probability_to_mask(prob, width, height, threshold)[0], truth_mask, [p.box for p in found], boxes)
             regions.append((found, boxes))
     return tally.as_dict(), regions
-
-
-@torch.no_grad()
-def flipped_dice(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, size: int) -> float:
-    """Mean per-image validation Dice (threshold 0.5) of the probability averaged over the image
-    and its mirror image: what test-time flips would add (they are not in the exported model)."""
-    model.eval()
-    scores = []
-    for start in range(0, images.shape[0], 32):
-        x = normalise(F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear"))
-        truth = F.interpolate(masks[start : start + 32], size=(size, size), mode="bilinear") > 0.5
-        prob = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
-        pred = prob > 0.5
-        inter = (pred & truth).sum(dim=(1, 2, 3)).float()
-        total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
-        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
-    return float(torch.cat(scores).mean())
 
 
 @torch.no_grad()
@@ -163,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     trained_at = time.monotonic()
     # The weights first, so that a failure further on (export, checks) does not lose the training.
     torch.save(model.state_dict(), args.out / f"{NAME}.pt")
-    hflip_dice = flipped_dice(model, x_val, y_val, preset.size)
+    hflip_dice = validate(model, x_val, y_val, preset.size, flip=True)
     timings = inference_ms(model, preset.size, device, args.timing_repeats)
 
     onnx_path = args.out / f"{NAME}.onnx"

@@ -42,15 +42,6 @@ KEPT = (
 )
 
 
-def score(folder: Path) -> float | None:
-    """The recipe's validation Dice through onnxruntime, or None if it wrote no record."""
-    record = folder / "accurate.training.json"
-    if not record.is_file():
-        return None
-    dice = json.loads(record.read_text())["val_onnxruntime"].get("dice")
-    return None if dice is None else float(dice)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True, help="a train-split .npz from models.training.cache")
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {
             "arguments": command[2:],
             "exit": code,
-            "val_dice_onnxruntime": score(folder),
+            "val_dice_onnxruntime": summary.get("val_onnxruntime", {}).get("dice"),
             "best_val_dice_torch": summary.get("best_val_dice_torch"),
             "epochs_run": summary.get("epochs_run"),
             "train_seconds": summary.get("train_seconds"),

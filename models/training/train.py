@@ -170,14 +170,17 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, size: int) -> float:
-    """Mean per-image Dice at model resolution, threshold 0.5."""
+def validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, size: int, flip: bool = False) -> float:
+    """Mean per-image Dice at model resolution, threshold 0.5. `flip`: of the probability
+    averaged over the image and its mirror image (what test-time flips would give)."""
     model.eval()
     scores = []
     for start in range(0, images.shape[0], 32):
         x = F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear", align_corners=False)
         y = F.interpolate(masks[start : start + 32], size=(size, size), mode="bilinear", align_corners=False) > 0.5
-        pred = model(normalise(x)) > 0
+        x = normalise(x)
+        mirrored = torch.sigmoid(model(x.flip(-1))).flip(-1) if flip else None
+        pred = model(x) > 0 if mirrored is None else (torch.sigmoid(model(x)) + mirrored) / 2 > 0.5
         inter = (pred & y).sum(dim=(1, 2, 3)).float()
         total = (pred.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3))).float()
         scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
