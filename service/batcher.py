@@ -149,7 +149,6 @@ class Batcher:
         self.offline_slice_s = offline_slice_s
         self.offline_max_wait_s = offline_max_wait_s
         self.live_window_s = live_window_s  # live streams count as active this long after a live frame
-        self._last_live_at = -float("inf")
         self._live_streams: dict[str, float] = {}  # stream key → when its last live frame came
         # While live frames are being dropped, or finish with less than a slice to spare, the
         # machine has no capacity left over: offline frames then run at most one slice per
@@ -197,7 +196,6 @@ class Batcher:
             now = self._clock()
             self._queue.append(Queued(frame, on_done, now))
             if not frame.options.no_drop:
-                self._last_live_at = now
                 self._live_streams[frame.stream_key] = now
             self._cond.notify()
 
@@ -236,7 +234,11 @@ class Batcher:
             if q.frame.options.no_drop:
                 return False
             queued.add(q.frame.stream_key)
-        return all(key in queued for key, at in self._live_streams.items() if now - at <= self.live_window_s)
+        return all(key in queued for key in self._live_since(now))
+
+    def _live_since(self, now: float) -> list[str]:
+        """The live streams heard from in the last `live_window_s`."""
+        return [key for key, at in self._live_streams.items() if now - at <= self.live_window_s]
 
     def _next_batch(self) -> tuple[list[Queued], list[Queued], list[Queued]] | None:
         """Block until a batch is due: (batch, late, discarded), or None when stopped and empty."""
@@ -258,7 +260,7 @@ class Batcher:
         """Take the next batch off the queue: (batch, late, discarded); the worker calls it
         with the lock held when a batch is due."""
         hopeless = self._take_hopeless(now)
-        self._live_streams = {k: t for k, t in self._live_streams.items() if now - t <= self.live_window_s}
+        self._live_streams = {key: self._live_streams[key] for key in self._live_since(now)}  # forget the quiet
         discarded = [q for q in self._queue if self._discard is not None and self._discard(q.frame)]
         closed = set(map(id, discarded))
         waiting = [q for q in self._queue if id(q) not in closed]
@@ -325,7 +327,7 @@ class Batcher:
                 return now + grown <= deadline and grown - alone <= self.offline_slice_s
 
             return _largest(room, fits)
-        if now - self._last_live_at <= self.live_window_s:  # room for a live frame arriving meanwhile
+        if self._live_since(now):  # room for a live frame arriving meanwhile
             return max(1, _largest(room, lambda n: self.estimator.estimate(n) <= self.offline_slice_s))
         return room
 
