@@ -198,6 +198,25 @@ def scrape(url: str) -> dict[str, float]:
     return values
 
 
+GIL_WAIT = "polypstream_gil_wait_seconds"
+
+
+def gil_wait(before: dict[str, float], after: dict[str, float]) -> dict[str, float | int | None]:
+    """The server's GIL wait between two scrapes: samples, mean ms, and the share of samples over
+    1 ms and over 5 ms (the switch interval: a thread waited for another to be made to let go)."""
+    count = after.get(f"{GIL_WAIT}_count", 0.0) - before.get(f"{GIL_WAIT}_count", 0.0)
+    if count <= 0:
+        return {"samples": 0, "mean_ms": None, "over_1ms": None, "over_5ms": None}
+
+    def over(le: str) -> float:  # the share of this interval's samples above the bucket `le`
+        key = f'{GIL_WAIT}_bucket{{le="{le}"}}'
+        return round(1 - (after.get(key, 0.0) - before.get(key, 0.0)) / count, 4)
+
+    total = after.get(f"{GIL_WAIT}_sum", 0.0) - before.get(f"{GIL_WAIT}_sum", 0.0)
+    return {"samples": int(count), "mean_ms": round(total / count * 1e3, 3), "over_1ms": over("0.001"),
+            "over_5ms": over("0.005")}  # fmt: skip
+
+
 def command_line(module: str, args: argparse.Namespace) -> str:
     """The command that reproduces a run, from its parsed arguments (recorded in the JSON)."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v)

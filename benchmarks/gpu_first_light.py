@@ -6,15 +6,24 @@
 
 1. the environment (in summary.json, and printed first): onnxruntime (version, providers),
    grpcio, the GPU (nvidia-smi), Python;
-2. pytest-gpu.log: `pytest -m gpu` over the files that hold such tests (the tests that need a
-   usable CUDAExecutionProvider);
+2. `pytest -m gpu` over the files that hold such tests (the tests that need a usable
+   CUDAExecutionProvider), its output in first-light.log;
 3. for each model (accurate when it is shipped, then fast): `benchmarks.sweep` at --size, --fps
    and every K of --streams against a `serve --device DEVICE` process (with `--device cuda` the
-   server refuses to start without CUDA), the model limit and the naive loop in the same run;
-   each K's time chosen so that the whole command keeps to --budget-s;
-4. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
-   saturation against the limit and the naive loop, one stream's server p99.
-Exits non-zero if a step failed or the model ran on another provider than the device asked for.
+   server refuses to start without CUDA), the model limit and the naive loop in the same run,
+   its output in first-light.log too; each K's time chosen so that the whole command keeps to
+   --budget-s;
+4. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
+   (one 1x1 convolution at --alone-input², the accurate model's input size): what decoding, the
+   batcher and the Python layer serve without a model to wait for. If it does not hold where the
+   real models fail, the model is not what holds the service back; its GIL wait and per-thread CPU
+   say which part is;
+5. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
+   saturation against the limit and the naive loop, one stream's server p99; per K of the
+   service alone, what it served and where its CPU went.
+At most eight files (what the device tool brings back, with the caller's own log): the log,
+summary.json, each model's sweep JSON and plot, the service alone's JSON.
+Exits non-zero if a step failed or a model ran on another provider than the device asked for.
 """
 
 from __future__ import annotations
@@ -24,10 +33,15 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from tests.tiny_model import build_tiny_model  # the costless model of the service-alone sweep
 
 ROOT = Path(__file__).resolve().parent.parent
+ALONE = "service-alone"
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
@@ -83,6 +97,22 @@ def models_to_measure() -> list[str]:
     return shipped or ["fast"]
 
 
+def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
+    """Per K of the service-alone sweep: what it served and held, its server p99, its GIL wait,
+    and its three busiest thread groups."""
+    return [
+        {
+            "streams": row["streams"],
+            "served_fps": row["throughput_fps"],
+            "holds": row["holds"],
+            "server_p99_ms": row["server_stages_ms"]["server_ms"]["p99"],
+            "gil_wait_ms": row["gil_wait"]["mean_ms"],
+            "cores": dict(list(row["server_cpu_cores"]["threads"].items())[:3]),
+        }
+        for row in report["service"]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -96,44 +126,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall time for the whole command")
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes for the model's limit")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
+    parser.add_argument("--alone-streams", default="16,32,48,64", help="K for the service alone ('' for none)")
+    parser.add_argument("--alone-input", type=int, default=352, help="the costless model's input size")
     args = parser.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment()
     print(f"environment: {env}", flush=True)
     failures = []
-    code = run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_test_files()],
-        args.out / "pytest-gpu.log",
-        120,
-    )
+    log = args.out / "first-light.log"  # one log for every step: the device tool brings back eight files
+    pytest = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_test_files()]
+    code = run(pytest, log, 120)
     if code not in (0, 5):  # 5: nothing collected
         failures.append(f"pytest -m gpu exited {code}")
     models = args.models.split(",") if args.models else models_to_measure()
-    ks = [int(k) for k in args.streams.split(",")]
+    # (model, name, K, plot): each model at every K, then the service alone at its K.
+    sweeps = [(model, Path(model).stem, args.streams, True) for model in models]  # a path names its file
+    if args.alone_streams:
+        alone = build_tiny_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
+        sweeps.append((str(alone), ALONE, args.alone_streams, False))
+    runs_left = sum(len(ks.split(",")) for *_, ks, _ in sweeps)
     summary: dict[str, object] = {"device": args.device, "environment": env, "models": {}}
-    for n, model in enumerate(models):
-        left = args.budget_s - (time.monotonic() - started)
-        share = left / (len(models) - n)
-        seconds = max(2.0, (share - 40.0) / len(ks) - 4.0)  # 40 s: limit, naive loop, start-ups
-        name = Path(model).stem  # a path names its file
+    for n, (model, name, streams, plot) in enumerate(sweeps):
+        ks = len(streams.split(","))
+        left = args.budget_s - (time.monotonic() - started) - 40.0 * (len(sweeps) - n)  # 40 s: limit, naive, starts
+        seconds = max(2.0, left / runs_left - 4.0)
+        share = 40.0 + ks * (seconds + 4.0)
+        runs_left -= ks
         out = args.out / f"sweep-{name}.json"
         command = [
             sys.executable, "-m", "benchmarks.sweep", "--model", model, "--device", args.device,
-            "--size", args.size, "--fps", str(args.fps), "--streams", args.streams, "--seconds", f"{seconds:.1f}",
+            "--size", args.size, "--fps", str(args.fps), "--streams", streams, "--seconds", f"{seconds:.1f}",
             "--budget-ms", str(args.budget_ms), "--max-batch", str(args.max_batch),
-            "--batches", args.batches, "--limit-seconds", str(args.limit_seconds),
-            "--out", str(out), "--plot", str(args.out / f"sweep-{name}.png"),
+            "--batches", args.batches, "--limit-seconds", str(args.limit_seconds), "--out", str(out),
+            *(["--plot", str(args.out / f"sweep-{name}.png")] if plot else []),
         ]  # fmt: skip
-        print(f"{model}: {seconds:.1f} s per K", flush=True)
-        # One log for every model's sweep: the device tool brings back eight files at most.
-        code = run(command, args.out / "sweeps.log", max(60.0, share + 60.0))
+        print(f"{name}: {seconds:.1f} s per K", flush=True)
+        code = run(command, log, max(60.0, share + 60.0))
         if code != 0 or not out.is_file():
-            failures.append(f"sweep of {model} exited {code} (see sweeps.log)")
+            failures.append(f"sweep of {name} exited {code} (see first-light.log)")
             continue
         report = json.loads(out.read_text())
         if report.get("provider") != PROVIDER[args.device]:
-            failures.append(f"{model} ran on {report.get('provider')}, not {PROVIDER[args.device]}")
+            failures.append(f"{name} ran on {report.get('provider')}, not {PROVIDER[args.device]}")
+        if name == ALONE:
+            size = f"{args.alone_input}x{args.alone_input}"
+            summary["service_alone"] = {"input": size, "per_k": service_alone(report)}
+            continue
         one = next((row for row in report["service"] if row["streams"] == 1), None)
         summary["models"][name] = {  # type: ignore[index]
             "model": report.get("model"),
@@ -148,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["failures"] = failures
     summary["seconds"] = round(time.monotonic() - started, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary["models"], indent=1))
+    print(json.dumps({k: summary[k] for k in ("models", "service_alone") if k in summary}, indent=1))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

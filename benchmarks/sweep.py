@@ -11,7 +11,8 @@ on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
 
 Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
 served frames/s, client latency and server stages, the server's CPU cores by thread group
-(`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), frames and
+(`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), how long its
+threads waited to run Python again (`gil_wait`: mean, share over 1 and 5 ms), frames and
 inference time by batch size (`by_batch_size`), why frames were dropped late (`late_drops`:
 past their deadline, or on the estimate of a batch of one, with that estimate), the largest K
 that holds, and the ratios of the best served frames/s to the limit and to the naive loop;
@@ -29,7 +30,9 @@ from benchmarks.common import (
     cores_by_thread,
     device_name,
     endoscopy_frames,
+    gil_wait,
     jpeg,
+    scrape,
     start_server_process,
     thread_cpu_seconds,
     write_result,
@@ -123,14 +126,15 @@ def main() -> None:
     encoded = [jpeg(f) for f in endoscopy_frames(48, (width, height))]
     limit, naive, served_model = measure_model(args, encoded)
     serve_flags = ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
-    proc, address, _ = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
+    proc, address, metrics_url = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
     try:
         with SegmenterClient(address) as ready:
             ready.wait_ready()
         for k in (int(s) for s in args.streams.split(",")):
-            cpu_before, started = thread_cpu_seconds(proc.pid), time.monotonic()
+            cpu_before, started, scraped = thread_cpu_seconds(proc.pid), time.monotonic(), scrape(metrics_url)
             row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
+            row["gil_wait"] = waited = gil_wait(scraped, scrape(metrics_url))
             # Where the server's CPU went, thread group by thread group: "main" is `serve`'s event
             # loop (Python, under the GIL), "decode" the decoding pool, "batcher" the model's
             # thread, "event_engine" gRPC's own.
@@ -155,7 +159,7 @@ def main() -> None:
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
                 f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
-                f"server {cpu['total']} cores ({top}){why}",
+                f"server {cpu['total']} cores ({top}), GIL wait {waited['mean_ms']} ms{why}",
                 flush=True,
             )
     finally:

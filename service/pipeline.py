@@ -26,7 +26,7 @@ from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
 from .metrics import Metrics
 from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
-from .threads import background_worker, name_os_thread
+from .threads import GilProbe, background_worker, name_os_thread
 from .view import ViewHub
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Pipeline:
         self.render_pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="polypstream-render", initializer=background_worker
         )
+        # How long threads wait to run Python again: the GIL's load (polypstream_gil_wait_seconds).
+        self.gil_probe = GilProbe(metrics.gil_wait.observe)
         self._streams: dict[str, _StreamState] = {}
         self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
         self._lock = threading.Lock()
@@ -108,9 +110,11 @@ class Pipeline:
                 one * 1e3, self.runner.provider, self.config.budget_ms,
             )  # fmt: skip
         self.batcher.start()
+        self.gil_probe.start()
 
     def stop(self) -> None:
         """Answer every accepted frame, then stop the worker threads."""
+        self.gil_probe.stop()
         self.batcher.stop()
         self.decode_pool.shutdown(wait=True)
         self.offline_decode_pool.shutdown(wait=True)

@@ -1,7 +1,8 @@
 """What the operating system knows of the server's threads: their names, so that `top -H` and
 `ps -L` say which part of the server uses the CPU (decode_0, render_1, batcher, onnxruntime…),
 and their priority. Linux only (names and niceness are per thread there); elsewhere these do
-nothing. Imports nothing of the package."""
+nothing. And how long the server's threads wait to run Python again (GilProbe). Imports
+nothing of the package."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BACKGROUND_NICE = 10  # how far below the rest pixel-heavy and offline work runs (Linux thread niceness)
@@ -70,3 +72,44 @@ def background_worker() -> None:
     """Initializer of the pools whose work runs below the rest: named, then lowered."""
     name_os_thread()
     lower_thread_priority()
+
+
+class GilProbe:
+    """A thread that sleeps `interval_s` again and again and reports, each time, how much later
+    than asked it ran Python again: the wait for the GIL (which every thread of the server takes
+    to run Python, between its native calls) and, on a machine with no core free, for the CPU.
+
+    A few tenths of a millisecond when the server has room; the GIL's switch interval (5 ms) and
+    more when Python work saturates one process, which then serves no faster however many
+    cores or GPUs it has. Each of the server's Python steps pays that wait again (the batcher's
+    post-processing makes several native calls per frame), so it shows why stages slow down."""
+
+    def __init__(
+        self,
+        observe: Callable[[float], None],
+        interval_s: float = 0.01,
+        *,
+        wait: Callable[[float], bool] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.observe, self.interval_s, self._clock = observe, interval_s, clock
+        self._stopping = threading.Event()
+        self._wait = wait or self._stopping.wait  # True when stopping (nothing is observed then)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{PREFIX}gil-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        name_os_thread()
+        while not self._stopping.is_set():
+            asked = self._clock() + self.interval_s
+            if self._wait(self.interval_s):
+                return
+            self.observe(max(0.0, self._clock() - asked))

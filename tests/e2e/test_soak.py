@@ -57,6 +57,7 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     for row in report["service"]:
         assert row["lost"] == 0 and sum(row["statuses"].values()) == row["frames_sent"] == row["streams"] * 10
         assert set(row["server_cpu_cores"]) == {"total", "threads"}  # the server's CPU, by thread group
+        assert row["gil_wait"]["samples"] > 0  # the server's GIL probe was read, before and after
         assert sum(size["frames"] for size in row["by_batch_size"].values()) == row["statuses"].get("OK", 0)
         drops = row["late_drops"]
         assert drops["missed_deadline"] + drops["would_miss"] == row["statuses"].get("DROPPED_LATE", 0)
@@ -74,7 +75,8 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
 def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "first-light"
     command = ["--out", str(out), "--device", "cpu", "--models", str(tiny_model), "--streams", "1", "--size", "96x80",
-               "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30"]  # fmt: skip
+               "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30", "--alone-streams", "1,2",
+               "--alone-input", "32"]  # fmt: skip
     # Without `cryptography`, as on the GPU machine: there the first run's `pytest -m gpu` could
     # not even load tests/conftest.py, which imported the TLS tests' certificate maker.
     without = tmp_path / "without"
@@ -90,10 +92,10 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    log = (out / "pytest-gpu.log").read_text()
-    assert " skipped" in log and "error" not in log.lower()  # collected, and skipped for want of CUDA
+    pytest_log = (out / "first-light.log").read_text().split("benchmarks.sweep")[0]
+    assert " skipped" in pytest_log and "error" not in pytest_log.lower()  # collected, skipped for want of CUDA
     assert sorted(p.name for p in out.iterdir()) == [
-        "pytest-gpu.log", "summary.json", "sweep-tiny.json", "sweep-tiny.png", "sweeps.log",
+        "first-light.log", "summary.json", "sweep-service-alone.json", "sweep-tiny.json", "sweep-tiny.png",
     ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == [] and summary["device"] == "cpu"
@@ -101,3 +103,7 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     assert tiny["provider"] == "CPUExecutionProvider" and tiny["model"] == "tiny-brightness test"
     assert set(tiny) >= {"largest_k_that_holds", "limit_fps", "naive_fps", "ratios", "one_stream_server_p99_ms"}
     assert "CPUExecutionProvider" in summary["environment"]["providers"]
+    # the service alone: the costless model at the input size asked for, at each K asked for
+    alone = summary["service_alone"]
+    assert alone["input"] == "32x32" and [row["streams"] for row in alone["per_k"]] == [1, 2]
+    assert all(row["gil_wait_ms"] is not None and row["cores"] for row in alone["per_k"])

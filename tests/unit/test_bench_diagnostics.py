@@ -1,5 +1,6 @@
 """The sweep's diagnostics: where the server's CPU time goes, thread group by thread group
-(server_cpu_cores); why frames were dropped late; inference time by batch size."""
+(server_cpu_cores); how long its threads waited to run Python (gil_wait); why frames were
+dropped late; inference time by batch size."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from benchmarks.common import cores_by_thread, thread_cpu_seconds, thread_group
+from benchmarks.common import cores_by_thread, gil_wait, thread_cpu_seconds, thread_group
 from benchmarks.service_latency import by_batch_size, late_drops
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer
@@ -32,6 +33,18 @@ def test_cores_are_cpu_seconds_over_the_wall_time_busiest_first() -> None:
     assert cores_by_thread(before, after, 2.0) == expected
     # an idle group is left out
     assert cores_by_thread({"a": 1.0}, {"a": 1.0, "b": 3.0}, 1.0) == {"total": 3.0, "threads": {"b": 3.0}}
+
+
+def test_the_gil_wait_between_two_scrapes_is_worked_out_of_the_histogram_s_differences() -> None:
+    name = "polypstream_gil_wait_seconds"
+    before = {f"{name}_count": 100.0, f"{name}_sum": 0.5, f'{name}_bucket{{le="0.001"}}': 90.0,
+              f'{name}_bucket{{le="0.005"}}': 100.0}  # fmt: skip
+    # 200 samples more, 1.2 s in all: 150 within 1 ms, 190 within 5 ms
+    after = {f"{name}_count": 300.0, f"{name}_sum": 1.7, f'{name}_bucket{{le="0.001"}}': 240.0,
+             f'{name}_bucket{{le="0.005"}}': 290.0}  # fmt: skip
+    assert gil_wait(before, after) == {"samples": 200, "mean_ms": 6.0, "over_1ms": 0.25, "over_5ms": 0.05}
+    # a server without the metric (or no sample in between): nothing to say, not zeros
+    assert gil_wait({}, {}) == {"samples": 0, "mean_ms": None, "over_1ms": None, "over_5ms": None}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
