@@ -45,6 +45,7 @@ from .security import TOKEN_ENV, SecurityConfigError, client_credentials, load_t
 from .server import serve_in_thread, start_server
 from .sources import SourceHub
 from .stats import percentile
+from .threads import opencv_on_the_calling_thread
 from .ui import LiveView
 from .video_sources import evaluate_videos
 from .view import ViewHub
@@ -135,6 +136,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipeline:
+    opencv_on_the_calling_thread()  # the pipeline's pools are the parallelism
     path = resolve_model(config.model)
     runner = Runner(path, device=config.device, max_batch=config.max_batch, threads=config.threads)
     logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, runner.provider)

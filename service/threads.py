@@ -1,8 +1,8 @@
 """What the operating system knows of the server's threads: their names, so that `top -H` and
 `ps -L` say which part of the server uses the CPU (decode_0, render_1, batcher, onnxruntime…),
 and their priority. Linux only (names and niceness are per thread there); elsewhere these do
-nothing. And how long the server's threads wait to run Python again (GilProbe). Imports
-nothing of the package."""
+nothing. How long the server's threads wait to run Python again (GilProbe), and OpenCV kept to
+the thread that calls it. Imports nothing of the package."""
 
 from __future__ import annotations
 
@@ -56,6 +56,19 @@ def os_thread_named(name: str) -> Iterator[None]:
     finally:
         if before is not None:
             set_os_thread_name(before)
+
+
+def opencv_on_the_calling_thread() -> None:
+    """Have OpenCV run each call on the thread that makes it, not also on its own pool of a
+    thread per core (a setting of the whole process).
+
+    The server's pools already work on one frame per thread; OpenCV's pool on top was woken for
+    every small call (connected regions, resizes) and spun between them: at 400 frames/s of a
+    costless model on 2 cores that was 0.4 ms of CPU a frame, 13 % of the server's, for the same
+    latency (benchmarks/README.md, "OpenCV's own threads")."""
+    import cv2  # here: the rest of this module needs only the standard library
+
+    cv2.setNumThreads(1)
 
 
 def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:

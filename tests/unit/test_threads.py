@@ -62,3 +62,15 @@ def test_onnxruntimes_threads_are_named_for_it_and_the_caller_keeps_its_name(tin
         del runner
 
     assert on_a_thread("t", load) == ["loader"]
+
+
+def test_a_pipeline_built_for_the_cli_keeps_opencv_on_the_calling_thread(tiny_model: Path) -> None:
+    import cv2
+    from prometheus_client import CollectorRegistry
+
+    from polypstream.cli import build_pipeline
+    from polypstream.config import EngineConfig
+
+    cv2.setNumThreads(4)
+    build_pipeline(EngineConfig(model=str(tiny_model), device="cpu"), CollectorRegistry())
+    assert cv2.getNumThreads() == 1
