@@ -43,6 +43,29 @@ def test_preprocess_channel_order_follows_the_contract(tmp_path: Path) -> None:
     assert rgb[2].mean() == pytest.approx(1.0) and bgr.preprocess(image)[0].mean() == pytest.approx(1.0)
 
 
+def test_preprocess_normalises_each_channel_with_its_own_mean_and_std(tmp_path: Path) -> None:
+    # Given a model whose contract has a different mean and std per channel (values exact in binary)
+    meta = {"polypstream.scale": "0.0078125", "polypstream.mean": "0.5,0.25,0", "polypstream.std": "0.5,0.25,1"}
+    runner = Runner(build_tiny_model(tmp_path / "m.onnx", metadata=meta), device="cpu")
+    image = np.empty((64, 64, 3), np.uint8)
+    image[...] = (128, 64, 0)  # B, G, R
+    # When it is preprocessed, then R = 0, G = 64, B = 128 become (0/128 - 0.5) / 0.5, (0.5 - 0.25) / 0.25, (1 - 0) / 1
+    tensor = runner.preprocess(image)
+    assert tensor.shape == (3, 64, 64) and tensor.flags.c_contiguous
+    assert [float(v) for v in np.unique(tensor.reshape(3, -1), axis=1)[:, 0]] == [-1.0, 1.0, 1.0]
+
+
+def test_preprocess_gives_the_hwc_formula_s_values_bit_for_bit(tmp_path: Path) -> None:
+    # The plane-by-plane arithmetic must not change any model input: the shipped models' normalisation
+    meta = {"polypstream.mean": "0.485,0.456,0.406", "polypstream.std": "0.229,0.224,0.225"}
+    runner = Runner(build_tiny_model(tmp_path / "m.onnx", metadata=meta), device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb = image[..., ::-1].astype(np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    expected = ((rgb * np.float32(1 / 255) - mean) * (1.0 / std)).transpose(2, 0, 1)
+    assert np.array_equal(runner.preprocess(image), expected)
+
+
 def test_batched_run_gives_probabilities_per_frame(tiny_model: Path) -> None:
     runner = Runner(tiny_model, device="cpu", max_batch=4)
     inputs = [
