@@ -8,17 +8,20 @@
    grpcio, the GPU (nvidia-smi), Python;
 2. `pytest -m gpu` over the files that hold such tests (the tests that need a usable
    CUDAExecutionProvider), its output in first-light.log;
-3. for each model (accurate when it is shipped, then fast): `benchmarks.sweep` at --size, --fps
+3. what a frame costs the decode pool on one of the machine's cores, per model (decoding the
+   JPEG at --size, preprocessing; `benchmarks.decode_stage`), in summary.json: how many cores
+   K streams need, before any sweep;
+4. for each model (accurate when it is shipped, then fast): `benchmarks.sweep` at --size, --fps
    and every K of --streams against a `serve --device DEVICE` process (with `--device cuda` the
    server refuses to start without CUDA), the model limit and the naive loop in the same run,
    its output in first-light.log too; each K's time chosen so that the whole command keeps to
    --budget-s;
-4. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
+5. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
    (one 1x1 convolution at --alone-input², the accurate model's input size): what decoding, the
    batcher and the Python layer serve without a model to wait for. If it does not hold where the
    real models fail, the model is not what holds the service back; its GIL wait and per-thread CPU
    say which part is;
-5. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
+6. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
    saturation against the limit and the naive loop, one stream's server p99; per K of the
    service alone, what it served and where its CPU went.
 At most eight files (what the device tool brings back, with the caller's own log): the log,
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.decode_stage import decode_stage
 from tests.tiny_model import build_tiny_model  # the costless model of the service-alone sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         sweeps.append((str(alone), ALONE, args.alone_streams, False))
     runs_left = sum(len(ks.split(",")) for *_, ks, _ in sweeps)
     summary: dict[str, object] = {"device": args.device, "environment": env, "models": {}}
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    try:
+        summary["decode_stage"] = {Path(m).stem: decode_stage(m, (width, height), 1.0) for m in models}
+        print(f"decode stage, one core: {summary['decode_stage']}", flush=True)
+    except Exception as exc:  # a measurement that failed must not cost the sweeps
+        failures.append(f"decode stage: {type(exc).__name__}: {exc}")
     for n, (model, name, streams, plot) in enumerate(sweeps):
         ks = len(streams.split(","))
         left = args.budget_s - (time.monotonic() - started) - 40.0 * (len(sweeps) - n)  # 40 s: limit, naive, starts

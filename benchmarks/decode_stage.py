@@ -1,0 +1,79 @@
+"""What a frame costs the decode pool, one thread: decoding the JPEG (at the reduced DCT scale
+the server picks for the model's input) and preprocessing it (resize, channel order, normalise).
+
+    python -m benchmarks.decode_stage [--models fast,accurate] [--size 1920x1080] [--seconds 2] [--out FILE]
+
+Per model: the decoded size, median ms of each step, and the frames a second one core can get
+ready (the decode pool has a thread per core: how many cores K streams at 25 frames/s need).
+OpenCV is kept on the calling thread, as in `serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
+from polypstream.capture import decode_encoded
+from polypstream.runner import Runner, resolve_model
+from polypstream.threads import opencv_on_the_calling_thread
+
+
+def median_ms(step: Callable[[int], object], seconds: float) -> float:
+    """Median ms of `step(i)` over at least `seconds` (and at least 5 calls), after 3 warm-up calls."""
+    for i in range(3):
+        step(i)
+    times, i = [], 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - start)
+        i += 1
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def decode_stage(model: str, size: tuple[int, int], seconds: float) -> dict[str, object]:
+    """The decode pool's work for one frame of `size` served by `model`, measured on this thread."""
+    opencv_on_the_calling_thread()
+    runner = Runner(resolve_model(model), device="cpu", max_batch=1)
+    c = runner.contract
+    encoded = [jpeg(frame) for frame in endoscopy_frames(8, size)]
+    model_size = (c.input_width, c.input_height)
+    images = [decode_encoded(data, min_size=model_size)[0] for data in encoded]
+    decode = median_ms(lambda i: decode_encoded(encoded[i % 8], min_size=model_size), seconds)
+    preprocess = median_ms(lambda i: runner.preprocess(images[i % 8]), seconds)
+    return {
+        "model": f"{c.name} {c.version}",
+        "input": f"{c.input_width}x{c.input_height}",
+        "decoded_to": f"{images[0].shape[1]}x{images[0].shape[0]}",
+        "decode_ms": decode,
+        "preprocess_ms": preprocess,
+        "frames_per_core_s": round(1e3 / (decode + preprocess), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="fast,accurate")
+    parser.add_argument("--size", default="1920x1080", help="frame size, WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per step")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    rows = {model: decode_stage(model, (width, height), args.seconds) for model in args.models.split(",")}
+    for model, row in rows.items():
+        print(
+            f"{model}: {args.size} JPEG decoded to {row['decoded_to']} in {row['decode_ms']} ms, preprocessed to "
+            f"{row['input']} in {row['preprocess_ms']} ms: {row['frames_per_core_s']} frames/s per core"
+        )
+    payload = {"benchmark": "decode_stage", "device": device_name(), "frames": f"{args.size} JPEG q90", "models": rows,
+               "command": command_line("benchmarks.decode_stage", args)}  # fmt: skip
+    print(f"wrote {write_result('decode-stage', payload, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
