@@ -110,6 +110,12 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         default=int(env_default("DECODE_WORKERS", "0")),
         help="threads decoding frames and drawing masks and overlays (0: one per CPU core)",
     )
+    g.add_argument(
+        "--gil-switch-ms",
+        type=float,
+        default=float(env_default("GIL_SWITCH_MS", "0.5")),
+        help="longest one thread holds Python's GIL while another waits for it (Python's own: 5)",
+    )
     add_alert_flags(parser)
     g.add_argument(
         "--min-area-fraction",
@@ -129,6 +135,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         threads=args.threads,
         min_area_fraction=args.min_area_fraction,
         decode_workers=args.decode_workers,
+        gil_switch_ms=args.gil_switch_ms,
         alert_min_seen=args.alert_min_seen,
         alert_window=args.alert_window,
         alert_hold=args.alert_hold,
@@ -137,6 +144,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipeline:
     opencv_on_the_calling_thread()  # the pipeline's pools are the parallelism
+    sys.setswitchinterval(config.gil_switch_ms / 1e3)  # for the whole process, as the GIL is
     path = resolve_model(config.model)
     runner = Runner(path, device=config.device, max_batch=config.max_batch, threads=config.threads)
     logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, runner.provider)

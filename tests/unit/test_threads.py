@@ -64,7 +64,9 @@ def test_onnxruntimes_threads_are_named_for_it_and_the_caller_keeps_its_name(tin
     assert on_a_thread("t", load) == ["loader"]
 
 
-def test_a_pipeline_built_for_the_cli_keeps_opencv_on_the_calling_thread(tiny_model: Path) -> None:
+def test_a_pipeline_built_for_the_cli_keeps_opencv_on_the_calling_thread_and_sets_the_gil_switch(
+    tiny_model: Path,
+) -> None:
     import cv2
     from prometheus_client import CollectorRegistry
 
@@ -72,5 +74,10 @@ def test_a_pipeline_built_for_the_cli_keeps_opencv_on_the_calling_thread(tiny_mo
     from polypstream.config import EngineConfig
 
     cv2.setNumThreads(4)
-    build_pipeline(EngineConfig(model=str(tiny_model), device="cpu"), CollectorRegistry())
-    assert cv2.getNumThreads() == 1
+    before = sys.getswitchinterval()
+    try:
+        build_pipeline(EngineConfig(model=str(tiny_model), device="cpu", gil_switch_ms=0.25), CollectorRegistry())
+        assert cv2.getNumThreads() == 1
+        assert sys.getswitchinterval() == 0.00025
+    finally:
+        sys.setswitchinterval(before)
