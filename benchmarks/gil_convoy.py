@@ -3,7 +3,7 @@
     python -m benchmarks.gil_convoy [--model fast] [--size 1920x1080] [--streams 2] [--seconds 15]
         [--switch-ms 5,1,0.5] [--out FILE]
 
-K live streams against a `serve` process, first as it is (at Python's 5 ms), then with one more
+K live streams against a `serve` process, first as it is (at Python's 5 ms and at 0.5 ms), then with one more
 Python thread in the server's process that never stops computing (started by a sitecustomize
 module this benchmark puts on the server's PYTHONPATH): a stand-in for an event loop at its
 limit, which keeps the GIL busy. Every other thread gets the GIL back only when the busy one is
@@ -98,7 +98,7 @@ def main() -> None:
     encoded = [jpeg(frame) for frame in endoscopy_frames(48, (width, height))]
     site = Path(tempfile.mkdtemp())
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    plan = [(False, 5.0)] + [(True, float(ms)) for ms in args.switch_ms.split(",")]
+    plan = [(False, 5.0), (False, 0.5)] + [(True, float(ms)) for ms in args.switch_ms.split(",")]
     runs = []
     for busy, switch_ms in plan:
         started = time.monotonic()
