@@ -203,7 +203,8 @@ GIL_WAIT = "polypstream_gil_wait_seconds"
 
 def gil_wait(before: dict[str, float], after: dict[str, float]) -> dict[str, float | int | None]:
     """The server's GIL wait between two scrapes: samples, mean ms, and the share of samples over
-    1 ms and over 5 ms (the switch interval: a thread waited for another to be made to let go)."""
+    1 ms and over 5 ms (Python's own switch interval: over it, a thread waited for others to be
+    made to let go more than once)."""
     count = after.get(f"{GIL_WAIT}_count", 0.0) - before.get(f"{GIL_WAIT}_count", 0.0)
     if count <= 0:
         return {"samples": 0, "mean_ms": None, "over_1ms": None, "over_5ms": None}

@@ -18,8 +18,8 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04,
     0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
 )  # fmt: skip
-# The GIL wait: tenths of a millisecond with room to spare, the switch interval (5 ms) and more
-# when saturated.
+# The GIL wait: tenths of a millisecond with room to spare, the switch interval (0.5 ms in
+# `serve`, Python's default 5 ms) and more when saturated.
 GIL_WAIT_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # decode: bytes → model input; queue: waiting for a batch; inference: the batch's model run;
@@ -114,8 +114,8 @@ class Metrics:
         self.gil_wait = Histogram(
             "polypstream_gil_wait_seconds",
             "How much later than asked a thread of the server that slept ran Python again, sampled 100 "
-            "times a second: the wait for the GIL (and for a free core). Tenths of a ms with room; 5 ms "
-            "and more when Python work saturates the process.",
+            "times a second: the wait for the GIL (and for a free core). Tenths of a ms with room; the GIL's "
+            "switch interval (--gil-switch-ms) and more when Python work saturates the process.",
             buckets=GIL_WAIT_BUCKETS,
             registry=registry,
         )

@@ -92,9 +92,9 @@ class GilProbe:
     than asked it ran Python again: the wait for the GIL (which every thread of the server takes
     to run Python, between its native calls) and, on a machine with no core free, for the CPU.
 
-    A few tenths of a millisecond when the server has room; the GIL's switch interval (5 ms) and
-    more when Python work saturates one process, which then serves no faster however many
-    cores or GPUs it has. Each of the server's Python steps pays that wait again (the batcher's
+    A few tenths of a millisecond when the server has room; the GIL's switch interval
+    (`--gil-switch-ms`) and more when Python work saturates one process, which then serves no
+    faster however many cores or GPUs it has. Each of the server's Python steps pays that wait again (the batcher's
     post-processing makes several native calls per frame), so it shows why stages slow down."""
 
     def __init__(
