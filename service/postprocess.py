@@ -30,10 +30,28 @@ def min_region_area(width: int, height: int, fraction: float = MIN_AREA_FRACTION
     return max(1, int(fraction * width * height))
 
 
+LABELS_16_BITS = 65535  # labels a CV_16U label image can hold, the background's included
+
+
+def connected_regions(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """A boolean mask's 8-connected regions: (labels counted with the background, label image,
+    per-label stats (x, y, w, h, area)), as cv2.connectedComponentsWithStats gives them.
+
+    The label image is 16-bit wherever no mask of this size can have more regions than that
+    holds (at most one region every other row and column: single pixels, not touching), which
+    halves the time at the models' sizes (352²: 0.78 → 0.33 ms; labels and stats the same);
+    32-bit otherwise (a full-resolution mask of a large frame)."""
+    height, width = mask.shape
+    most = -(-height // 2) * -(-width // 2) + 1
+    ltype = cv2.CV_16U if most <= LABELS_16_BITS else cv2.CV_32S
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=ltype)
+    return count, labels, stats
+
+
 def mask_boxes(mask: np.ndarray, min_area_fraction: float = MIN_AREA_FRACTION) -> list[tuple[int, int, int, int]]:
     """The (x, y, w, h) boxes of a (ground-truth) mask's 8-connected regions, in label order,
     without those smaller than `min_area_fraction` of the mask (noise, as for predictions)."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    count, _, stats = connected_regions(mask)
     smallest = min_region_area(mask.shape[1], mask.shape[0], min_area_fraction)
     return [(int(x), int(y), int(w), int(h)) for x, y, w, h, area in stats[1:count] if area >= smallest]
 
@@ -45,7 +63,7 @@ def find_polyps(mask: np.ndarray, prob: np.ndarray, min_area: int = 1, min_score
     Boxes are (x, y, width, height) in mask pixels, inclusive of every region pixel;
     the score is the mean probability over the region. Sorted by area, largest first.
     """
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    _, labels, stats = connected_regions(mask)
     kept = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
     if kept.size == 0:
         return []

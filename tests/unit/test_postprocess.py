@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from polypstream.frames import Polyp
-from polypstream.postprocess import IouTracker, draw_overlay, find_polyps, locate_polyps, probability_to_mask
+from polypstream.postprocess import (
+    IouTracker,
+    connected_regions,
+    draw_overlay,
+    find_polyps,
+    locate_polyps,
+    probability_to_mask,
+)
 
 
 def test_boxes_are_exact_for_known_regions() -> None:
@@ -200,3 +207,28 @@ def test_the_default_tracker_matches_boxes_overlapping_by_iou_point_three() -> N
     tracker = IouTracker()
     tracker.update([polyp(0, 0, 10, 10)])
     assert tracker.update([polyp(0, 0, 10, 34)])[0].track_id == 2  # IoU 100/340 = 0.294
+
+
+def test_connected_regions_gives_each_region_s_box_and_area() -> None:
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[2:5, 3:9] = True  # 3 x 6
+    mask[10, 20] = True  # one pixel
+    mask[11, 21] = True  # touching it diagonally: the same 8-connected region
+    count, labels, stats = connected_regions(mask)
+    assert count == 3  # the background and two regions
+    assert sorted(tuple(int(v) for v in row) for row in stats[1:]) == [(3, 2, 6, 3, 18), (20, 10, 2, 2, 2)]
+    assert labels.dtype == np.uint16 and labels[3, 4] != labels[10, 20] == labels[11, 21] != 0
+
+
+def test_connected_regions_uses_32_bit_labels_where_16_could_overflow() -> None:
+    # The most regions a mask can have: single pixels every other row and column
+    def checkerboard(size: int) -> np.ndarray:
+        mask = np.zeros((size, size), dtype=bool)
+        mask[::2, ::2] = True
+        return mask
+
+    count, labels, _ = connected_regions(checkerboard(510))  # 255² regions: 16 bits hold them
+    assert (count, labels.dtype) == (255 * 255 + 1, np.uint16)
+    count, labels, _ = connected_regions(checkerboard(512))  # 256² regions and the background: 16 bits do not
+    assert (count, labels.dtype) == (256 * 256 + 1, np.int32)
+    assert int(labels.max()) == 256 * 256
