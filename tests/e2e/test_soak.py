@@ -106,7 +106,8 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     # what a frame costs the decode pool, per model, on one core
     stage = summary["decode_stage"]["tiny"]
     assert stage["decoded_to"] == "96x80" and stage["input"] == "64x64"  # too small to decode at a reduced scale
-    assert stage["decode_ms"] > 0 and stage["preprocess_ms"] > 0
+    assert stage["decode_ms"] > 0 and stage["preprocess_ms"] > 0 and stage["regions_ms"] > 0
+    assert stage["regions_batch_32_ms"]["threads"] == 1  # 64² maps: found on the batcher's thread alone
     # the service alone: the costless model at the input size asked for, at each K asked for
     alone = summary["service_alone"]
     assert alone["input"] == "32x32" and [row["streams"] for row in alone["per_k"]] == [1, 2]

@@ -316,3 +316,54 @@ def test_the_operating_system_sees_each_thread_by_its_work(pipeline: Pipeline, m
         f"offline_{i}" for i in range(max(1, workers // 2))
     }
     assert on_the_models_thread(pipeline, monkeypatch, os_thread_name) == ["batcher"]
+
+
+def regions_of_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, boxes: list[tuple[int, int, int, int]]
+) -> tuple[list[Result], list[str]]:
+    """The results of one batch of size×size frames, a white square at each box, processed by a
+    pipeline with two decode workers (so two threads find regions: the regions pool's one and the
+    caller's), and the names of the threads that found each frame's regions."""
+    from polypstream.batcher import Queued
+
+    model = build_tiny_model(tmp_path / f"tiny{size}.onnx", size=size)
+    config = EngineConfig(max_batch=len(boxes), budget_ms=10_000, decode_workers=2)
+    pipe = Pipeline(Runner(model, device="cpu", max_batch=len(boxes)), config, Metrics(CollectorRegistry()))
+    found_on: list[str] = []
+    real = pipeline_module.locate_polyps
+
+    def spy(*args: object, **kwargs: object) -> object:
+        found_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "locate_polyps", spy)
+    try:
+        batch = []
+        for i, box in enumerate(boxes):
+            pipe.open_stream(f"k{i}")
+            frame = pipe.make_frame(f"k{i}", f"s{i}", 0, square_image(size, size, box), time.monotonic())
+            batch.append(Queued(frame, lambda result: None, time.monotonic()))
+        return pipe._process(batch, time.monotonic()), found_on
+    finally:
+        pipe.stop()
+
+
+def test_a_batch_of_large_maps_has_its_regions_found_on_two_threads_in_batch_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boxes = [(16, 24, 32, 24), (100, 40, 50, 60), (8, 150, 70, 30)]
+    results, found_on = regions_of_a_batch(tmp_path, monkeypatch, 224, boxes)  # 224²: over the 200² threshold
+    assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
+    assert [r.stream_id for r in results] == ["s0", "s1", "s2"]
+    # frames 0 and 2 on the calling thread, frame 1 on the regions pool
+    assert sorted(name.startswith("polypstream-regions") for name in found_on) == [False, False, True]
+    assert all(r.timing.postprocess_s > 0 for r in results)
+
+
+def test_a_batch_of_small_maps_has_its_regions_found_on_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boxes = [(4, 6, 20, 10), (30, 30, 16, 16), (2, 40, 30, 20)]
+    results, found_on = regions_of_a_batch(tmp_path, monkeypatch, 64, boxes)
+    assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
+    assert found_on == [threading.current_thread().name] * 3
