@@ -8,9 +8,10 @@
    grpcio, the GPU (nvidia-smi), Python;
 2. `pytest -m gpu` over the files that hold such tests (the tests that need a usable
    CUDAExecutionProvider), its output in first-light.log;
-3. what a frame costs the decode pool on one of the machine's cores, per model (decoding the
-   JPEG at --size, preprocessing; `benchmarks.decode_stage`), in summary.json: how many cores
-   K streams need, before any sweep;
+3. what a frame costs the CPU outside the model on the machine's cores, per model (decoding the
+   JPEG at --size and preprocessing, one thread; finding the regions of one map, and of a batch
+   of 32 as the pipeline does; `benchmarks.decode_stage`), in summary.json: how many cores K
+   streams need and whether the batcher's thread keeps up, before any sweep;
 4. for each model (accurate when it is shipped, then fast): `benchmarks.sweep` at --size, --fps
    and every K of --streams against a `serve --device DEVICE` process (with `--device cuda` the
    server refuses to start without CUDA), the model limit and the naive loop in the same run,
