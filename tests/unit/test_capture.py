@@ -18,6 +18,7 @@ from polypstream.capture import (
     PixelFormat,
     SourceError,
     VideoSource,
+    count_scan_markers,
     decode_encoded,
     decode_raw,
     is_live,
@@ -437,3 +438,13 @@ def test_a_tall_jpeg_without_rotation_keeps_its_size() -> None:
     data = with_exif_orientation(jpeg(square_image(33, 65)), 1)
     image, size = decode_encoded(data, min_size=(16, 16))
     assert size == (33, 65) and image.shape[:2] == (33, 17)
+
+
+def test_scan_markers_are_counted_from_the_offset_given() -> None:
+    data = b"\xff\xd8\xff\xda\x00\xff\xff\xda\xff\x00\xda\xff\xda"
+    # at 2 (before the frame header's end, say), 6 (after a fill byte) and 11 (the last two bytes);
+    # FF 00 DA is not one
+    assert count_scan_markers(data) == 3
+    assert count_scan_markers(data, 3) == 2  # the first marker's second byte: no longer counted
+    assert count_scan_markers(data, 11) == 1
+    assert count_scan_markers(data, 12) == 0 and count_scan_markers(b"") == 0
