@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # A batch's probability maps at least this large have their regions found on several threads:
 # at 352² (accurate) a map's connected-regions pass takes 0.3 ms without the GIL, and a batch of
-# 32 took 13.5 ms on one thread against 7.9 ms on two; at 128² (fast) the GIL-held Python around
+# 32 took 14.1 ms on one thread against 8.2 ms on two; at 128² (fast) the GIL-held Python around
 # it outweighs the pass, and two threads were slower (a batch of 32: 2.6 ms on one, 3.3 on two).
 PARALLEL_REGIONS_MIN_PIXELS = 200 * 200
 VIEW_MAX_WIDTH = 960  # the live view's pictures are at most this wide (a monitor tile, not the frame)
