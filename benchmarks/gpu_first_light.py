@@ -17,12 +17,15 @@
    server refuses to start without CUDA), the model limit and the naive loop in the same run,
    its output in first-light.log too; each K's time chosen so that the whole command keeps to
    --budget-s;
-5. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
+5. Python's own 5 ms GIL switch interval against serve's 0.5 ms: one more sweep of `fast` (or
+   the first model) at the K of --switch-streams with `serve --gil-switch-ms 5`, beside that
+   model's row at the same K (in summary.json: served, drops, p99s, GIL wait, stage p50s);
+6. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
    (one 1x1 convolution at --alone-input², the accurate model's input size): what decoding, the
    batcher and the Python layer serve without a model to wait for. If it does not hold where the
    real models fail, the model is not what holds the service back; its GIL wait and per-thread CPU
    say which part is;
-6. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
+7. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
    saturation against the limit and the naive loop, one stream's server p99; per K of the
    service alone, what it served and where its CPU went.
 At most eight files (what the device tool brings back, with the caller's own log): the log,
@@ -47,6 +50,8 @@ from tests.tiny_model import build_tiny_model  # the costless model of the servi
 
 ROOT = Path(__file__).resolve().parent.parent
 ALONE = "service-alone"
+SWITCH_5MS = "switch-5ms"
+NO_LIMIT = ["--batches", "1", "--limit-seconds", "0.2"]  # for sweeps whose model limit says nothing new
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
@@ -118,6 +123,59 @@ def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
     ]
 
 
+def k_row(report: dict[str, Any], streams: int) -> dict[str, object] | None:
+    """A sweep's row at K = `streams`, in short: what the switch-interval comparison sets side by side."""
+    row = next((r for r in report["service"] if r["streams"] == streams), None)
+    if row is None:
+        return None
+    stages = row["server_stages_ms"]
+    return {
+        "served_fps": row["throughput_fps"],
+        "statuses": row["statuses"],
+        "client_p99_ms": row["latency_ms"]["p99"],
+        "server_p99_ms": stages["server_ms"]["p99"],
+        "gil_wait": row["gil_wait"],
+        "p50_ms": {k.removesuffix("_ms"): v["p50"] for k, v in stages.items()},
+    }
+
+
+def add_to_summary(
+    summary: dict[str, Any],
+    name: str,
+    reports: dict[str, dict[str, Any]],
+    seconds: float,
+    args: argparse.Namespace,
+    switched: str,
+) -> None:
+    """What summary.json keeps of the sweep `name` (its report in `reports`): the service alone
+    per K, the switch-interval comparison, or a model's headline numbers."""
+    report = reports[name]
+    if name == ALONE:
+        size = f"{args.alone_input}x{args.alone_input}"
+        summary["service_alone"] = {"input": size, "per_k": service_alone(report)}
+    elif name == SWITCH_5MS:
+        k = int(args.switch_streams.split(",")[0])
+        base = reports.get(switched)
+        summary["switch_interval"] = {
+            "model": switched,
+            "streams": k,
+            "python_5ms": k_row(report, k),
+            "serve_0.5ms": k_row(base, k) if base is not None else None,
+        }
+    else:
+        one = next((row for row in report["service"] if row["streams"] == 1), None)
+        summary["models"][name] = {
+            "model": report.get("model"),
+            "provider": report.get("provider"),
+            "seconds_per_k": round(seconds, 1),
+            "largest_k_that_holds": report.get("largest_k_that_holds"),
+            "limit_fps": report.get("limit_fps"),
+            "naive_fps": report.get("naive", {}).get("fps"),
+            "ratios": report.get("ratios"),
+            "one_stream_server_p99_ms": one and one["server_stages_ms"]["server_ms"]["p99"],
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -133,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
     parser.add_argument("--alone-streams", default="16,32,48,64", help="K for the service alone ('' for none)")
     parser.add_argument("--alone-input", type=int, default=352, help="the costless model's input size")
+    parser.add_argument("--switch-streams", default="48", help="K for the 5 ms switch-interval sweep ('' for none)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -145,32 +204,50 @@ def main(argv: list[str] | None = None) -> int:
     if code not in (0, 5):  # 5: nothing collected
         failures.append(f"pytest -m gpu exited {code}")
     models = args.models.split(",") if args.models else models_to_measure()
-    # (model, name, K, plot): each model at every K, then the service alone at its K.
-    sweeps = [(model, Path(model).stem, args.streams, True) for model in models]  # a path names its file
+    # (model, name, K, plot, serve flags): each model at every K, then one at Python's own switch
+    # interval, then the service alone at its K.
+    sweeps: list[tuple[str, str, str, bool, list[str]]] = [
+        (model, Path(model).stem, args.streams, True, [])
+        for model in models  # a path names its file
+    ]
+    switched = "fast" if "fast" in models else models[0]
+    if args.switch_streams:
+        sweeps.append((switched, SWITCH_5MS, args.switch_streams, False, ["--gil-switch-ms", "5", *NO_LIMIT]))
     if args.alone_streams:
         alone = build_tiny_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
-        sweeps.append((str(alone), ALONE, args.alone_streams, False))
-    runs_left = sum(len(ks.split(",")) for *_, ks, _ in sweeps)
-    summary: dict[str, object] = {"device": args.device, "environment": env, "models": {}}
+        sweeps.append((str(alone), ALONE, args.alone_streams, False, NO_LIMIT))
+    runs_left = sum(len(sweep[2].split(",")) for sweep in sweeps)
+    reports: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {"device": args.device, "environment": env, "models": {}}
     width, height = (int(v) for v in args.size.lower().split("x"))
     try:
         summary["decode_stage"] = {Path(m).stem: decode_stage(m, (width, height), 1.0) for m in models}
         print(f"decode stage, one core: {summary['decode_stage']}", flush=True)
     except Exception as exc:  # a measurement that failed must not cost the sweeps
         failures.append(f"decode stage: {type(exc).__name__}: {exc}")
-    for n, (model, name, streams, plot) in enumerate(sweeps):
+
+    def save_summary() -> None:  # after every step: a command stopped at its time limit keeps what it measured
+        summary["failures"] = failures
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    for n, (model, name, streams, plot, flags) in enumerate(sweeps):
+        save_summary()
         ks = len(streams.split(","))
-        left = args.budget_s - (time.monotonic() - started) - 40.0 * (len(sweeps) - n)  # 40 s: limit, naive, starts
+        # Besides its K: about 40 s for the limit, the naive loop and the starts, 15 s without the limit.
+        overheads = [15.0 if sweep[4][-len(NO_LIMIT) :] == NO_LIMIT else 40.0 for sweep in sweeps[n:]]
+        left = args.budget_s - (time.monotonic() - started) - sum(overheads)
         seconds = max(2.0, left / runs_left - 4.0)
-        share = 40.0 + ks * (seconds + 4.0)
+        share = overheads[0] + ks * (seconds + 4.0)
         runs_left -= ks
-        out = args.out / f"sweep-{name}.json"
+        # The switch-interval sweep's JSON stays out of --out: the device tool brings back eight files.
+        out = (Path(tempfile.mkdtemp()) if name == SWITCH_5MS else args.out) / f"sweep-{name}.json"
         command = [
             sys.executable, "-m", "benchmarks.sweep", "--model", model, "--device", args.device,
             "--size", args.size, "--fps", str(args.fps), "--streams", streams, "--seconds", f"{seconds:.1f}",
             "--budget-ms", str(args.budget_ms), "--max-batch", str(args.max_batch),
             "--batches", args.batches, "--limit-seconds", str(args.limit_seconds), "--out", str(out),
-            *(["--plot", str(args.out / f"sweep-{name}.png")] if plot else []),
+            *(["--plot", str(args.out / f"sweep-{name}.png")] if plot else []), *flags,
         ]  # fmt: skip
         print(f"{name}: {seconds:.1f} s per K", flush=True)
         code = run(command, log, max(60.0, share + 60.0))
@@ -180,25 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(out.read_text())
         if report.get("provider") != PROVIDER[args.device]:
             failures.append(f"{name} ran on {report.get('provider')}, not {PROVIDER[args.device]}")
-        if name == ALONE:
-            size = f"{args.alone_input}x{args.alone_input}"
-            summary["service_alone"] = {"input": size, "per_k": service_alone(report)}
-            continue
-        one = next((row for row in report["service"] if row["streams"] == 1), None)
-        summary["models"][name] = {  # type: ignore[index]
-            "model": report.get("model"),
-            "provider": report.get("provider"),
-            "seconds_per_k": round(seconds, 1),
-            "largest_k_that_holds": report.get("largest_k_that_holds"),
-            "limit_fps": report.get("limit_fps"),
-            "naive_fps": report.get("naive", {}).get("fps"),
-            "ratios": report.get("ratios"),
-            "one_stream_server_p99_ms": one and one["server_stages_ms"]["server_ms"]["p99"],
-        }
-    summary["failures"] = failures
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps({k: summary[k] for k in ("models", "service_alone") if k in summary}, indent=1))
+        reports[name] = report
+        add_to_summary(summary, name, reports, seconds, args, Path(switched).stem)
+    save_summary()
+    shown = ("models", "switch_interval", "service_alone")
+    print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=1))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes for the limit")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
+    parser.add_argument("--gil-switch-ms", type=float, help="serve's --gil-switch-ms (default: serve's own)")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -126,6 +127,8 @@ def main() -> None:
     encoded = [jpeg(f) for f in endoscopy_frames(48, (width, height))]
     limit, naive, served_model = measure_model(args, encoded)
     serve_flags = ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
+    if args.gil_switch_ms is not None:
+        serve_flags += ["--gil-switch-ms", str(args.gil_switch_ms)]
     proc, address, metrics_url = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
     try:

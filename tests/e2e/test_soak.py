@@ -76,7 +76,7 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     out = tmp_path / "first-light"
     command = ["--out", str(out), "--device", "cpu", "--models", str(tiny_model), "--streams", "1", "--size", "96x80",
                "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30", "--alone-streams", "1,2",
-               "--alone-input", "32"]  # fmt: skip
+               "--alone-input", "32", "--switch-streams", "1"]  # fmt: skip
     # Without `cryptography`, as on the GPU machine: there the first run's `pytest -m gpu` could
     # not even load tests/conftest.py, which imported the TLS tests' certificate maker.
     without = tmp_path / "without"
@@ -108,6 +108,12 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     assert stage["decoded_to"] == "96x80" and stage["input"] == "64x64"  # too small to decode at a reduced scale
     assert stage["decode_ms"] > 0 and stage["preprocess_ms"] > 0 and stage["regions_ms"] > 0
     assert stage["regions_batch_32_ms"]["threads"] == 1  # 64² maps: found on the batcher's thread alone
+    # Python's own switch interval beside serve's, the same model at the same K
+    switch = summary["switch_interval"]
+    assert (switch["model"], switch["streams"]) == ("tiny", 1)
+    assert switch["python_5ms"]["statuses"] and switch["serve_0.5ms"]["statuses"]
+    assert switch["python_5ms"]["gil_wait"]["samples"] > 0
+    assert "--gil-switch-ms 5" in (out / "first-light.log").read_text()  # that server was started so
     # the service alone: the costless model at the input size asked for, at each K asked for
     alone = summary["service_alone"]
     assert alone["input"] == "32x32" and [row["streams"] for row in alone["per_k"]] == [1, 2]
