@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -132,6 +133,18 @@ def cores_by_thread(before: dict[str, float], after: dict[str, float], wall_s: f
     used = {name: (seconds - before.get(name, 0.0)) / wall_s for name, seconds in after.items()}
     busiest = sorted(((n, round(c, 2)) for n, c in used.items() if round(c, 2) > 0), key=lambda item: -item[1])
     return {"total": round(sum(used.values()), 2), "threads": dict(busiest)}
+
+
+def timed_calls(step: Callable[[int], object], seconds: float, at_least: int = 5) -> list[float]:
+    """Seconds of each call `step(0)`, `step(1)`, … made until `seconds` have passed and at least
+    `at_least` calls were made (a warm-up, where one is needed, is the caller's)."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < at_least:
+        start = time.perf_counter()
+        step(len(times))
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def slug(text: str) -> str:

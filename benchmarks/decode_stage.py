@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, timed_calls, write_result
 from polypstream import pipeline as pipeline_module
 from polypstream.batcher import Queued
 from polypstream.capture import decode_encoded
@@ -39,14 +38,7 @@ def median_ms(step: Callable[[int], object], seconds: float) -> float:
     """Median ms of `step(i)` over at least `seconds` (and at least 5 calls), after 3 warm-up calls."""
     for i in range(3):
         step(i)
-    times, i = [], 0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-        i += 1
-    return round(statistics.median(times) * 1e3, 3)
+    return round(statistics.median(timed_calls(step, seconds)) * 1e3, 3)
 
 
 def decode_stage(model: str, size: tuple[int, int], seconds: float) -> dict[str, object]:

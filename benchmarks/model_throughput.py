@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, timed_calls, write_result
 from polypstream.capture import decode_encoded
 from polypstream.postprocess import draw_overlay, find_polyps, min_region_area, probability_to_mask
 from polypstream.runner import Runner, resolve_model
@@ -25,12 +24,7 @@ def time_batches(runner: Runner, batch: int, seconds: float) -> dict[str, float]
     inputs = list(np.random.default_rng(0).standard_normal((batch, 3, c.input_height, c.input_width), np.float32))
     for _ in range(3):
         runner.run(inputs)
-    times = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        start = time.perf_counter()
-        runner.run(inputs)
-        times.append(time.perf_counter() - start)
+    times = timed_calls(lambda _: runner.run(inputs), seconds)
     median = statistics.median(times)
     return {"batch": batch, "ms_per_batch": round(median * 1e3, 3), "fps": round(batch / median, 1), "runs": len(times)}
 
@@ -44,14 +38,7 @@ def naive_step(runner: Runner, image: np.ndarray) -> None:
 
 def naive_loop(runner: Runner, encoded: list[bytes], seconds: float) -> dict[str, float]:
     """The naive loop over JPEG frames: decode, then every stage in sequence, one at a time."""
-    times = []
-    deadline = time.perf_counter() + seconds
-    i = 0
-    while time.perf_counter() < deadline or len(times) < 5:
-        start = time.perf_counter()
-        naive_step(runner, decode_encoded(encoded[i % len(encoded)])[0])
-        times.append(time.perf_counter() - start)
-        i += 1
+    times = timed_calls(lambda i: naive_step(runner, decode_encoded(encoded[i % len(encoded)])[0]), seconds)
     median = statistics.median(times)
     return {"ms_per_frame": round(median * 1e3, 3), "fps": round(1 / median, 1), "frames": len(times)}
 
