@@ -173,23 +173,24 @@ def write_result(name: str, payload: dict[str, object], out: Path | None = None)
     return path
 
 
-def start_server_process(*serve_args: str) -> tuple[subprocess.Popen[str], str, str]:
+def start_server_process(*serve_args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, str]:
     """`polypstream serve` on free ports: (process, gRPC address, metrics URL); the caller owns
-    the process and must end it (terminate, then communicate to close its pipes)."""
-    proc, at = start_serve(*serve_args)
+    the process and must end it (terminate, then communicate to close its pipes). `env`: the
+    server's environment (default: this process's)."""
+    proc, at = start_serve(*serve_args, env=env)
     return proc, at["grpc"], at["metrics"]
 
 
 SERVING = {"grpc": r"serving on (\S+?),", "metrics": r"metrics on (\S+?)[,\s]", "ui": r"live view on (\S+?)[,\s]"}
 
 
-def start_serve(*serve_args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_serve(*serve_args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`polypstream serve` on free ports (gRPC and metrics) and, once it serves, where, read from
     its first line ("serving on ADDR, metrics on URL[, live view on URL] (model …)"): keys
     "grpc", "metrics" and, with --ui, "ui"."""
     command = [sys.executable, "-m", "polypstream", "serve", "--address", "127.0.0.1:0"]
     command += ["--metrics-address", "127.0.0.1:0", *serve_args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     at = {name: found[1] for name, pattern in SERVING.items() if (found := re.search(pattern, line))}

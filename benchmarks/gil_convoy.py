@@ -48,19 +48,11 @@ def one_run(
     args: argparse.Namespace, encoded: list[bytes], site: Path, busy: bool, switch_ms: float
 ) -> dict[str, object]:
     """K streams against a server at this switch interval, with or without the busy thread."""
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", BUSY)}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), saved["PYTHONPATH"]]))
-    os.environ[BUSY] = "1" if busy else ""
-    try:  # the server inherits the environment
-        proc, address, metrics_url = start_server_process(
-            "--model", args.model, "--device", "cpu", "--gil-switch-ms", str(switch_ms)
-        )
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env[BUSY] = "1" if busy else ""
+    proc, address, metrics_url = start_server_process(
+        "--model", args.model, "--device", "cpu", "--gil-switch-ms", str(switch_ms), env=env
+    )
     try:
         with SegmenterClient(address) as ready:
             ready.wait_ready()
