@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks.decode_stage import decode_stage
 from tests.tiny_model import build_tiny_model  # the costless model of the service-alone sweep
@@ -52,6 +52,19 @@ ROOT = Path(__file__).resolve().parent.parent
 ALONE = "service-alone"
 SWITCH_5MS = "switch-5ms"
 NO_LIMIT = ["--batches", "1", "--limit-seconds", "0.2"]  # for sweeps whose model limit says nothing new
+
+
+class Sweep(NamedTuple):
+    """One `benchmarks.sweep` run of the command."""
+
+    model: str
+    name: str  # of its files and its place in summary.json
+    streams: str  # its K, comma-separated
+    plot: bool
+    flags: list[str]  # more arguments for the sweep
+    overhead_s: float  # its time besides its K: the limit, the naive loop, the server's start
+
+
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
@@ -204,19 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     if code not in (0, 5):  # 5: nothing collected
         failures.append(f"pytest -m gpu exited {code}")
     models = args.models.split(",") if args.models else models_to_measure()
-    # (model, name, K, plot, serve flags): each model at every K, then one at Python's own switch
-    # interval, then the service alone at its K.
-    sweeps: list[tuple[str, str, str, bool, list[str]]] = [
-        (model, Path(model).stem, args.streams, True, [])
-        for model in models  # a path names its file
-    ]
+    # Each model at every K (a path names its files), then one at Python's own switch interval,
+    # then the service alone. Besides its K a sweep takes about 40 s for the limit, the naive loop
+    # and the server's start; 15 s with the limit cut short (NO_LIMIT).
+    sweeps = [Sweep(model, Path(model).stem, args.streams, True, [], 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]
     if args.switch_streams:
-        sweeps.append((switched, SWITCH_5MS, args.switch_streams, False, ["--gil-switch-ms", "5", *NO_LIMIT]))
+        five = ["--gil-switch-ms", "5", *NO_LIMIT]
+        sweeps.append(Sweep(switched, SWITCH_5MS, args.switch_streams, False, five, 15.0))
     if args.alone_streams:
         alone = build_tiny_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
-        sweeps.append((str(alone), ALONE, args.alone_streams, False, NO_LIMIT))
-    runs_left = sum(len(sweep[2].split(",")) for sweep in sweeps)
+        sweeps.append(Sweep(str(alone), ALONE, args.alone_streams, False, NO_LIMIT, 15.0))
+    runs_left = sum(len(sweep.streams.split(",")) for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"device": args.device, "environment": env, "models": {}}
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -231,14 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         summary["seconds"] = round(time.monotonic() - started, 1)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
-    for n, (model, name, streams, plot, flags) in enumerate(sweeps):
+    for n, (model, name, streams, plot, flags, overhead_s) in enumerate(sweeps):
         save_summary()
         ks = len(streams.split(","))
-        # Besides its K: about 40 s for the limit, the naive loop and the starts, 15 s without the limit.
-        overheads = [15.0 if sweep[4][-len(NO_LIMIT) :] == NO_LIMIT else 40.0 for sweep in sweeps[n:]]
-        left = args.budget_s - (time.monotonic() - started) - sum(overheads)
+        left = args.budget_s - (time.monotonic() - started) - sum(sweep.overhead_s for sweep in sweeps[n:])
         seconds = max(2.0, left / runs_left - 4.0)
-        share = overheads[0] + ks * (seconds + 4.0)
+        share = overhead_s + ks * (seconds + 4.0)
         runs_left -= ks
         # The switch-interval sweep's JSON stays out of --out: the device tool brings back eight files.
         out = (Path(tempfile.mkdtemp()) if name == SWITCH_5MS else args.out) / f"sweep-{name}.json"
