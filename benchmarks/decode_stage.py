@@ -77,15 +77,12 @@ def regions_of_a_batch(
         for i in range(32)
     ]
     maps = np.stack([probs[i % 8] for i in range(32)])
-    threshold = pipeline_module.PARALLEL_REGIONS_MIN_PIXELS
-    try:
-        pipeline_module.PARALLEL_REGIONS_MIN_PIXELS = maps[0].size + 1  # one thread
-        one = median_ms(lambda _: pipe._regions(batch, maps), seconds)
-    finally:
-        pipeline_module.PARALLEL_REGIONS_MIN_PIXELS = threshold
     served = median_ms(lambda _: pipe._regions(batch, maps), seconds)
+    threads = pipe.region_shares if maps[0].size >= pipeline_module.PARALLEL_REGIONS_MIN_PIXELS else 1
+    pipe.region_shares = 1  # the batcher's thread alone
+    one = median_ms(lambda _: pipe._regions(batch, maps), seconds)
     pipe.stop()
-    return {"one_thread": one, "pipeline": served, "threads": pipe.region_shares if maps[0].size >= threshold else 1}
+    return {"one_thread": one, "pipeline": served, "threads": threads}
 
 
 def main() -> None:
