@@ -135,6 +135,14 @@ def cores_by_thread(before: dict[str, float], after: dict[str, float], wall_s: f
     return {"total": round(sum(used.values()), 2), "threads": dict(busiest)}
 
 
+def cpu_ms_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, object]:
+    """CPU milliseconds per frame answered, per thread group between two `thread_cpu_seconds`
+    (busiest first) and in all: what a frame costs the server, whatever the load and the cores."""
+    used = {name: (seconds - before.get(name, 0.0)) * 1e3 / max(1, frames) for name, seconds in after.items()}
+    busiest = sorted(((n, round(ms, 3)) for n, ms in used.items() if round(ms, 3) > 0), key=lambda item: -item[1])
+    return {"total": round(sum(used.values()), 3), "threads": dict(busiest)}
+
+
 def timed_calls(step: Callable[[int], object], seconds: float, at_least: int = 5) -> list[float]:
     """Seconds of each call `step(0)`, `step(1)`, … made until `seconds` have passed and at least
     `at_least` calls were made (a warm-up, where one is needed, is the caller's)."""

@@ -122,7 +122,7 @@ def models_to_measure() -> list[str]:
 
 def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
     """Per K of the service-alone sweep: what it served and held, its server p99, its GIL wait,
-    and its three busiest thread groups."""
+    its three busiest thread groups, and the server's CPU time per frame answered."""
     return [
         {
             "streams": row["streams"],
@@ -131,6 +131,7 @@ def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
             "server_p99_ms": row["server_stages_ms"]["server_ms"]["p99"],
             "gil_wait_ms": row["gil_wait"]["mean_ms"],
             "cores": dict(list(row["server_cpu_cores"]["threads"].items())[:3]),
+            "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
         }
         for row in report["service"]
     ]

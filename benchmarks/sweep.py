@@ -28,6 +28,7 @@ from pathlib import Path
 from benchmarks.common import (
     command_line,
     cores_by_thread,
+    cpu_ms_per_frame,
     device_name,
     endoscopy_frames,
     gil_wait,
@@ -141,9 +142,10 @@ def main() -> None:
             # Where the server's CPU went, thread group by thread group: "main" is `serve`'s event
             # loop (Python, under the GIL), "decode" the decoding pool, "batcher" the model's
             # thread, "event_engine" gRPC's own.
-            row["server_cpu_cores"] = cores_by_thread(
-                cpu_before, thread_cpu_seconds(proc.pid), time.monotonic() - started
-            )
+            cpu_after = thread_cpu_seconds(proc.pid)
+            row["server_cpu_cores"] = cores_by_thread(cpu_before, cpu_after, time.monotonic() - started)
+            per_frame = cpu_ms_per_frame(cpu_before, cpu_after, int(str(row["answered"])))
+            row["server_cpu_ms_per_frame"] = per_frame
             row["offered_fps"] = k * args.fps
             row["holds"] = holds(row, args.budget_ms)
             service.append(row)
@@ -162,7 +164,8 @@ def main() -> None:
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
                 f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
-                f"server {cpu['total']} cores ({top}), GIL wait {waited['mean_ms']} ms{why}",
+                f"server {cpu['total']} cores ({top}; {per_frame['total']} ms a frame), "
+                f"GIL wait {waited['mean_ms']} ms{why}",
                 flush=True,
             )
     finally:

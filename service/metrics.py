@@ -120,8 +120,9 @@ class Metrics:
             registry=registry,
         )
         self.model = Info("polypstream_model", "The model being served.", registry=registry)
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)
+        # Each frame observes several stages: their children looked up once (labels() takes a lock
+        # and builds a key: 0.9 µs a call, seven calls a frame).
+        self.stage = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         for outcome in ("ok", "failed"):
             self.batches.labels(outcome)
         for status in STATUSES:

@@ -151,7 +151,7 @@ class Pipeline:
         start = time.perf_counter()
         tensor = self.runner.preprocess(image)
         decode_s += time.perf_counter() - start
-        self.metrics.stage_seconds.labels("decode").observe(decode_s)
+        self.metrics.stage["decode"].observe(decode_s)
         return Frame(
             stream_key=stream_key,
             stream_id=stream_id,
@@ -211,10 +211,10 @@ class Pipeline:
             m.dropped.labels("stream_closed", origin).inc()
         if result.status is Status.OK:
             t = result.timing
-            m.stage_seconds.labels("queue").observe(t.queue_s)
-            m.stage_seconds.labels("inference").observe(t.inference_s)
-            m.stage_seconds.labels("postprocess").observe(t.postprocess_s)
-        m.stage_seconds.labels("server").observe(result.timing.server_s)
+            m.stage["queue"].observe(t.queue_s)
+            m.stage["inference"].observe(t.inference_s)
+            m.stage["postprocess"].observe(t.postprocess_s)
+        m.stage["server"].observe(result.timing.server_s)
 
     def open_stream(self, stream_key: str) -> None:
         """Start a stream's state (tracker, alerts); its frames are processed until it is closed."""

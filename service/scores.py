@@ -58,15 +58,42 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+# Past this many (first, second) pairs the IoUs are worked out in numpy: its fixed cost (about
+# 25 µs) is repaid from about 25 pairs on (a noisy model's 20 tracks × 5 regions: 101 → 33 µs).
+NUMPY_PAIRS = 32
+
+
 def greedy_match(first: Sequence[Box], second: Sequence[Box], threshold: float) -> dict[int, int]:
-    """One-to-one matches {index in first: index in second}, the pair of highest IoU first, of
-    pairs with IoU ≥ threshold (the tracker's and the box metrics' rule)."""
+    """One-to-one matches {index in first: index in second}, the pair of highest IoU first
+    (ties: the higher index in first, then in second), of pairs with IoU ≥ threshold (the
+    tracker's and the box metrics' rule)."""
+    if len(first) * len(second) > NUMPY_PAIRS:
+        return _take_greedily(_pairs_numpy(first, second, threshold))
     pairs = sorted(((box_iou(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)), reverse=True)
+    return _take_greedily([(i, j) for iou, i, j in pairs if iou >= threshold])
+
+
+def _pairs_numpy(first: Sequence[Box], second: Sequence[Box], threshold: float) -> list[tuple[int, int]]:
+    """greedy_match's candidate pairs (i, j), IoU ≥ threshold, in its order, worked out in numpy
+    (the same IoUs: quotients of the same integers)."""
+    if not first or not second:
+        return []
+    ax, ay, aw, ah = np.array(first, dtype=np.int64).T[:, :, None]
+    bx, by, bw, bh = np.array(second, dtype=np.int64).T[:, None, :]
+    ix = np.clip(np.minimum(ax + aw, bx + bw) - np.maximum(ax, bx), 0, None)
+    iy = np.clip(np.minimum(ay + ah, by + bh) - np.maximum(ay, by), 0, None)
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+    i, j = np.nonzero(iou >= threshold)
+    best_first = np.lexsort((j, i, iou[i, j]))[::-1]
+    return list(zip(i[best_first].tolist(), j[best_first].tolist(), strict=True))
+
+
+def _take_greedily(pairs: list[tuple[int, int]]) -> dict[int, int]:
     matched: dict[int, int] = {}
     taken: set[int] = set()
-    for iou, i, j in pairs:
-        if iou < threshold:
-            break
+    for i, j in pairs:
         if i not in matched and j not in taken:
             matched[i] = j
             taken.add(j)

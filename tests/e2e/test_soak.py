@@ -57,6 +57,7 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     for row in report["service"]:
         assert row["lost"] == 0 and sum(row["statuses"].values()) == row["frames_sent"] == row["streams"] * 10
         assert set(row["server_cpu_cores"]) == {"total", "threads"}  # the server's CPU, by thread group
+        assert set(row["server_cpu_ms_per_frame"]) == {"total", "threads"}  # and per frame answered
         assert row["gil_wait"]["samples"] > 0  # the server's GIL probe was read, before and after
         assert sum(size["frames"] for size in row["by_batch_size"].values()) == row["statuses"].get("OK", 0)
         drops = row["late_drops"]
@@ -117,4 +118,5 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     # the service alone: the costless model at the input size asked for, at each K asked for
     alone = summary["service_alone"]
     assert alone["input"] == "32x32" and [row["streams"] for row in alone["per_k"]] == [1, 2]
-    assert all(row["gil_wait_ms"] is not None and row["cores"] for row in alone["per_k"])
+    for row in alone["per_k"]:
+        assert row["gil_wait_ms"] is not None and row["cores"] and row["cpu_ms_per_frame"] > 0

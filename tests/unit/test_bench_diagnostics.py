@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from benchmarks.common import cores_by_thread, gil_wait, thread_cpu_seconds, thread_group
+from benchmarks.common import cores_by_thread, cpu_ms_per_frame, gil_wait, thread_cpu_seconds, thread_group
 from benchmarks.service_latency import by_batch_size, late_drops
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer
@@ -33,6 +33,14 @@ def test_cores_are_cpu_seconds_over_the_wall_time_busiest_first() -> None:
     assert cores_by_thread(before, after, 2.0) == expected
     # an idle group is left out
     assert cores_by_thread({"a": 1.0}, {"a": 1.0, "b": 3.0}, 1.0) == {"total": 3.0, "threads": {"b": 3.0}}
+
+
+def test_cpu_per_frame_is_cpu_milliseconds_over_the_frames_answered_busiest_first() -> None:
+    before = {"decode": 1.0, "main": 2.0}
+    after = {"decode": 1.5, "main": 2.25, "batcher": 0.5, "idle": 0.0}  # 0.5, 0.25 and 0.5 s over 250 frames
+    expected = {"total": 5.0, "threads": {"decode": 2.0, "batcher": 2.0, "main": 1.0}}
+    assert cpu_ms_per_frame(before, after, 250) == expected
+    assert cpu_ms_per_frame({}, {"main": 0.5}, 0) == {"total": 500.0, "threads": {"main": 500.0}}  # none answered
 
 
 def test_the_gil_wait_between_two_scrapes_is_worked_out_of_the_histogram_s_differences() -> None:

@@ -6,7 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from polypstream import scores
 from polypstream.scores import SplitScores, box_iou, greedy_match, mask_scores, match_boxes
 
 
@@ -83,6 +86,33 @@ def test_greedy_match_threshold_is_inclusive() -> None:
     assert greedy_match([(0, 0, 10, 20)], truth, 0.5) == {0: 0}  # IoU exactly 0.5
     assert greedy_match([(0, 0, 10, 21)], truth, 0.5) == {}
     assert greedy_match([], truth, 0.5) == {} and greedy_match(truth, [], 0.5) == {}
+
+
+def test_many_pairs_are_matched_as_few_are_ties_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 tracks 20 px apart; 5 regions, each moved a pixel from tracks 1, 3, 5, 6 and 7 (40 pairs)
+    tracks = [(20 * k, 0, 10, 10) for k in range(8)]
+    regions = [(20 * k + 1, 0, 10, 10) for k in (7, 1, 6, 3, 5)]
+    ties = [(0, 0, 10, 10)] * 7, [(0, 0, 10, 10)] * 5  # 35 pairs, every IoU 1
+    for numpy_from in (scores.NUMPY_PAIRS, 10_000):  # the numpy path, then the plain one
+        monkeypatch.setattr(scores, "NUMPY_PAIRS", numpy_from)
+        assert greedy_match(tracks, regions, 0.3) == {7: 0, 1: 1, 6: 2, 3: 3, 5: 4}
+        assert greedy_match(regions, tracks, 0.3) == {0: 7, 1: 1, 2: 6, 3: 3, 4: 5}
+        # equal IoUs: the higher index in first goes first, then the higher in second
+        assert greedy_match(*ties, 0.3) == {6: 4, 5: 3, 4: 2, 3: 1, 2: 0}
+        assert greedy_match(tracks, regions, 0.9) == {}  # 81/119 each: under the threshold
+
+
+boxes = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 30), st.integers(0, 30)), max_size=12)
+
+
+@given(first=boxes, second=boxes, threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
+@settings(max_examples=300, deadline=None)
+def test_the_numpy_path_matches_as_the_plain_one_does(
+    first: list[tuple[int, int, int, int]], second: list[tuple[int, int, int, int]], threshold: float
+) -> None:
+    plain = [(box_iou(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)]
+    expected = [(i, j) for iou, i, j in sorted(plain, reverse=True) if iou >= threshold]
+    assert scores._pairs_numpy(first, second, threshold) == expected
 
 
 def test_match_boxes_counts_one_to_one_matches_at_iou_half_by_default() -> None:

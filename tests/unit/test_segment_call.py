@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,9 +15,9 @@ import pytest
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import encode_frame
 from polypstream.config import ServerConfig
-from polypstream.frames import FrameOptions
+from polypstream.frames import Frame, FrameOptions, Result
 from polypstream.pipeline import Pipeline
-from polypstream.server import SegmenterServicer
+from polypstream.server import InOrder, SegmenterServicer
 from tests.conftest import square_image
 
 
@@ -121,3 +123,116 @@ def test_a_write_that_fails_because_the_client_hung_up_ends_the_call_quietly(pip
     asyncio.run(scenario(gone=True))  # no exception: grpc would log it as an ERROR
     with pytest.raises(RuntimeError, match="execute_batch"):  # a failure with the client still there is not hidden
         asyncio.run(scenario(gone=False))
+
+
+def test_hand_overs_run_in_ticket_order_whichever_thread_finishes_first(caplog: pytest.LogCaptureFixture) -> None:
+    order = InOrder()
+    tickets = [order.ticket() for _ in range(4)]
+    ran: list[int] = []
+
+    def hand_over(n: int) -> Callable[[], None]:
+        def step() -> None:
+            if n == 1:
+                raise RuntimeError("a broken hand-over")
+            ran.append(n)
+
+        return step
+
+    # When the third and second frames are decoded before the first
+    thread = threading.Thread(target=order.run, args=(tickets[2], hand_over(2)))
+    thread.start()
+    thread.join()
+    order.run(tickets[1], hand_over(1))
+    # Then nothing is handed over yet
+    assert ran == []
+    # When the first is decoded, it and the ones waiting for it go in order; the one that
+    # raised is logged and does not stop the next
+    order.run(tickets[0], hand_over(0))
+    assert ran == [0, 2]
+    assert "handing a frame over failed" in caplog.text
+    order.run(tickets[3], hand_over(3))
+    assert ran == [0, 2, 3]
+
+
+class Reversed(ThreadPoolExecutor):
+    """A pool that holds its work until released, then runs it last submitted first."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.held: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future[object]:  # type: ignore[override]
+        self.held.append((fn, args))
+        done: Future[object] = Future()
+        done.set_result(None)
+        return done
+
+    def release(self) -> None:
+        for fn, args in reversed(self.held):
+            fn(*args)
+
+
+def test_a_stream_s_frames_reach_the_pipeline_in_the_order_read_when_later_ones_decode_first(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted: list[int] = []
+    real_submit = pipeline.submit
+
+    def recording_submit(frame: Frame, on_done: Callable[[Result], None], *, origin: str = "grpc") -> None:
+        submitted.append(frame.index)
+        real_submit(frame, on_done, origin=origin)
+
+    monkeypatch.setattr(pipeline, "submit", recording_submit)
+
+    async def scenario() -> list[int]:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        pool, order = Reversed(), InOrder()
+        pipeline.open_stream("k")
+        answers = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        for i, answer in enumerate(answers):
+            servicer.start_frame(encode_frame(square_image(), "s", i, FrameOptions()), "k", answer, order, pool)
+        await asyncio.to_thread(pool.release)  # frame 2 decoded first, then 1, then 0
+        done = await asyncio.gather(*answers)
+        pipeline.close_stream("k")
+        pool.shutdown()
+        return [a.message.index for a in done]
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+    assert submitted == [0, 1, 2]
+
+
+def test_draining_ends_a_read_waiting_for_a_frame_but_not_a_cancellation_of_the_call(pipeline: Pipeline) -> None:
+    async def waiting_reader(servicer: SegmenterServicer, read: list[int]) -> asyncio.Task[None]:
+        never = asyncio.Event()
+
+        async def requests() -> AsyncIterator[pb.Frame]:
+            yield encode_frame(square_image(), "s", 0, FrameOptions())
+            await never.wait()  # the client's next frame does not come
+            yield encode_frame(square_image(), "s", 1, FrameOptions())
+
+        async def read_all() -> None:
+            async for message in servicer.until_draining(requests()):
+                read.append(message.index)
+
+        task = asyncio.create_task(read_all())
+        await until(lambda: read == [0])
+        await asyncio.sleep(0.01)
+        return task
+
+    async def scenario() -> None:
+        # Given a stream waiting for its next frame, when the server starts draining,
+        # then the read ends quietly with what was read
+        servicer, read = SegmenterServicer(pipeline, ServerConfig()), []
+        task = await waiting_reader(servicer, read)
+        servicer.start_draining()
+        await asyncio.wait_for(task, 5)
+        assert read == [0] and not servicer._awaiting_frames
+        # Given another, cancelled as the server starts draining: the cancellation stands
+        servicer, read = SegmenterServicer(pipeline, ServerConfig()), []
+        task = await waiting_reader(servicer, read)
+        task.cancel()
+        servicer.start_draining()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
