@@ -57,6 +57,7 @@ def decode_stage(model: str, size: tuple[int, int], seconds: float) -> dict[str,
     return {
         "model": f"{c.name} {c.version}",
         "input": f"{c.input_width}x{c.input_height}",
+        "resize": c.resize,  # how the decoded frame is shrunk to the input (the model's polypstream.resize)
         "decoded_to": f"{images[0].shape[1]}x{images[0].shape[0]}",
         "decode_ms": decode,
         "preprocess_ms": preprocess,
@@ -96,8 +97,9 @@ def main() -> None:
     rows = {model: decode_stage(model, (width, height), args.seconds) for model in args.models.split(",")}
     for model, row in rows.items():
         print(
-            f"{model}: {args.size} JPEG decoded to {row['decoded_to']} in {row['decode_ms']} ms, preprocessed to "
-            f"{row['input']} in {row['preprocess_ms']} ms: {row['frames_per_core_s']} frames/s per core; "
+            f"{model}: {args.size} JPEG decoded to {row['decoded_to']} in {row['decode_ms']} ms, preprocessed "
+            f"to {row['input']} ({row['resize']}) in {row['preprocess_ms']} ms: {row['frames_per_core_s']} frames/s "
+            "per core; "
             f"regions {row['regions_ms']} ms a frame, a batch of 32 {row['regions_batch_32_ms']}"
         )
     payload = {"benchmark": "decode_stage", "device": device_name(), "frames": f"{args.size} JPEG q90", "models": rows,

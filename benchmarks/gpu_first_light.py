@@ -21,8 +21,9 @@
    the first model) at the K of --switch-streams with `serve --gil-switch-ms 5`, beside that
    model's row at the same K (in summary.json: served, drops, p99s, GIL wait, stage p50s);
 6. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
-   (one 1x1 convolution at --alone-input², the accurate model's input size): what decoding, the
-   batcher and the Python layer serve without a model to wait for. If it does not hold where the
+   and finds one steady polyp in every frame, as a real model finds about one (a 1x1 convolution
+   times 0 plus a fixed disc, at --alone-input², the accurate model's input size): what decoding,
+   the batcher and the Python layer serve without a model to wait for. If it does not hold where the
    real models fail, the model is not what holds the service back; its GIL wait and per-thread CPU
    say which part is;
 7. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from benchmarks.decode_stage import decode_stage
-from tests.tiny_model import build_tiny_model  # the costless model of the service-alone sweep
+from tests.tiny_model import build_steady_polyp_model  # the costless model of the service-alone sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 ALONE = "service-alone"
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         five = ["--gil-switch-ms", "5", *NO_LIMIT]
         sweeps.append(Sweep(switched, SWITCH_5MS, args.switch_streams, False, five, 15.0))
     if args.alone_streams:
-        alone = build_tiny_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
+        alone = build_steady_polyp_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
         sweeps.append(Sweep(str(alone), ALONE, args.alone_streams, False, NO_LIMIT, 15.0))
     runs_left = sum(len(sweep.streams.split(",")) for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}

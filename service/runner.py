@@ -28,6 +28,9 @@ NAMED_MODELS = ("fast", "accurate")
 CHECKSUMS = "SHA256SUMS"  # beside the named models, in `sha256sum` format
 
 
+RESIZES = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}  # polypstream.resize → OpenCV's interpolation
+
+
 class ModelError(RuntimeError):
     """The model file is missing, unreadable, or breaks the polypstream contract."""
 
@@ -47,6 +50,9 @@ class ModelContract:
     output: str  # "probability" (sigmoid applied) or "logit"
     threshold: float
     min_region_score: float = 0.0  # regions whose mean probability is lower are not reported as polyps
+    # How a frame is shrunk to the input: "area" (averaging, as the training images were) or
+    # "linear" (a tenth of the time from 960×540 to 352², for a model whose validation Dice it keeps).
+    resize: str = "area"
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
@@ -76,6 +82,7 @@ class ModelContract:
                 output=get("output"),
                 threshold=float(get("threshold")),
                 min_region_score=float(meta.get(META_PREFIX + "min_region_score", "0")),
+                resize=meta.get(META_PREFIX + "resize", "area"),
             )
         except ValueError as exc:
             raise ModelError(f"{source}: malformed polypstream metadata ({exc})") from exc
@@ -83,6 +90,8 @@ class ModelContract:
             raise ModelError(f"{source}: channel_order must be RGB or BGR, not {contract.channel_order}")
         if contract.output not in ("probability", "logit"):
             raise ModelError(f"{source}: output must be 'probability' or 'logit', not {contract.output}")
+        if contract.resize not in RESIZES:
+            raise ModelError(f"{source}: resize must be {' or '.join(RESIZES)}, not {contract.resize}")
         return contract
 
 
@@ -273,9 +282,10 @@ class Runner:
         self._output_tail = tuple(d if isinstance(d, int) else -1 for d in outputs[0].shape[1:])
 
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
-        """HWC uint8 BGR frame → CHW float32 model input (resize, channel order, normalise)."""
+        """HWC uint8 BGR frame → CHW float32 model input (resize as the contract says, channel
+        order, normalise)."""
         c = self.contract
-        resized = cv2.resize(image_bgr, (c.input_width, c.input_height), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(image_bgr, (c.input_width, c.input_height), interpolation=RESIZES[c.resize])
         planes = cv2.split(resized)  # B, G, R: each contiguous
         if c.channel_order == "RGB":
             planes = planes[::-1]

@@ -58,3 +58,47 @@ def build_tiny_model(
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def build_steady_polyp_model(path: Path, *, size: int = 352) -> Path:
+    """A model that costs next to nothing and finds one polyp, the same in every frame: a disc
+    of radius size/8 at the centre of its input (probability sigmoid(±GAIN/2): 1 inside, 0
+    outside), whatever the image. The service measured around a model that answers as a real
+    one does (one region to find, track and alert on, where the brightness model above finds
+    one per bright patch: five a frame on the benchmarks' endoscopy frames), as the
+    service-alone sweep of benchmarks/gpu_first_light.py does."""
+    centre, radius = size / 2, size / 8
+    y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
+    inside = (x - centre) ** 2 + (y - centre) ** 2 <= radius**2
+    disc = np.where(inside, GAIN / 2, -GAIN / 2).astype(np.float32)[None, None]
+    nothing = numpy_helper.from_array(np.zeros((1, 3, 1, 1), np.float32), "nothing")  # the image, times 0
+    nodes = [
+        helper.make_node("Conv", ["image", "nothing"], ["zero"]),  # batch × 1 × size × size
+        helper.make_node("Add", ["zero", "disc"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "steady-polyp",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, size, size])],
+        initializer=[nothing, numpy_helper.from_array(disc, "disc")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "polypstream.name": "steady-polyp",
+        "polypstream.version": "test",
+        "polypstream.input_size": f"{size}x{size}",
+        "polypstream.channel_order": "RGB",
+        "polypstream.scale": str(1 / 255),
+        "polypstream.mean": "0,0,0",
+        "polypstream.std": "1,1,1",
+        "polypstream.output": "probability",
+        "polypstream.threshold": "0.5",
+    }
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -49,11 +49,16 @@ def choose_floor(regions: Regions) -> tuple[float, list[tuple[float, float, floa
 
 def write_floor(model_path: Path, floor: float) -> None:
     """Store the floor in the model's metadata and update its SHA-256 beside it."""
+    write_metadata(model_path, "min_region_score", f"{floor:g}")
+
+
+def write_metadata(model_path: Path, key: str, value: str) -> None:
+    """Set polypstream.`key` in the model's metadata and update its SHA-256 beside it."""
     model = onnx.load(str(model_path))
-    kept = [p for p in model.metadata_props if p.key != META_PREFIX + "min_region_score"]
+    kept = [p for p in model.metadata_props if p.key != META_PREFIX + key]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    model.metadata_props.add(key=META_PREFIX + "min_region_score", value=f"{floor:g}")
+    model.metadata_props.add(key=META_PREFIX + key, value=value)
     onnx.save(model, str(model_path))
     record_checksum(model_path)  # a named model is checked against it when loaded
 

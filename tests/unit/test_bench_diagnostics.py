@@ -4,18 +4,25 @@ dropped late; inference time by batch size."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.common import cores_by_thread, cpu_ms_per_frame, gil_wait, thread_cpu_seconds, thread_group
 from benchmarks.service_latency import by_batch_size, late_drops
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer
+from polypstream.frames import Polyp
+from polypstream.postprocess import locate_polyps
+from polypstream.runner import Runner
 from polypstream.threads import set_os_thread_name
+from tests.tiny_model import build_steady_polyp_model
 
 
 def test_a_pool_s_threads_count_as_one_group_and_the_main_thread_as_main() -> None:
@@ -108,3 +115,15 @@ def test_frames_are_counted_by_the_size_of_the_batch_that_served_them() -> None:
     assert list(table) == ["1", "2"]
     assert table["1"]["frames"] == 1 and table["2"]["frames"] == 2
     assert table["2"]["inference_ms"]["max"] == 5.0  # type: ignore[index]
+
+
+def test_the_service_alone_s_model_finds_the_same_one_polyp_in_any_frame(tmp_path: Path) -> None:
+    model = build_steady_polyp_model(tmp_path / "steady.onnx", size=64)
+    runner = Runner(model, device="cpu", max_batch=2)
+    black, noise = np.zeros((48, 80, 3), np.uint8), np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    probs = runner.run([runner.preprocess(black), runner.preprocess(noise)])
+    # A disc of radius 8 about (32, 32): pixel centres within 8 of it, so columns and rows 24..39;
+    # per quarter, rows of 8, 8, 8, 7, 7, 6, 5 and 3 pixels: 52, 208 in all; each at sigmoid(10)
+    inside = pytest.approx(1 / (1 + math.exp(-10)), rel=1e-6)
+    for prob in probs:
+        assert locate_polyps(prob, 64, 64, runner.contract.threshold) == [Polyp((24, 24, 16, 16), inside, 208)]

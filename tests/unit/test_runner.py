@@ -107,6 +107,25 @@ def test_malformed_metadata_is_named() -> None:
     meta["polypstream.channel_order"] = "YUV"
     with pytest.raises(ModelError, match="channel_order must be RGB or BGR"):
         ModelContract.from_metadata(meta, "m.onnx")
+    meta["polypstream.channel_order"] = "RGB"
+    meta["polypstream.resize"] = "cubic"
+    with pytest.raises(ModelError, match="resize must be area or linear, not cubic"):
+        ModelContract.from_metadata(meta, "m.onnx")
+
+
+def test_preprocess_shrinks_as_the_contract_says_averaging_by_default(tmp_path: Path) -> None:
+    # A 6×6 grey frame → 2×2: each output pixel covers a 3×3 block whose centre is 200 and
+    # whose other eight pixels are 20. Averaging gives (200 + 8 · 20) / 9 = 40; linear
+    # interpolation samples at (i + 0.5) · 3 - 0.5 = 3i + 1, the block's centre: 200.
+    image = np.full((6, 6, 3), 20, np.uint8)
+    image[1::3, 1::3] = 200
+    meta = {"polypstream.scale": "1"}
+    area = Runner(build_tiny_model(tmp_path / "a.onnx", size=2, metadata=meta), device="cpu")
+    linear_meta = {**meta, "polypstream.resize": "linear"}
+    linear = Runner(build_tiny_model(tmp_path / "l.onnx", size=2, metadata=linear_meta), device="cpu")
+    assert (area.contract.resize, linear.contract.resize) == ("area", "linear")
+    assert area.preprocess(image).tolist() == np.full((3, 2, 2), 40.0).tolist()
+    assert linear.preprocess(image).tolist() == np.full((3, 2, 2), 200.0).tolist()
 
 
 def test_wrong_input_shape_and_corrupt_files_are_refused(tmp_path: Path) -> None:
