@@ -22,10 +22,10 @@
    model's row at the same K (in summary.json: served, drops, p99s, GIL wait, stage p50s);
 6. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
    and finds one steady polyp in every frame, as a real model finds about one (a 1x1 convolution
-   times 0 plus a fixed disc, at --alone-input², the accurate model's input size): what decoding,
-   the batcher and the Python layer serve without a model to wait for. If it does not hold where the
-   real models fail, the model is not what holds the service back; its GIL wait and per-thread CPU
-   say which part is;
+   times 0 plus a fixed disc, at --alone-input², the accurate model's input size, its frames
+   shrunk as the accurate model's are): what decoding, the batcher and the Python layer serve
+   without a model to wait for. If it does not hold where the real models fail, the model is
+   not what holds the service back; its GIL wait and per-thread CPU say which part is;
 7. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
    saturation against the limit and the naive loop, one stream's server p99; per K of the
    service alone, what it served and where its CPU went.
@@ -51,6 +51,7 @@ from tests.tiny_model import build_steady_polyp_model  # the costless model of t
 
 ROOT = Path(__file__).resolve().parent.parent
 ALONE = "service-alone"
+ALONE_RESIZE = "linear"  # models/accurate.onnx's polypstream.resize (tests/unit/test_choose_resize.py checks it)
 SWITCH_5MS = "switch-5ms"
 NO_LIMIT = ["--batches", "1", "--limit-seconds", "0.2"]  # for sweeps whose model limit says nothing new
 
@@ -228,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         five = ["--gil-switch-ms", "5", *NO_LIMIT]
         sweeps.append(Sweep(switched, SWITCH_5MS, args.switch_streams, False, five, 15.0))
     if args.alone_streams:
-        alone = build_steady_polyp_model(Path(tempfile.mkdtemp()) / "alone.onnx", size=args.alone_input)
+        # shrinking frames as the accurate model does (its polypstream.resize), at its input size
+        alone = Path(tempfile.mkdtemp()) / "alone.onnx"
+        build_steady_polyp_model(alone, size=args.alone_input, resize=ALONE_RESIZE)
         sweeps.append(Sweep(str(alone), ALONE, args.alone_streams, False, NO_LIMIT, 15.0))
     runs_left = sum(len(sweep.streams.split(",")) for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}

@@ -60,13 +60,13 @@ def build_tiny_model(
     return path
 
 
-def build_steady_polyp_model(path: Path, *, size: int = 352) -> Path:
+def build_steady_polyp_model(path: Path, *, size: int = 352, resize: str = "area") -> Path:
     """A model that costs next to nothing and finds one polyp, the same in every frame: a disc
     of radius size/8 at the centre of its input (probability sigmoid(±GAIN/2): 1 inside, 0
     outside), whatever the image. The service measured around a model that answers as a real
     one does (one region to find, track and alert on, where the brightness model above finds
     one per bright patch: five a frame on the benchmarks' endoscopy frames), as the
-    service-alone sweep of benchmarks/gpu_first_light.py does."""
+    service-alone sweep of benchmarks/gpu_first_light.py does. `resize`: its polypstream.resize."""
     centre, radius = size / 2, size / 8
     y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
     inside = (x - centre) ** 2 + (y - centre) ** 2 <= radius**2
@@ -96,6 +96,7 @@ def build_steady_polyp_model(path: Path, *, size: int = 352) -> Path:
         "polypstream.std": "1,1,1",
         "polypstream.output": "probability",
         "polypstream.threshold": "0.5",
+        "polypstream.resize": resize,
     }
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)

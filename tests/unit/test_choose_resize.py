@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.gpu_first_light import ALONE_RESIZE
 from models.training.choose_resize import choose_resize
 from models.training.tune_regions import write_metadata
-from polypstream.runner import CHECKSUMS, Runner, file_sha256
+from polypstream.runner import CHECKSUMS, Runner, file_sha256, models_dir, resolve_model
 from tests.tiny_model import build_tiny_model
 
 
@@ -29,3 +30,9 @@ def test_the_choice_is_written_into_the_model_and_its_checksum(tmp_path: Path) -
     write_metadata(model, "resize", "linear")
     assert Runner(model, device="cpu").contract.resize == "linear"
     assert (tmp_path / CHECKSUMS).read_text() == f"{file_sha256(model)}  m.onnx\n"
+
+
+def test_the_shipped_models_shrink_as_chosen_and_the_service_alone_sweep_as_accurate_does() -> None:
+    assert Runner(resolve_model("accurate"), device="cpu").contract.resize == "linear" == ALONE_RESIZE
+    assert Runner(models_dir() / "accurate-fp16.onnx", device="cpu").contract.resize == "linear"
+    assert Runner(resolve_model("fast"), device="cpu").contract.resize == "area"
