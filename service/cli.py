@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -164,6 +165,28 @@ def check_listen_address(flag: str, address: str) -> None:
         raise CliError(f"{flag} {address}: cannot resolve '{host}' ({exc})") from exc
 
 
+def check_port_free(address: str) -> None:
+    """Raise CliError (one line) when something already listens on a gRPC HOST:PORT: gRPC itself
+    would log a line of its own before failing, and `serve` would load the model first."""
+    host, _, port = address.rpartition(":")
+    if address.startswith("unix:") or int(port) == 0:
+        return
+    infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    refused: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a port in TIME_WAIT is free
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    why = "the port is in use (another server listens there)"
+                    raise CliError(f"cannot listen on {address}: {why}") from exc
+                refused.append(exc)
+    if refused and len(refused) == len(infos):  # gRPC needs one of the host's addresses
+        raise CliError(f"cannot listen on {address}: {refused[0].strerror or refused[0]}")
+
+
 def is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
     return address.startswith("unix:") or host in ("127.0.0.1", "localhost", "::1")
@@ -196,6 +219,7 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
     for flag, address in (("--address", args.address), ("--health-address", args.health_address)):
         if address:
             check_listen_address(flag, address)
+            check_port_free(address)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
