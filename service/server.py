@@ -498,7 +498,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             yield message
 
     def start_draining(self) -> None:
-        """Refuse new streams and stop reading open ones; frames already read are still answered."""
+        """Refuse new streams and stop reading open ones; frames already read are still answered.
+        Once: a second call would cancel a read that has not yet seen the first cancellation."""
+        if self.draining:
+            return
         self.draining = True
         for task in self._awaiting_frames:
             self._drain_interrupted.add(task)

@@ -225,6 +225,7 @@ def test_draining_ends_a_read_waiting_for_a_frame_but_not_a_cancellation_of_the_
         servicer, read = SegmenterServicer(pipeline, ServerConfig()), []
         task = await waiting_reader(servicer, read)
         servicer.start_draining()
+        servicer.start_draining()  # twice (a second signal) before the read has seen the first
         await asyncio.wait_for(task, 5)
         assert read == [0] and not servicer._awaiting_frames
         # Given another, cancelled as the server starts draining: the cancellation stands
