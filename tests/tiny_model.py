@@ -38,10 +38,14 @@ def build_tiny_model(
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch_dim, 1, size, size])],
         initializer=[weight, bias],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
-        "polypstream.name": "tiny-brightness",
+    meta = {**contract("tiny-brightness", size, output), **(metadata or {})}
+    return save(graph, {key: value for key, value in meta.items() if key not in drop_metadata}, path)
+
+
+def contract(name: str, size: int, output: str = "probability") -> dict[str, str]:
+    """The polypstream metadata of a test model: RGB input at size², pixels scaled to 0..1."""
+    return {
+        "polypstream.name": name,
         "polypstream.version": "test",
         "polypstream.input_size": f"{size}x{size}",
         "polypstream.channel_order": "RGB",
@@ -50,11 +54,15 @@ def build_tiny_model(
         "polypstream.std": "1,1,1",
         "polypstream.output": output,
         "polypstream.threshold": "0.5",
-        **(metadata or {}),
     }
+
+
+def save(graph: onnx.GraphProto, meta: dict[str, str], path: Path) -> Path:
+    """The graph as a checked opset-17, IR-8 model with `meta`, at `path`."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     for key, value in meta.items():
-        if key not in drop_metadata:
-            model.metadata_props.add(key=key, value=value)
+        model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -84,22 +92,4 @@ def build_steady_polyp_model(path: Path, *, size: int = 352, resize: str = "area
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, size, size])],
         initializer=[nothing, numpy_helper.from_array(disc, "disc")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
-        "polypstream.name": "steady-polyp",
-        "polypstream.version": "test",
-        "polypstream.input_size": f"{size}x{size}",
-        "polypstream.channel_order": "RGB",
-        "polypstream.scale": str(1 / 255),
-        "polypstream.mean": "0,0,0",
-        "polypstream.std": "1,1,1",
-        "polypstream.output": "probability",
-        "polypstream.threshold": "0.5",
-        "polypstream.resize": resize,
-    }
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save(graph, {**contract("steady-polyp", size), "polypstream.resize": resize}, path)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
-from models.training.tune_regions import write_metadata
+from models.training.tune_regions import parse_validation_arguments, validation_arguments, write_metadata
 from polypstream.evaluate import evaluate
 from polypstream.runner import META_PREFIX, RESIZES, Runner
 
@@ -41,13 +40,8 @@ def choose_resize(scores: dict[str, Scores]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="Kvasir-SEG layout folder")
-    parser.add_argument("--split", type=Path, required=True, help="validation ids (never test.txt)")
-    parser.add_argument("--write", action="store_true", help="store the choice in the model's metadata")
-    args = parser.parse_args()
-    if args.split.name == "test.txt":
-        parser.error("choose on validation images, never on the test split")
+    validation_arguments(parser, "shrinking")
+    args = parse_validation_arguments(parser)
     runner = Runner(args.model, device="cpu", max_batch=8, spin=True)
     scores = {}
     for resize in RESIZES:

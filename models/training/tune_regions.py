@@ -63,16 +63,27 @@ def write_metadata(model_path: Path, key: str, value: str) -> None:
     record_checksum(model_path)  # a named model is checked against it when loaded
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def validation_arguments(parser: argparse.ArgumentParser, chosen: str) -> None:
+    """--model, --data, --split (validation ids) and --write (store the `chosen` in the model)."""
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="Kvasir-SEG layout folder")
     parser.add_argument("--split", type=Path, required=True, help="validation ids (never test.txt)")
-    parser.add_argument("--min-area-fraction", type=float, default=MIN_AREA_FRACTION, help="as the service's default")
-    parser.add_argument("--write", action="store_true", help="store the chosen floor in the model's metadata")
+    parser.add_argument("--write", action="store_true", help=f"store the chosen {chosen} in the model's metadata")
+
+
+def parse_validation_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments; exits with a usage error if --split is the test split."""
     args = parser.parse_args()
     if args.split.name == "test.txt":
-        parser.error("tune on validation images, never on the test split")
+        parser.error("choose on validation images, never on the test split")
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    validation_arguments(parser, "floor")
+    parser.add_argument("--min-area-fraction", type=float, default=MIN_AREA_FRACTION, help="as the service's default")
+    args = parse_validation_arguments(parser)
     runner = Runner(args.model, device="cpu", max_batch=1, spin=True)
     regions = []
     for sample in load_split(args.data, args.split):
