@@ -75,7 +75,9 @@ async def within(awaitable: Awaitable[None], seconds: float) -> None:
 
 
 def _still_cancelled(task: asyncio.Task[object]) -> bool:
-    """Take back one cancellation of `task` (Python 3.11+ counts them): whether another remains."""
+    """Take back one cancellation of `task` (Python 3.11+ counts them): whether another remains.
+    Python 3.10 does not count them: there a call cancelled at the very moment draining starts
+    ends its read quietly, as a drained one, rather than cancelled."""
     uncancel = getattr(task, "uncancel", None)
     return uncancel is not None and uncancel() > 0
 
