@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import __version__, capture
+from . import __version__, capture, workers
 from .alerts import AlertRule
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
@@ -219,7 +219,8 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
     for flag, address in (("--address", args.address), ("--health-address", args.health_address)):
         if address:
             check_listen_address(flag, address)
-            check_port_free(address)
+            if not workers.shares_port():  # a worker's siblings (and parent) hold it on purpose
+                check_port_free(address)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -242,6 +243,7 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
         health_address=args.health_address,
         tls=tls,
         token=load_token(args.token_file),
+        shared_port=workers.shares_port(),
     )
 
 
@@ -257,6 +259,8 @@ def warn_if_exposed(address: str, config: ServerConfig) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers != 1:
+        return serve_workers(args)
     server_config = server_settings(args)
     warn_if_exposed(server_config.address, server_config)
     if args.ui:
@@ -300,6 +304,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"polypstream stopped: {answered:.0f} frames answered", flush=True)
     return 0
+
+
+def serve_workers(args: argparse.Namespace) -> int:
+    """`serve --workers N`: N `serve` processes on one port (service/workers.py)."""
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    config = server_settings(args)  # the addresses, TLS files and token checked once, here
+    if args.source:
+        raise CliError("--workers: a --source is read by one process; serve sources from a `serve` without --workers")
+    if args.ui:
+        raise CliError("--workers: the live view (--ui) shows one process's streams; serve it without --workers")
+    if config.address.startswith("unix:"):
+        raise CliError(f"--workers: {config.address}: workers share a TCP port (HOST:PORT), not a unix socket")
+    engine_config(args)  # a bad engine setting or a missing model: one line, before any worker starts
+    resolve_model(args.model)
+    reserved: list[socket.socket] = []
+    try:
+        sock, address = workers.reserve_port(config.address)
+        reserved.append(sock)
+        health = ""
+        if config.health_address:
+            sock, health = workers.reserve_port(config.health_address)
+            reserved.append(sock)
+        shares = (config.metrics_address, args.decode_workers, args.threads, os.cpu_count() or 1)
+        commands = [
+            workers.worker_command(args.argv, i, args.workers, address, health, *shares) for i in range(args.workers)
+        ]
+        started = workers.start_workers(commands)
+    except workers.WorkerError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        for sock in reserved:  # the workers listen on the ports now (or failed)
+            sock.close()
+    print(workers.serving_line(started, address), flush=True)
+    return workers.supervise(started)
 
 
 def parse_sources(specs: list[str]) -> dict[str, str]:
@@ -838,6 +877,13 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
     serve = sub.add_parser("serve", help="run the gRPC server and the metrics endpoint")
     serve.add_argument("--address", default=env_default("ADDRESS", ServerConfig.address), help="host:port or unix:PATH")
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(env_default("WORKERS", "1")),
+        help="server processes sharing the port, each with its own model session, GIL and metrics port "
+        "(metrics port + i); limits are per worker; not with --source or --ui (default: 1)",
+    )
+    serve.add_argument(
         "--metrics-address",
         default=env_default("METRICS_ADDRESS", ServerConfig.metrics_address),
         help="host:port; empty for none",
@@ -1046,6 +1092,7 @@ def quiet_video_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `serve --workers` passes it on
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_video_libraries()
     try:

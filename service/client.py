@@ -111,6 +111,10 @@ class SegmenterClient:
             ("grpc.max_send_message_length", max_message_bytes),
             # A dns:/// target naming several replicas (a headless Service) spreads calls over them.
             ("grpc.lb_policy_name", "round_robin"),
+            # A connection of its own, as a separate client has: gRPC would otherwise share one TCP
+            # connection among the channels of a process to the same address, and the kernel
+            # spreads connections, not streams, over the workers of `serve --workers`.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if credentials is not None:
             self.channel = grpc.secure_channel(address, credentials, options=options)

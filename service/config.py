@@ -99,6 +99,7 @@ class ServerConfig:
     health_address: str = ""  # plaintext port serving only grpc.health.v1 (for probes); empty: none
     tls: TlsFiles | None = None  # None: plaintext (keep the address on loopback then)
     token: str | None = None  # bearer token every call but health must carry
+    shared_port: bool = False  # a worker of `serve --workers`: its siblings listen on the same port
 
     def __repr__(self) -> str:  # never print the token
         return f"ServerConfig(address={self.address!r}, tls={self.tls!r}, token={'***' if self.token else None})"

@@ -709,8 +709,10 @@ class RunningServer:
 
 
 # gRPC sets SO_REUSEPORT on Linux, so a second server on a port in use would start and
-# silently share its connections; without it, binding a port in use fails.
+# silently share its connections; without it, binding a port in use fails. The workers of
+# `serve --workers` share their port on purpose (service/workers.py).
 EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+SHARED_PORT = ("grpc.so_reuseport", 1)
 
 
 def _bound(address: str, port: int) -> str:
@@ -721,9 +723,11 @@ def _bound(address: str, port: int) -> str:
     return f"{address.rsplit(':', 1)[0]}:{port}"
 
 
-async def _start_health_server(address: str, health_servicer: HealthServicer) -> tuple[grpc.aio.Server, str]:
+async def _start_health_server(
+    address: str, health_servicer: HealthServicer, port_option: tuple[str, int]
+) -> tuple[grpc.aio.Server, str]:
     """A plaintext server with grpc.health.v1 only: probes reach it without TLS or a token."""
-    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
+    server = grpc.aio.server(options=[port_option])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = _bound(address, server.add_insecure_port(address))
     await server.start()
@@ -734,10 +738,11 @@ async def start_server(
     pipeline: Pipeline, config: ServerConfig, sources: dict[str, SourceHub] | None = None
 ) -> RunningServer:
     """Bind, start and report SERVING. `config.address` may use port 0 or `unix:PATH`."""
+    port_option = SHARED_PORT if config.shared_port else EXCLUSIVE_PORT
     limits = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        EXCLUSIVE_PORT,
+        port_option,
     ]
     interceptors = []
     if config.token:
@@ -761,7 +766,7 @@ async def start_server(
     if config.health_address:
         try:
             running.health_server, running.health_address = await _start_health_server(
-                config.health_address, health_servicer
+                config.health_address, health_servicer, port_option
             )
         except Exception:
             await server.stop(0)

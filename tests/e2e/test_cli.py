@@ -19,7 +19,9 @@ import cv2
 import pytest
 
 from benchmarks.common import scrape, start_serve, start_server_process
+from benchmarks.service_latency import run_streams
 from polypstream.cli import build_parser
+from polypstream.runner import cuda_available
 from tests.conftest import KVASIR_FIXTURES, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -540,3 +542,65 @@ def test_eval_video_refuses_bad_ground_truth_with_one_line(tmp_path: Path, tiny_
     assert done.stderr.strip().splitlines()[-1] == (
         f"polypstream eval-video: error: {tmp_path / 'clip.boxes.json'}: has 11 frames of boxes; clip.avi has more"
     )
+
+
+def test_serve_with_workers_spreads_connections_over_processes_and_stops_them_all(tiny_model: Path) -> None:
+    # Given two workers on one port, each with its own metrics port
+    proc, at = start_serve("--model", str(tiny_model), "--workers", "2", "--grace", "5")
+    SPAWNED.append(proc)
+    urls = at["all_metrics"].split()
+    assert len(urls) == 2 and urls[0] != urls[1]
+    # When 16 clients (a connection each) send 5 no-drop frames each
+    encoded = [cv2.imencode(".jpg", cv2.imread(str(next((KVASIR_FIXTURES / "images").iterdir()))))[1].tobytes()]
+    report = run_streams(at["grpc"], encoded, 16, None, 5)
+    # Then every frame is answered, and both workers answered some (16 connections all hashed to
+    # one of two workers: once in 32,768)
+    assert report["statuses"] == {"OK": 80} and report["lost"] == 0
+    per_worker = [scrape(url).get('polypstream_frames_total{source="grpc",status="OK"}', 0.0) for url in urls]
+    assert sum(per_worker) == 80 and min(per_worker) > 0
+    # When the parent is interrupted, then every worker stops, and the parent says what they answered
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip().splitlines()[-1] == "polypstream stopped: 80 frames answered (2 workers)"
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--workers", "2", "--source", "scope=clip.mp4"], "--workers: a --source is read by one process"),
+        (["--workers", "2", "--ui"], "--workers: the live view (--ui) shows one process's streams"),
+        (["--workers", "2", "--address", "unix:/tmp/w.sock"], "--workers: unix:/tmp/w.sock: workers share a TCP port"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+    ],
+)
+def test_serve_refuses_what_workers_cannot_share_with_one_line(tiny_model: Path, flags: list[str], why: str) -> None:
+    done = polypstream("serve", "--model", str(tiny_model), "--address", "127.0.0.1:0", "--metrics-address", "", *flags)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"polypstream serve: error: {why}")
+
+
+@pytest.mark.skipif(cuda_available() or sys.platform != "linux", reason="needs an onnxruntime without CUDA, and /proc")
+def test_a_worker_that_cannot_start_is_said_once_and_none_is_left_running(tiny_model: Path) -> None:
+    marker = "7.125"  # a --grace no other test uses: the workers' command lines carry it
+    done = polypstream("serve", "--model", str(tiny_model), "--device", "cuda", "--workers", "2",
+                       "--address", "127.0.0.1:0", "--metrics-address", "", "--grace", marker)  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # one line, not one per worker
+    no_cuda = "CUDAExecutionProvider requested but this onnxruntime build has no CUDA"
+    assert line == f"polypstream serve: error: worker 0: {no_cuda}"
+    assert processes_with(marker) == []  # and no worker is left running
+
+
+def processes_with(argument: str) -> list[str]:
+    """The command lines of running processes that have `argument` (Linux: /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if argument.encode() in args:
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
