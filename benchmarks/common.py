@@ -109,23 +109,40 @@ def thread_group(name: str, is_main: bool = False) -> str:
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) that a process's live threads have used so far, summed by
-    `thread_group`; {} where /proc cannot be read (not Linux, or the process is gone)."""
+    """CPU seconds (user + system) that a process's live threads, and those of its child
+    processes (the workers of `serve --workers`), have used so far, summed by `thread_group`
+    (every process's main thread under "main"); {} where /proc cannot be read (not Linux, or
+    the process is gone)."""
     ticks = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return totals
-    for task in tasks:
+    for process in process_tree(pid):
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, …
-        except OSError:  # the thread ended meanwhile
+            tasks = list(Path(f"/proc/{process}/task").iterdir())
+        except OSError:
             continue
-        group = thread_group(name, task.name == str(pid))
-        totals[group] = totals.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, …
+            except OSError:  # the thread ended meanwhile
+                continue
+            group = thread_group(name, task.name == str(process))
+            totals[group] = totals.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return totals
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, as /proc lists each thread's children."""
+    found, todo = [], [pid]
+    while todo:
+        process = todo.pop()
+        found.append(process)
+        for children in Path(f"/proc/{process}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue
+    return found
 
 
 def cores_by_thread(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, object]:
@@ -182,11 +199,12 @@ def write_result(name: str, payload: dict[str, object], out: Path | None = None)
 
 
 def start_server_process(*serve_args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, str]:
-    """`polypstream serve` on free ports: (process, gRPC address, metrics URL); the caller owns
-    the process and must end it (terminate, then communicate to close its pipes). `env`: the
-    server's environment (default: this process's)."""
+    """`polypstream serve` on free ports: (process, gRPC address, metrics URL, or every worker's
+    space-separated, which `scrape` sums); the caller owns the process and must end it
+    (terminate, then communicate to close its pipes). `env`: the server's environment
+    (default: this process's)."""
     proc, at = start_serve(*serve_args, env=env)
-    return proc, at["grpc"], at["metrics"]
+    return proc, at["grpc"], at["all_metrics"]
 
 
 SERVING = {"grpc": r"serving on (\S+?),", "metrics": r"metrics on (\S+?)[,\s]", "ui": r"live view on (\S+?)[,\s]"}
@@ -212,13 +230,15 @@ def start_serve(*serve_args: str, env: dict[str, str] | None = None) -> tuple[su
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The polypstream_* and process_* samples of a /metrics page, by full sample name."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(("polypstream_", "process_")) and " " in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    """The polypstream_* and process_* samples of a /metrics page, by full sample name; for
+    several space-separated URLs (the workers of `serve --workers`), each sample summed."""
+    values: dict[str, float] = {}
+    for one in url.split():
+        text = urllib.request.urlopen(one, timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith(("polypstream_", "process_")) and " " in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = values.get(name, 0.0) + float(value)
     return values
 
 

@@ -20,13 +20,16 @@
 5. Python's own 5 ms GIL switch interval against serve's 0.5 ms: one more sweep of `fast` (or
    the first model) at the K of --switch-streams with `serve --gil-switch-ms 5`, beside that
    model's row at the same K (in summary.json: served, drops, p99s, GIL wait, stage p50s);
-6. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
+6. more than one server process: `fast` (or the first model) once more at the K of
+   --workers-streams with `serve --workers N` (--workers), beside the one-process row at the
+   same K (in summary.json, `workers`): whether N GILs serve what one could not;
+7. the service alone: the same sweep, at the K of --alone-streams, of a model that costs nothing
    and finds one steady polyp in every frame, as a real model finds about one (a 1x1 convolution
    times 0 plus a fixed disc, at --alone-input², the accurate model's input size, its frames
    shrunk as the accurate model's are): what decoding, the batcher and the Python layer serve
    without a model to wait for. If it does not hold where the real models fail, the model is
    not what holds the service back; its GIL wait and per-thread CPU say which part is;
-7. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
+8. summary.json and a table on stdout: per model the largest K that holds, served frames/s at
    saturation against the limit and the naive loop, one stream's server p99; per K of the
    service alone, what it served and where its CPU went.
 At most eight files (what the device tool brings back, with the caller's own log): the log,
@@ -53,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALONE = "service-alone"
 ALONE_RESIZE = "linear"  # models/accurate.onnx's polypstream.resize (tests/unit/test_choose_resize.py checks it)
 SWITCH_5MS = "switch-5ms"
+WORKERS = "workers"
 NO_LIMIT = ["--batches", "1", "--limit-seconds", "0.2"]  # for sweeps whose model limit says nothing new
 
 
@@ -151,6 +155,7 @@ def k_row(report: dict[str, Any], streams: int) -> dict[str, object] | None:
         "client_p99_ms": row["latency_ms"]["p99"],
         "server_p99_ms": stages["server_ms"]["p99"],
         "gil_wait": row["gil_wait"],
+        "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
         "p50_ms": {k.removesuffix("_ms"): v["p50"] for k, v in stages.items()},
     }
 
@@ -177,6 +182,16 @@ def add_to_summary(
             "streams": k,
             "python_5ms": k_row(report, k),
             "serve_0.5ms": k_row(base, k) if base is not None else None,
+        }
+    elif name == WORKERS:
+        base = reports.get(switched)
+        summary["workers"] = {
+            "model": switched,
+            "workers": args.workers,
+            "per_k": [
+                {"streams": k, "one_process": k_row(base, k) if base is not None else None, "workers": k_row(report, k)}
+                for k in (int(v) for v in args.workers_streams.split(","))
+            ],
         }
     else:
         one = next((row for row in report["service"] if row["streams"] == 1), None)
@@ -208,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alone-streams", default="16,32,48,64", help="K for the service alone ('' for none)")
     parser.add_argument("--alone-input", type=int, default=352, help="the costless model's input size")
     parser.add_argument("--switch-streams", default="48", help="K for the 5 ms switch-interval sweep ('' for none)")
+    parser.add_argument("--workers", type=int, default=4, help="server processes of the workers sweep")
+    parser.add_argument("--workers-streams", default="48,64", help="K for the workers sweep ('' for none)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,13 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"pytest -m gpu exited {code}")
     models = args.models.split(",") if args.models else models_to_measure()
     # Each model at every K (a path names its files), then one at Python's own switch interval,
-    # then the service alone. Besides its K a sweep takes about 40 s for the limit, the naive loop
-    # and the server's start; 15 s with the limit cut short (NO_LIMIT).
+    # then with several server processes, then the service alone. Besides its K a sweep takes
+    # about 40 s for the limit, the naive loop and the server's start; 15 s with the limit cut
+    # short (NO_LIMIT).
     sweeps = [Sweep(model, Path(model).stem, args.streams, True, [], 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]
     if args.switch_streams:
         five = ["--gil-switch-ms", "5", *NO_LIMIT]
         sweeps.append(Sweep(switched, SWITCH_5MS, args.switch_streams, False, five, 15.0))
+    if args.workers_streams:
+        several = ["--workers", str(args.workers), *NO_LIMIT]
+        sweeps.append(Sweep(switched, WORKERS, args.workers_streams, False, several, 15.0))
     if args.alone_streams:
         # shrinking frames as the accurate model does (its polypstream.resize), at its input size
         alone = Path(tempfile.mkdtemp()) / "alone.onnx"
@@ -255,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = max(2.0, left / runs_left - 4.0)
         share = overhead_s + ks * (seconds + 4.0)
         runs_left -= ks
-        # The switch-interval sweep's JSON stays out of --out: the device tool brings back eight files.
-        out = (Path(tempfile.mkdtemp()) if name == SWITCH_5MS else args.out) / f"sweep-{name}.json"
+        # The switch-interval and workers sweeps' JSON stay out of --out (their rows are in
+        # summary.json): the device tool brings back eight files.
+        out = (Path(tempfile.mkdtemp()) if name in (SWITCH_5MS, WORKERS) else args.out) / f"sweep-{name}.json"
         command = [
             sys.executable, "-m", "benchmarks.sweep", "--model", model, "--device", args.device,
             "--size", args.size, "--fps", str(args.fps), "--streams", streams, "--seconds", f"{seconds:.1f}",
@@ -275,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         reports[name] = report
         add_to_summary(summary, name, reports, seconds, args, Path(switched).stem)
     save_summary()
-    shown = ("models", "switch_interval", "service_alone")
+    shown = ("models", "switch_interval", "workers", "service_alone")
     print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=1))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)

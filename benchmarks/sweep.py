@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes for the limit")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
     parser.add_argument("--gil-switch-ms", type=float, help="serve's --gil-switch-ms (default: serve's own)")
+    parser.add_argument("--workers", type=int, default=1, help="serve's --workers: server processes on the port")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -130,6 +131,8 @@ def main() -> None:
     serve_flags = ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
     if args.gil_switch_ms is not None:
         serve_flags += ["--gil-switch-ms", str(args.gil_switch_ms)]
+    if args.workers != 1:
+        serve_flags += ["--workers", str(args.workers)]
     proc, address, metrics_url = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
     try:
@@ -184,6 +187,7 @@ def main() -> None:
         **served_model,
         "frames": f"{width}x{height} JPEG q90 at {args.fps:g} frames/s per stream",
         "budget_ms": args.budget_ms,
+        "workers": args.workers,
         "limit": limit,
         "limit_fps": limit_fps,
         "naive": naive,

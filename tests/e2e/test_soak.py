@@ -77,7 +77,7 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     out = tmp_path / "first-light"
     command = ["--out", str(out), "--device", "cpu", "--models", str(tiny_model), "--streams", "1", "--size", "96x80",
                "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30", "--alone-streams", "1,2",
-               "--alone-input", "32", "--switch-streams", "1"]  # fmt: skip
+               "--alone-input", "32", "--switch-streams", "1", "--workers", "2", "--workers-streams", "1"]  # fmt: skip
     # Without `cryptography`, as on the GPU machine: there the first run's `pytest -m gpu` could
     # not even load tests/conftest.py, which imported the TLS tests' certificate maker.
     without = tmp_path / "without"
@@ -115,6 +115,12 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     assert switch["python_5ms"]["statuses"] and switch["serve_0.5ms"]["statuses"]
     assert switch["python_5ms"]["gil_wait"]["samples"] > 0
     assert "--gil-switch-ms 5" in (out / "first-light.log").read_text()  # that server was started so
+    # two server processes beside one, the same model at the same K; both of them measured
+    (workers,) = summary["workers"]["per_k"]
+    assert (summary["workers"]["model"], summary["workers"]["workers"], workers["streams"]) == ("tiny", 2, 1)
+    assert workers["workers"]["statuses"] and workers["one_process"]["statuses"]
+    assert workers["workers"]["gil_wait"]["samples"] > 0 and workers["one_process"]["gil_wait"]["samples"] > 0
+    assert "--workers 2" in (out / "first-light.log").read_text()
     # the service alone: the costless model at the input size asked for, at each K asked for
     alone = summary["service_alone"]
     assert alone["input"] == "32x32" and [row["streams"] for row in alone["per_k"]] == [1, 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.common import cores_by_thread, cpu_ms_per_frame, gil_wait, thread_cpu_seconds, thread_group
+from benchmarks.common import (
+    cores_by_thread,
+    cpu_ms_per_frame,
+    gil_wait,
+    process_tree,
+    scrape,
+    thread_cpu_seconds,
+    thread_group,
+)
 from benchmarks.service_latency import by_batch_size, late_drops
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import Answer
@@ -127,3 +136,33 @@ def test_the_service_alone_s_model_finds_the_same_one_polyp_in_any_frame(tmp_pat
     inside = pytest.approx(1 / (1 + math.exp(-10)), rel=1e-6)
     for prob in probs:
         assert locate_polyps(prob, 64, 64, runner.contract.threshold) == [Polyp((24, 24, 16, 16), inside, 208)]
+
+
+def test_several_metrics_pages_are_summed_sample_by_sample() -> None:
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    urls = []
+    for served in (3, 4):
+        registry = CollectorRegistry()
+        Counter("polypstream_frames", "frames", ["status"], registry=registry).labels("OK").inc(served)
+        server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+        urls.append(f"http://127.0.0.1:{server.server_port}/metrics")
+    assert scrape(urls[0])['polypstream_frames_total{status="OK"}'] == 3.0
+    assert scrape(" ".join(urls))['polypstream_frames_total{status="OK"}'] == 7.0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_process_tree_holds_its_children_s_children() -> None:
+    spawner = (
+        "import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+        "print(c.pid, flush=True); c.wait()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        assert process_tree(child.pid) == [child.pid, grandchild]
+    finally:
+        os.kill(grandchild, 15)
+        child.wait(10)
+        child.stdout.close()  # type: ignore[union-attr]
