@@ -261,6 +261,11 @@ def warn_if_exposed(address: str, config: ServerConfig) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers != 1:
         return serve_workers(args)
+    if workers.shares_port():  # a worker of `serve --workers`: ends with its parent
+        try:
+            workers.die_with_parent()
+        except workers.WorkerError as exc:
+            raise CliError(str(exc)) from exc
     server_config = server_settings(args)
     warn_if_exposed(server_config.address, server_config)
     if args.ui:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 SHARED_PORT_ENV = "POLYPSTREAM_SHARED_PORT"  # "1" in a worker: bind the port its siblings share
+PARENT_ENV = "POLYPSTREAM_WORKER_PARENT"  # in a worker: its parent's pid
 START_TIMEOUT_S = 600.0  # loading the model and warming every batch size up on CUDA
 ERROR_PREFIX = re.compile(r"^polypstream serve: error: ")
 
@@ -129,7 +130,7 @@ class Worker:
 
 def start_workers(commands: list[list[str]]) -> list[Worker]:
     """The workers started, each serving; WorkerError (the others stopped) if one is not."""
-    env = {**os.environ, SHARED_PORT_ENV: "1"}
+    env = {**os.environ, SHARED_PORT_ENV: "1", PARENT_ENV: str(os.getpid())}
     workers = []
     for index, command in enumerate(commands):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -143,10 +144,15 @@ def start_workers(commands: list[list[str]]) -> list[Worker]:
     for worker in workers:
         worker.started.wait(max(0.0, deadline - time.monotonic()))
         if "serving on" not in worker.first_line:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(10)  # it closed its output: it is ending
             ended = worker.proc.poll() is not None
-            stop_workers(workers)
+            stop_workers(workers)  # and wait for what they printed
             failed = worker.why_it_failed() if ended else f"did not start within {START_TIMEOUT_S:g} s"
             raise WorkerError(f"worker {worker.index}: {failed}")
+    for worker in workers:  # what each logged while it started (a slow model's warning, say)
+        for line in worker.errors:
+            print(f"worker {worker.index}: {line}", file=sys.stderr, flush=True)
     return workers
 
 
@@ -183,7 +189,7 @@ def answered(worker: Worker) -> int:
 def supervise(workers: list[Worker]) -> int:
     """Until a signal or a worker's own end: forward SIGINT/SIGTERM to every worker, wait for
     all, say how many frames they answered. Non-zero if one stopped on its own or failed."""
-    stopping = threading.Event()
+    stopping, changed = threading.Event(), threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
@@ -191,7 +197,14 @@ def supervise(workers: list[Worker]) -> int:
             if worker.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(signum)
+        changed.set()
 
+    def watch(worker: Worker) -> None:
+        worker.proc.wait()
+        changed.set()
+
+    for worker in workers:
+        threading.Thread(target=watch, args=(worker,), name=f"worker-{worker.index}-watch", daemon=True).start()
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stopping.is_set():
@@ -205,7 +218,8 @@ def supervise(workers: list[Worker]) -> int:
                 )
                 stop_workers(workers)
                 return 1
-            stopping.wait(0.5)
+            changed.wait()  # a signal or a worker's end
+            changed.clear()
         stop_workers(workers, None)  # signalled by `forward`: each drains as `serve` does
     finally:
         for sig, handler in previous.items():
@@ -213,3 +227,17 @@ def supervise(workers: list[Worker]) -> int:
     total = sum(answered(w) for w in workers)
     print(f"polypstream stopped: {total} frames answered ({len(workers)} workers)", flush=True)
     return 0 if all(w.proc.returncode == 0 for w in workers) else 1
+
+
+def die_with_parent() -> None:
+    """In a worker (Linux): be sent SIGTERM when the parent dies, however it dies, so that no
+    worker is left serving (and holding the GPU) without it; end now if it is gone already."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # here: only a worker on Linux needs it
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if parent and os.getppid() != parent:  # it died before the line above: nobody supervises this worker
+        raise WorkerError("the parent of this worker is gone")

@@ -604,3 +604,17 @@ def processes_with(argument: str) -> list[str]:
         if argument.encode() in args:
             found.append(b" ".join(args).decode(errors="replace"))
     return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal and /proc are Linux's")
+def test_workers_end_with_their_parent_however_it_ends(tiny_model: Path) -> None:
+    marker = "7.375"  # a --grace no other test uses: the workers' command lines carry it
+    proc, _ = start_serve("--model", str(tiny_model), "--workers", "2", "--grace", marker)
+    SPAWNED.append(proc)
+    assert len(processes_with(marker)) == 3  # the parent and its two workers
+    proc.kill()  # SIGKILL: the parent can pass nothing on
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
