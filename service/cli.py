@@ -342,7 +342,7 @@ def serve_workers(args: argparse.Namespace) -> int:
     finally:
         for sock in reserved:  # the workers listen on the ports now (or failed)
             sock.close()
-    print(workers.serving_line(started, address), flush=True)
+    print(workers.serving_line(started, address, health), flush=True)
     return workers.supervise(started)
 
 

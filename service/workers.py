@@ -173,11 +173,13 @@ def stop_workers(workers: list[Worker], sig: int | None = signal.SIGTERM) -> Non
             reader.join(5)
 
 
-def serving_line(workers: list[Worker], address: str) -> str:
-    """The parent's first line, in `serve`'s form: the address, every worker's metrics URL, the model."""
+def serving_line(workers: list[Worker], address: str, health: str = "") -> str:
+    """The parent's first line, in `serve`'s form: the address, every worker's metrics URL, the
+    health address, the model."""
     urls = [m[1] for w in workers if (m := re.search(r"metrics on (\S+?)[,\s]", w.first_line))]
     model = re.search(r"\((model .*)\)$", workers[0].first_line)
     metrics = f", metrics on {', '.join(urls)}" if urls else ""
+    metrics += f", health on {health}" if health else ""
     return f"polypstream serving on {address}{metrics} ({len(workers)} workers; {model[1] if model else 'model'})"
 
 

@@ -60,6 +60,8 @@ def test_the_parent_says_where_all_workers_serve_and_what_they_answered() -> Non
         "polypstream serving on 127.0.0.1:5000, metrics on http://127.0.0.1:8000/metrics, "
         "http://127.0.0.1:8001/metrics (2 workers; model tiny test on CPU)"
     )
+    with_health = serving_line(workers, "127.0.0.1:5000", "127.0.0.1:5001")
+    assert ", http://127.0.0.1:8001/metrics, health on 127.0.0.1:5001 (2 workers; " in with_health
     assert [answered(w) for w in workers] == [30, 12]
     assert answered(worker_said(2, "polypstream serving on x")) == 0  # killed before it said
 
