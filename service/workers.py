@@ -51,6 +51,8 @@ def split_host_port(address: str) -> tuple[str, int]:
 def reserve_port(address: str) -> tuple[socket.socket, str]:
     """A socket bound (not listening) to `address` with SO_REUSEPORT, which keeps the port for
     the workers until it is closed, and the address with the port it got (for port 0)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise WorkerError("--workers needs SO_REUSEPORT (Linux, macOS, BSD): not on this system")
     host, port = split_host_port(address)
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
         host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
