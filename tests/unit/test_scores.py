@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polypstream import scores
-from polypstream.scores import SplitScores, box_iou, greedy_match, mask_scores, match_boxes
+from polypstream.scores import Box, SplitScores, box_iou, greedy_match, mask_scores, match_boxes
 
 
 def masks(pred_px: int, truth_px: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +100,25 @@ def test_many_pairs_are_matched_as_few_are_ties_included(monkeypatch: pytest.Mon
         # equal IoUs: the higher index in first goes first, then the higher in second
         assert greedy_match(*ties, 0.3) == {6: 4, 5: 3, 4: 2, 3: 1, 2: 0}
         assert greedy_match(tracks, regions, 0.9) == {}  # 81/119 each: under the threshold
+        # one-pixel boxes on the same pixel: IoU 1 (a union of one pixel still counts)
+        dots = [(3 * k, 50, 1, 1) for k in range(6)]
+        assert greedy_match(dots, dots[::-1], 1.0) == {k: 5 - k for k in range(6)}
+
+
+def test_the_ious_are_worked_out_in_numpy_only_past_the_pair_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its fixed cost is repaid only on many pairs (a noisy model's tracks and regions)
+    calls: list[int] = []
+    real = scores._pairs_numpy
+
+    def counted(first: list[Box], second: list[Box], threshold: float) -> list[tuple[int, int]]:
+        calls.append(len(first) * len(second))
+        return real(first, second, threshold)
+
+    monkeypatch.setattr(scores, "_pairs_numpy", counted)
+    box = (0, 0, 10, 10)
+    for first, second in ((4, 8), (8, 4), (1, 32), (33, 1), (3, 11), (1, 1)):
+        greedy_match([box] * first, [box] * second, 0.3)
+    assert calls == [33, 33]  # 32 pairs and fewer stay in plain Python
 
 
 boxes = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 30), st.integers(0, 30)), max_size=12)
