@@ -147,17 +147,24 @@ def process_tree(pid: int) -> list[int]:
 
 def cores_by_thread(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, object]:
     """CPU cores used per thread group between two `thread_cpu_seconds`, busiest first, and in all."""
-    used = {name: (seconds - before.get(name, 0.0)) / wall_s for name, seconds in after.items()}
-    busiest = sorted(((n, round(c, 2)) for n, c in used.items() if round(c, 2) > 0), key=lambda item: -item[1])
-    return {"total": round(sum(used.values()), 2), "threads": dict(busiest)}
+    return _by_group(before, after, lambda seconds: seconds / wall_s, 2)
 
 
 def cpu_ms_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, object]:
     """CPU milliseconds per frame answered, per thread group between two `thread_cpu_seconds`
     (busiest first) and in all: what a frame costs the server, whatever the load and the cores."""
-    used = {name: (seconds - before.get(name, 0.0)) * 1e3 / max(1, frames) for name, seconds in after.items()}
-    busiest = sorted(((n, round(ms, 3)) for n, ms in used.items() if round(ms, 3) > 0), key=lambda item: -item[1])
-    return {"total": round(sum(used.values()), 3), "threads": dict(busiest)}
+    return _by_group(before, after, lambda seconds: seconds * 1e3 / max(1, frames), 3)
+
+
+def _by_group(
+    before: dict[str, float], after: dict[str, float], scaled: Callable[[float], float], digits: int
+) -> dict[str, object]:
+    """Each thread group's CPU seconds between two `thread_cpu_seconds`, `scaled`, rounded to
+    `digits`: the groups above 0 busiest first, and the total."""
+    used = {name: scaled(seconds - before.get(name, 0.0)) for name, seconds in after.items()}
+    shown = ((name, round(value, digits)) for name, value in used.items())
+    busiest = sorted(((name, value) for name, value in shown if value > 0), key=lambda item: -item[1])
+    return {"total": round(sum(used.values()), digits), "threads": dict(busiest)}
 
 
 def timed_calls(step: Callable[[int], object], seconds: float, at_least: int = 5) -> list[float]:
@@ -170,6 +177,12 @@ def timed_calls(step: Callable[[int], object], seconds: float, at_least: int = 5
         step(len(times))
         times.append(time.perf_counter() - start)
     return times
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """(width, height) of a WIDTHxHEIGHT flag."""
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
 
 
 def slug(text: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, timed_calls, write_result
+from benchmarks.common import command_line, device_name, endoscopy_frames, jpeg, parse_size, timed_calls, write_result
 from polypstream import pipeline as pipeline_module
 from polypstream.batcher import Queued
 from polypstream.capture import decode_encoded
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per step")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = parse_size(args.size)
     rows = {model: decode_stage(model, (width, height), args.seconds) for model in args.models.split(",")}
     for model, row in rows.items():
         print(

@@ -26,6 +26,7 @@ from benchmarks.common import (
     endoscopy_frames,
     gil_wait,
     jpeg,
+    parse_size,
     scrape,
     start_server_process,
     write_result,
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--switch-ms", default="5,1,0.5", help="switch intervals to run with the busy thread")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = parse_size(args.size)
     encoded = [jpeg(frame) for frame in endoscopy_frames(48, (width, height))]
     site = Path(tempfile.mkdtemp())
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)

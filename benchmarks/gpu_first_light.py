@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from benchmarks.common import parse_size
 from benchmarks.decode_stage import decode_stage
 from tests.tiny_model import build_steady_polyp_model  # the costless model of the service-alone sweep
 
@@ -143,8 +144,11 @@ def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
     ]
 
 
-def k_row(report: dict[str, Any], streams: int) -> dict[str, object] | None:
-    """A sweep's row at K = `streams`, in short: what the switch-interval comparison sets side by side."""
+def k_row(report: dict[str, Any] | None, streams: int) -> dict[str, object] | None:
+    """A sweep's row at K = `streams`, in short: what the switch-interval and workers comparisons
+    set side by side (None without that sweep or that K)."""
+    if report is None:
+        return None
     row = next((r for r in report["service"] if r["streams"] == streams), None)
     if row is None:
         return None
@@ -176,20 +180,18 @@ def add_to_summary(
         summary["service_alone"] = {"input": size, "per_k": service_alone(report)}
     elif name == SWITCH_5MS:
         k = int(args.switch_streams.split(",")[0])
-        base = reports.get(switched)
         summary["switch_interval"] = {
             "model": switched,
             "streams": k,
             "python_5ms": k_row(report, k),
-            "serve_0.5ms": k_row(base, k) if base is not None else None,
+            "serve_0.5ms": k_row(reports.get(switched), k),
         }
     elif name == WORKERS:
-        base = reports.get(switched)
         summary["workers"] = {
             "model": switched,
             "workers": args.workers,
             "per_k": [
-                {"streams": k, "one_process": k_row(base, k) if base is not None else None, "workers": k_row(report, k)}
+                {"streams": k, "one_process": k_row(reports.get(switched), k), "workers": k_row(report, k)}
                 for k in (int(v) for v in args.workers_streams.split(","))
             ],
         }
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_left = sum(len(sweep.streams.split(",")) for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"device": args.device, "environment": env, "models": {}}
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = parse_size(args.size)
     try:
         summary["decode_stage"] = {Path(m).stem: decode_stage(m, (width, height), 1.0) for m in models}
         print(f"decode stage, one core: {summary['decode_stage']}", flush=True)

@@ -33,6 +33,7 @@ from benchmarks.common import (
     endoscopy_frames,
     gil_wait,
     jpeg,
+    parse_size,
     scrape,
     start_server_process,
     thread_cpu_seconds,
@@ -43,11 +44,6 @@ from benchmarks.service_latency import STAGES, run_streams
 from polypstream.client import SegmenterClient
 from polypstream.plots import pyplot
 from polypstream.runner import Runner, resolve_model
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    return int(width), int(height)
 
 
 def holds(row: dict[str, object], budget_ms: float) -> bool:
