@@ -168,10 +168,9 @@ def check_listen_address(flag: str, address: str) -> None:
 def check_port_free(address: str) -> None:
     """Raise CliError (one line) when something already listens on a gRPC HOST:PORT: gRPC itself
     would log a line of its own before failing, and `serve` would load the model first."""
-    host, _, port = address.rpartition(":")
-    if address.startswith("unix:") or int(port) == 0:
+    if address.startswith("unix:") or workers.split_host_port(address)[1] == 0:
         return
-    infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    infos = workers.listen_addresses(address)
     refused: list[OSError] = []
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:

@@ -63,14 +63,16 @@ _PIXEL_FORMATS = {
 }
 
 
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
 async def within(awaitable: Awaitable[None], seconds: float) -> None:
     """Await `awaitable`; asyncio.TimeoutError after `seconds`. With asyncio.timeout (Python
     3.11+) that costs a timer, where wait_for also makes a task: 4 against 12.5 µs a call."""
-    timeout = getattr(asyncio, "timeout", None)
-    if timeout is None:
+    if _TIMEOUT is None:
         await asyncio.wait_for(awaitable, seconds)
         return
-    async with timeout(seconds):
+    async with _TIMEOUT(seconds):
         await awaitable
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 SHARED_PORT_ENV = "POLYPSTREAM_SHARED_PORT"  # "1" in a worker: bind the port its siblings share
 PARENT_ENV = "POLYPSTREAM_WORKER_PARENT"  # in a worker: its parent's pid
@@ -48,15 +49,22 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+Bindable = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]  # one of getaddrinfo's
+
+
+def listen_addresses(address: str) -> Sequence[Bindable]:
+    """What a server listening on HOST:PORT binds: getaddrinfo's passive TCP addresses of it."""
+    host, port = split_host_port(address)
+    return socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+
+
 def reserve_port(address: str) -> tuple[socket.socket, str]:
     """A socket bound (not listening) to `address` with SO_REUSEPORT, which keeps the port for
     the workers until it is closed, and the address with the port it got (for port 0)."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise WorkerError("--workers needs SO_REUSEPORT (Linux, macOS, BSD): not on this system")
-    host, port = split_host_port(address)
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(
-        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    host, _ = split_host_port(address)
+    family, kind, proto, _, sockaddr = listen_addresses(address)[0]
     reserved = socket.socket(family, kind, proto)
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
