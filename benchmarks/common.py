@@ -275,6 +275,19 @@ def gil_wait(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
             "over_5ms": over("0.005")}  # fmt: skip
 
 
+GPU_BUSY = "polypstream_gpu_busy_seconds_total"
+GPU_MEMORY = "polypstream_gpu_memory_used_bytes"
+
+
+def gpu_use(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:
+    """The server's GPU between two scrapes `seconds` apart: the share of that time a kernel ran
+    (any process's) and the memory in use at the end, in MiB; None where the server reports no GPU."""
+    if GPU_BUSY not in after or seconds <= 0:
+        return None
+    busy = (after[GPU_BUSY] - before.get(GPU_BUSY, 0.0)) / seconds
+    return {"busy": round(busy, 3), "memory_used_mib": round(after.get(GPU_MEMORY, 0.0) / 2**20, 1)}
+
+
 def command_line(module: str, args: argparse.Namespace) -> str:
     """The command that reproduces a run, from its parsed arguments (recorded in the JSON)."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v)

@@ -139,9 +139,16 @@ def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
             "gil_wait_ms": row["gil_wait"]["mean_ms"],
             "cores": dict(list(row["server_cpu_cores"]["threads"].items())[:3]),
             "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
+            "gpu_busy": gpu_busy(row),
         }
         for row in report["service"]
     ]
+
+
+def gpu_busy(row: dict[str, Any]) -> float | None:
+    """The share of a sweep row's time that a kernel ran on the GPU (None on a CPU)."""
+    used = row.get("gpu")
+    return used["busy"] if used else None
 
 
 def k_row(report: dict[str, Any] | None, streams: int) -> dict[str, object] | None:
@@ -160,6 +167,7 @@ def k_row(report: dict[str, Any] | None, streams: int) -> dict[str, object] | No
         "server_p99_ms": stages["server_ms"]["p99"],
         "gil_wait": row["gil_wait"],
         "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
+        "gpu_busy": gpu_busy(row),
         "p50_ms": {k.removesuffix("_ms"): v["p50"] for k, v in stages.items()},
     }
 
@@ -206,6 +214,8 @@ def add_to_summary(
             "naive_fps": report.get("naive", {}).get("fps"),
             "ratios": report.get("ratios"),
             "one_stream_server_p99_ms": one and one["server_stages_ms"]["server_ms"]["p99"],
+            # is the GPU the limit where K stops holding? (a share near 1: it is)
+            "gpu_busy_by_k": {str(row["streams"]): gpu_busy(row) for row in report["service"]},
         }
 
 

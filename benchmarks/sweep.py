@@ -12,7 +12,9 @@ on the H100: 48 streams of 1920x1080 at 25 fps holding a 40 ms budget.
 Writes JSON (benchmarks/results/<device>-sweep.json unless --out) with every K's statuses,
 served frames/s, client latency and server stages, the server's CPU cores by thread group
 (`server_cpu_cores`: decode pool, event loop in main, batcher, onnxruntime), how long its
-threads waited to run Python again (`gil_wait`: mean, share over 1 and 5 ms), frames and
+threads waited to run Python again (`gil_wait`: mean, share over 1 and 5 ms), on a GPU the
+share of the time a kernel ran and the memory in use (`gpu`, from the server's NVML metrics;
+null on a CPU), frames and
 inference time by batch size (`by_batch_size`), why frames were dropped late (`late_drops`:
 past their deadline, or on the estimate of a batch of one, with that estimate), the largest K
 that holds, and the ratios of the best served frames/s to the limit and to the naive loop;
@@ -32,6 +34,7 @@ from benchmarks.common import (
     device_name,
     endoscopy_frames,
     gil_wait,
+    gpu_use,
     jpeg,
     parse_size,
     scrape,
@@ -137,7 +140,9 @@ def main() -> None:
         for k in (int(s) for s in args.streams.split(",")):
             cpu_before, started, scraped = thread_cpu_seconds(proc.pid), time.monotonic(), scrape(metrics_url)
             row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
-            row["gil_wait"] = waited = gil_wait(scraped, scrape(metrics_url))
+            after = scrape(metrics_url)
+            row["gil_wait"] = waited = gil_wait(scraped, after)
+            row["gpu"] = used = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
             # Where the server's CPU went, thread group by thread group: "main" is `serve`'s event
             # loop (Python, under the GIL), "decode" the decoding pool, "batcher" the model's
             # thread, "event_engine" gRPC's own.
@@ -160,11 +165,12 @@ def main() -> None:
                 why = f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate"
             if drops["would_miss"]:
                 why += f" (a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
+            gpu = f", GPU busy {used['busy']:.0%}" if used else ""
             print(
                 f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
                 f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
                 f"server {cpu['total']} cores ({top}; {per_frame['total']} ms a frame), "
-                f"GIL wait {waited['mean_ms']} ms{why}",
+                f"GIL wait {waited['mean_ms']} ms{gpu}{why}",
                 flush=True,
             )
     finally:

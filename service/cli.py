@@ -35,6 +35,7 @@ from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
 from .frames import FrameOptions
+from .gpu import GpuError, open_gpu
 from .memory import release_freed_memory_promptly
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -143,13 +144,21 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def build_pipeline(config: EngineConfig, registry: CollectorRegistry) -> Pipeline:
+def build_pipeline(config: EngineConfig, registry: CollectorRegistry, *, read_gpu: bool = False) -> Pipeline:
+    """The model loaded and its pipeline; `read_gpu`: with the GPU's metrics where the model runs on one."""
     opencv_on_the_calling_thread()  # the pipeline's pools are the parallelism
     sys.setswitchinterval(config.gil_switch_ms / 1e3)  # for the whole process, as the GIL is
     path = resolve_model(config.model)
     runner = Runner(path, device=config.device, max_batch=config.max_batch, threads=config.threads)
-    logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, runner.provider)
-    return Pipeline(runner, config, Metrics(registry))
+    gpu = None
+    if read_gpu and runner.provider == "CUDAExecutionProvider":
+        try:
+            gpu = open_gpu()
+        except GpuError as exc:
+            logger.warning("no GPU metrics: %s", exc)
+    where = runner.provider if gpu is None else f"{runner.provider} ({gpu.name})"
+    logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, where)
+    return Pipeline(runner, config, Metrics(registry), gpu=gpu)
 
 
 def check_listen_address(flag: str, address: str) -> None:
@@ -275,7 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     named = parse_sources(args.source)
     release_freed_memory_promptly()
     registry = CollectorRegistry()
-    pipeline = build_pipeline(engine_config(args), registry)
+    pipeline = build_pipeline(engine_config(args), registry, read_gpu=workers.reports_gpu())
     sources = open_sources(named, pipeline, realtime=args.source_pacing == "realtime")
     pipeline.start()
     for hub in sources.values():

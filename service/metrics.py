@@ -12,6 +12,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from .frames import FRAME_STAGES
+from .gpu import GpuReading
 
 # Per-frame stages take milliseconds: the client library's default buckets start at 5 ms.
 LATENCY_BUCKETS = (
@@ -141,6 +142,35 @@ class Metrics:
         """Read the live view's connected pages at scrape time."""
         self.view_viewers.set_function(viewers)
 
+    def track_gpu(self, name: str, uuid: str) -> GpuMetrics:
+        """Register the GPU's metrics (only a server whose model runs on a GPU it can read has them)."""
+        return GpuMetrics(self.registry, name, uuid)
+
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue depth at scrape time."""
         self.queue_depth.set_function(depth)
+
+
+class GpuMetrics:
+    """The GPU the model runs on, the whole device (other processes count too), from NVML."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, uuid: str) -> None:
+        self.busy = Counter(
+            "polypstream_gpu_busy_seconds",
+            "Time a kernel ran on the GPU, any process's (NVML's utilization, read every 0.5 s, times the time "
+            "since the reading before): rate() is the share of time it was busy. A GPU busy all the time "
+            "is the limit; a small model's launches can keep it busy without filling it.",
+            registry=registry,
+        )
+        self.memory_used = Gauge(
+            "polypstream_gpu_memory_used_bytes", "GPU memory in use, every process's.", registry=registry
+        )
+        self.memory_total = Gauge("polypstream_gpu_memory_total_bytes", "GPU memory in all.", registry=registry)
+        Info("polypstream_gpu", "The GPU the model runs on.", registry=registry).info({"name": name, "uuid": uuid})
+
+    def record(self, reading: GpuReading, seconds: float) -> None:
+        """One reading, standing for the `seconds` since the one before."""
+        if reading.busy is not None:
+            self.busy.inc(reading.busy * seconds)
+        self.memory_used.set(reading.memory_used)
+        self.memory_total.set(reading.memory_total)

@@ -23,6 +23,7 @@ from .alerts import AlertRule, Alerts
 from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
+from .gpu import GpuProbe, Nvml
 from .metrics import Metrics
 from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
@@ -49,7 +50,10 @@ class _StreamState:
 class Pipeline:
     """The engine behind every RPC: one runner, one batcher, trackers per stream."""
 
-    def __init__(self, runner: Runner, config: EngineConfig, metrics: Metrics, *, capacity: int = 1024) -> None:
+    def __init__(
+        self, runner: Runner, config: EngineConfig, metrics: Metrics, *, capacity: int = 1024, gpu: Nvml | None = None
+    ) -> None:
+        """`gpu`: the GPU the model runs on, read for its metrics while the pipeline runs (closed by `stop`)."""
         self.runner = runner
         self.config = config
         self.metrics = metrics
@@ -91,6 +95,8 @@ class Pipeline:
         )
         # How long threads wait to run Python again: the GIL's load (polypstream_gil_wait_seconds).
         self.gil_probe = GilProbe(metrics.gil_wait.observe)
+        self.gpu = gpu
+        self.gpu_probe = None if gpu is None else GpuProbe(gpu.read, metrics.track_gpu(gpu.name, gpu.uuid).record)
         self._streams: dict[str, _StreamState] = {}
         self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
         self._lock = threading.Lock()
@@ -122,10 +128,16 @@ class Pipeline:
             )  # fmt: skip
         self.batcher.start()
         self.gil_probe.start()
+        if self.gpu_probe is not None:
+            self.gpu_probe.start()
 
     def stop(self) -> None:
         """Answer every accepted frame, then stop the worker threads."""
         self.gil_probe.stop()
+        if self.gpu_probe is not None:
+            self.gpu_probe.stop()
+        if self.gpu is not None:
+            self.gpu.close()
         self.batcher.stop()
         self.regions_pool.shutdown(wait=True)
         self.decode_pool.shutdown(wait=True)

@@ -7,7 +7,9 @@ frames a second it is the GIL, not the GPU or the cores, that holds the service 
 (benchmarks/README.md, "The GIL wait"). The kernel spreads incoming connections over the
 workers (SO_REUSEPORT); a stream stays on the worker its connection reached. So:
 - limits (--max-streams, --memory-limit-mb) and metrics are per worker: worker i serves its
-  metrics on the metrics port + i (each on a free port when that is 0);
+  metrics on the metrics port + i (each on a free port when that is 0); the GPU's, which are the
+  whole device's, come from worker 0 alone (`reports_gpu`), so that summing the workers' adds
+  nothing twice;
 - server-side sources and the live view belong to one process, and are refused with workers;
 - the parent reserves the port (and the health port) before starting them, stops them all on
   SIGINT/SIGTERM (each drains as `serve` does) and when one of them fails, and says so in one line.
@@ -31,6 +33,8 @@ from typing import Any
 
 SHARED_PORT_ENV = "POLYPSTREAM_SHARED_PORT"  # "1" in a worker: bind the port its siblings share
 PARENT_ENV = "POLYPSTREAM_WORKER_PARENT"  # in a worker: its parent's pid
+INDEX_ENV = "POLYPSTREAM_WORKER_INDEX"  # in a worker: its index, 0 to N - 1
+GPU_METRICS_ENV = "POLYPSTREAM_GPU_METRICS"  # "0": no process reads the GPU
 START_TIMEOUT_S = 600.0  # loading the model and warming every batch size up on CUDA
 ERROR_PREFIX = re.compile(r"^polypstream serve: error: ")
 
@@ -42,6 +46,18 @@ class WorkerError(RuntimeError):
 def shares_port() -> bool:
     """Whether this process is a worker that binds a port its siblings share."""
     return os.environ.get(SHARED_PORT_ENV) == "1"
+
+
+def worker_index() -> int | None:
+    """This worker's index among its siblings; None in a process that is no worker."""
+    index = os.environ.get(INDEX_ENV)
+    return int(index) if shares_port() and index is not None and index.isdigit() else None
+
+
+def reports_gpu() -> bool:
+    """Whether this `serve` reads the GPU for its metrics (service/gpu.py): a lone server, or
+    worker 0 of several (the readings are the whole device's); never with POLYPSTREAM_GPU_METRICS=0."""
+    return worker_index() in (None, 0) and os.environ.get(GPU_METRICS_ENV) != "0"
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -143,7 +159,9 @@ def start_workers(commands: list[list[str]]) -> list[Worker]:
     env = {**os.environ, SHARED_PORT_ENV: "1", PARENT_ENV: str(os.getpid())}
     workers = []
     for index, command in enumerate(commands):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, INDEX_ENV: str(index)}
+        )
         worker = Worker(index, proc)
         for target in (worker.read_stdout, worker.relay_stderr):
             reader = threading.Thread(target=target, name=f"worker-{index}-io", daemon=True)

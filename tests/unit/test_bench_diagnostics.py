@@ -19,6 +19,7 @@ from benchmarks.common import (
     cores_by_thread,
     cpu_ms_per_frame,
     gil_wait,
+    gpu_use,
     process_tree,
     scrape,
     thread_cpu_seconds,
@@ -69,6 +70,14 @@ def test_the_gil_wait_between_two_scrapes_is_worked_out_of_the_histogram_s_diffe
     assert gil_wait(before, after) == {"samples": 200, "mean_ms": 6.0, "over_1ms": 0.25, "over_5ms": 0.05}
     # a server without the metric (or no sample in between): nothing to say, not zeros
     assert gil_wait({}, {}) == {"samples": 0, "mean_ms": None, "over_1ms": None, "over_5ms": None}
+
+
+def test_the_gpu_s_busy_share_is_its_busy_seconds_over_the_time_between_scrapes() -> None:
+    busy, memory = "polypstream_gpu_busy_seconds_total", "polypstream_gpu_memory_used_bytes"
+    before = {busy: 12.5, memory: 2.0 * 2**30}
+    after = {busy: 15.5, memory: 3.5 * 2**30}  # 3 s busy in 4 s
+    assert gpu_use(before, after, 4.0) == {"busy": 0.75, "memory_used_mib": 3584.0}
+    assert gpu_use({}, {}, 4.0) is None  # a server on a CPU: nothing, not zeros
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")

@@ -29,7 +29,9 @@ SUFFIXES = {
 def exported_names() -> set[str]:
     """Every sample name /metrics can carry, from the metric families the service defines."""
     names = set()
-    for family in CollectorRegistry.collect(Metrics(CollectorRegistry()).registry):
+    metrics = Metrics(CollectorRegistry())
+    metrics.track_gpu("NVIDIA H100 80GB HBM3", "GPU-0")  # registered where the model runs on a GPU
+    for family in CollectorRegistry.collect(metrics.registry):
         names.add(family.name)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
     return names
@@ -47,12 +49,14 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
         for name in names:
             assert name in exported, f"dashboard query uses {name}, which the service does not export"
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("latency", "dropped", "batch", "streams", "memory"):
+    for topic in ("latency", "dropped", "batch", "streams", "memory", "gpu"):
         assert topic in titles
 
 
 def test_metric_names_follow_prometheus_conventions() -> None:
-    for family in CollectorRegistry.collect(Metrics(CollectorRegistry()).registry):
+    metrics = Metrics(CollectorRegistry())
+    metrics.track_gpu("NVIDIA H100 80GB HBM3", "GPU-0")
+    for family in CollectorRegistry.collect(metrics.registry):
         if family.name.startswith("process_"):
             continue
         assert family.name.startswith("polypstream_")
