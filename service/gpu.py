@@ -11,12 +11,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .threads import PREFIX, name_os_thread
+from .threads import Probe
 
 logger = logging.getLogger("polypstream.gpu")
 
@@ -131,10 +130,12 @@ def open_gpu(environ: Mapping[str, str] = os.environ, load: Callable[[str], ctyp
     return Nvml(lib, which)
 
 
-class GpuProbe:
+class GpuProbe(Probe):
     """A thread that reads the GPU every `interval_s` and hands `record` each reading with the
     seconds it stands for (since the one before). A reading that fails is logged once, until
     one succeeds again; the probe keeps trying."""
+
+    name = "gpu-probe"
 
     def __init__(
         self,
@@ -145,22 +146,10 @@ class GpuProbe:
         wait: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.read, self.record, self.interval_s, self._clock = read, record, interval_s, clock
-        self._stopping = threading.Event()
-        self._wait = wait or self._stopping.wait  # True when stopping
-        self._thread: threading.Thread | None = None
+        super().__init__(interval_s, wait, clock)
+        self.read, self.record = read, record
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"{PREFIX}gpu-probe", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        name_os_thread()
+    def _loop(self) -> None:
         last, failing = self._clock(), False
         while not self._wait(self.interval_s):
             try:

@@ -87,7 +87,40 @@ def background_worker() -> None:
     lower_thread_priority()
 
 
-class GilProbe:
+class Probe:
+    """A background thread, named `name` for the OS, that wakes every `interval_s` to sample
+    something (`_loop`, in a subclass) until `stop`. `wait` and `clock` stand in for the real
+    ones in tests; `wait` returns True when stopping."""
+
+    name = "probe"
+
+    def __init__(self, interval_s: float, wait: Callable[[float], bool] | None, clock: Callable[[], float]) -> None:
+        self.interval_s, self._clock = interval_s, clock
+        self._stopping = threading.Event()
+        self._wait = wait or self._stopping.wait
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{PREFIX}{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        name_os_thread()
+        self._loop()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class GilProbe(Probe):
     """A thread that sleeps `interval_s` again and again and reports, each time, how much later
     than asked it ran Python again: the wait for the GIL (which every thread of the server takes
     to run Python, between its native calls) and, on a machine with no core free, for the CPU.
@@ -97,6 +130,8 @@ class GilProbe:
     faster however many cores or GPUs it has. Each of the server's Python steps pays that wait again (the batcher's
     post-processing makes several native calls per frame), so it shows why stages slow down."""
 
+    name = "gil-probe"
+
     def __init__(
         self,
         observe: Callable[[float], None],
@@ -105,22 +140,10 @@ class GilProbe:
         wait: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.observe, self.interval_s, self._clock = observe, interval_s, clock
-        self._stopping = threading.Event()
-        self._wait = wait or self._stopping.wait  # True when stopping (nothing is observed then)
-        self._thread: threading.Thread | None = None
+        super().__init__(interval_s, wait, clock)
+        self.observe = observe
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"{PREFIX}gil-probe", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        name_os_thread()
+    def _loop(self) -> None:
         while not self._stopping.is_set():
             asked = self._clock() + self.interval_s
             if self._wait(self.interval_s):

@@ -243,7 +243,7 @@ def test_a_pipeline_reads_its_gpu_while_it_runs_and_lets_it_go_when_it_stops(tin
     finally:
         pipeline.stop()
     assert fake.initialised == 0
-    assert not pipeline.gpu_probe._thread.is_alive()  # type: ignore[union-attr]
+    assert not pipeline.gpu_probe.running()
 
 
 def test_one_worker_of_several_reports_the_gpu_and_none_when_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
