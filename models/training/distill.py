@@ -110,6 +110,7 @@ def distill(
     x_train, y_train, x_val, y_val = data
     teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
+    on_device = torch.Generator(device=x_train.device).manual_seed(seed)  # the augmentations (train.augment)
     teacher.eval().requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     start = validate(student, x_val, y_val, size)
@@ -120,10 +121,10 @@ def distill(
     started = time.perf_counter()
     student.train()
     for epoch in range(epochs):
-        perm = torch.randperm(len(x_train), generator=gen)
+        perm = torch.randperm(len(x_train), generator=gen).to(x_train.device)
         for b in range(steps):
             idx = perm[b * batch : (b + 1) * batch]
-            x, y = augment(x_train[idx], y_train[idx], x_train.shape[-1], gen)
+            x, y = augment(x_train[idx], y_train[idx], x_train.shape[-1], on_device)
             with torch.no_grad():
                 soft = area(torch.sigmoid(teacher(fed(area(x, teacher_size)))), size)
             target = (area(y, size) > 0.5).float()

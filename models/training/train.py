@@ -9,6 +9,7 @@ The validation set is a fixed, seeded part of train.txt; test.txt is never read 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -122,15 +123,20 @@ class Exported(nn.Module):
 def augment(
     images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation, scale, shift, flips (one affine warp) and colour/gamma/blur jitter."""
+    """Random rotation, scale, shift, flips (one affine warp) and colour/gamma/blur jitter.
+
+    `gen` lives on the images' device and every random number is drawn there: a number drawn on
+    the host and copied to a GPU makes the host wait for the GPU's queue to empty (a blocking
+    copy synchronises), ten times a step, so that the GPU idled while the host launched the next
+    kernels."""
     n, dev = images.shape[0], images.device
 
-    def rand(lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev)
+    def rand(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return torch.rand(n, *shape, generator=gen, device=dev) * (hi - lo) + lo
 
     angle = rand(-math.pi, math.pi)
     scale = rand(0.7, 1.3)
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
+    flip = torch.where(rand(0, 1) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, rand(-0.15, 0.15)], 1), torch.stack([sin * flip, cos, rand(-0.15, 0.15)], 1)], 1
@@ -140,15 +146,37 @@ def augment(
     masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     brightness = rand(0.7, 1.3).view(n, 1, 1, 1)
     contrast = rand(0.7, 1.3).view(n, 1, 1, 1)
-    channel = (torch.rand(n, 3, 1, 1, generator=gen) * 0.2 + 0.9).to(dev)
+    channel = rand(0.9, 1.1, 3, 1, 1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = ((images - mean) * contrast + mean) * brightness * channel
     gamma = rand(0.7, 1.4).view(n, 1, 1, 1)
     images = images.clamp(0, 1) ** gamma
-    blur = (torch.rand(n, generator=gen) < 0.2).to(dev).view(n, 1, 1, 1)
+    blur = (rand(0, 1) < 0.2).view(n, 1, 1, 1)
     blurred = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
     images = torch.where(blur, blurred, images)
     return images, (masks > 0.5).float()
+
+
+class MovingAverage:
+    """An exponential moving average of a model's weights (and its BatchNorm statistics), kept
+    on the model's device: `decay` × the average + (1 − `decay`) × the weights, after each step.
+
+    Not torch's AveragedModel: that keeps its step count on the host and copies it to the
+    device at every update (a synchronising copy, as in `augment`)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [*model.parameters(), *model.buffers()]
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - self.decay)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # BatchNorm's batch count
+                a.copy_(c)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -281,15 +309,10 @@ def train_model(
     `scales`: multi-scale training, each step's batch drawn at one of these multiples of the
     preset's size (rounded to a multiple of 32); validation stays at the preset's size."""
     device = x_train.device
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the order and the scales, on the host
+    on_device = torch.Generator(device=device).manual_seed(seed)  # the augmentations, where they run
     model = UNet(preset.widths, preset.half_res, preset.light_ends).to(device).to(memory_format=torch.channels_last)
-    averaged = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True
-        )
-        if ema > 0
-        else None
-    )
+    averaged = MovingAverage(model, ema) if ema > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=weight_decay)
     sizes = [max(32, round(preset.size * scale / 32) * 32) for scale in scales] if scales != (1.0,) else [preset.size]
     steps_per_epoch = max(1, len(x_train) // preset.batch)
@@ -308,11 +331,11 @@ def train_model(
     progress = Progress(budget_s)
     started = time.perf_counter()
     for epoch in range(epochs):
-        perm = torch.randperm(len(x_train), generator=gen)
+        perm = torch.randperm(len(x_train), generator=gen).to(device)  # one copy an epoch
         for b in range(steps_per_epoch):
-            idx = perm[b * preset.batch : (b + 1) * preset.batch].to(device)
+            idx = perm[b * preset.batch : (b + 1) * preset.batch]
             size = sizes[int(torch.randint(len(sizes), (1,), generator=gen))] if len(sizes) > 1 else preset.size
-            x, y = augment(x_train[idx], y_train[idx], size, gen)
+            x, y = augment(x_train[idx], y_train[idx], size, on_device)
             x = normalise(x).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
@@ -328,7 +351,7 @@ def train_model(
             if sched is not None:
                 sched.step()
             if averaged is not None:
-                averaged.update_parameters(model)
+                averaged.update(model)
         judged = averaged.module if averaged is not None else model
         val_dice = validate(judged, x_val, y_val, preset.size)
         if progress.end_epoch(epoch + 1, loss, val_dice, judged, time.perf_counter() - started):

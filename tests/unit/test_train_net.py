@@ -113,3 +113,45 @@ def test_multi_scale_training_draws_its_batches_at_each_scale_and_validates_at_t
     assert set(sizes) == {32, 64, 96} and len(sizes) == 6 * 4  # multiples of 32; four steps an epoch
     assert len(history) == 6
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_augmenting_a_batch_copies_nothing_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a GPU each host tensor copied to the device made the host wait for the GPU's queue to
+    # empty: the random numbers are drawn on the images' device, by a generator that lives there.
+    from models.training.train import augment
+
+    copies: list[object] = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        copies.append(args)
+        return real_to(self, *args, **kwargs)
+
+    images, masks = torch.rand(4, 3, 32, 32), (torch.rand(4, 1, 32, 32) > 0.5).float()
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    x, y = augment(images, masks, 32, torch.Generator().manual_seed(0))
+    again, _ = augment(images, masks, 32, torch.Generator().manual_seed(0))
+    assert copies == []
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 1, 32, 32)
+    assert torch.equal(x, again)  # the generator alone decides
+
+
+def test_the_moving_average_moves_each_weight_and_statistic_by_one_minus_the_decay() -> None:
+    from models.training.train import MovingAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    average = MovingAverage(model, decay=0.75)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    average.update(model)
+    average.update(model)
+    conv, norm = average.module[0], average.module[1]
+    assert conv.weight.item() == 1 - 0.75**2  # 0 → 0.25 → 0.4375
+    assert norm.running_mean.item() == 2 * (1 - 0.75**2)  # from 0
+    assert norm.running_var.item() == 1.0  # 1 throughout
+    assert norm.num_batches_tracked.item() == 7  # a count: copied, not averaged
+    assert not conv.weight.requires_grad
