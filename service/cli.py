@@ -60,6 +60,35 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+# The overlay video's container (by its file's suffix) and the codec written into it.
+OVERLAY_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mkv": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+def check_output(flag: str, path: Path, *, folder: bool = False) -> None:
+    """Raise CliError (one line) unless what the command will write at `path` (for `folder`, in
+    it) can be written there: checked before the work, so that a long replay does not end in a
+    traceback with its report lost. Changes nothing: the folders are made when written to."""
+    named = f"{flag} {path}" if flag else str(path)  # the flag and its value, or the path alone
+    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise CliError(f"{named}: is a folder; name a file")
+    existing = where
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"{named}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{named}: cannot write in {existing} (permission denied or a read-only file system)")
+
+
+def check_overlay_output(flag: str, path: Path) -> None:
+    """check_output, and a suffix that names a container the overlay video can be written in."""
+    if path.suffix.lower() not in OVERLAY_CODECS:
+        named = f"not {path.suffix!r}" if path.suffix else "its name has no suffix"
+        raise CliError(f"{flag} {path}: the overlay video is written as {', '.join(OVERLAY_CODECS)}; {named}")
+    check_output(flag, path)
+
+
 def add_model_flags(g: argparse._ActionsContainer) -> None:
     """--model and --device, for every command that loads a model."""
     g.add_argument(
@@ -526,8 +555,10 @@ class OverlayVideo:
             return
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            fourcc = cv2.VideoWriter.fourcc(*OVERLAY_CODECS.get(self.path.suffix.lower(), "mp4v"))
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (picture.shape[1], picture.shape[0]))
+            if not self._writer.isOpened():  # checked before streaming; a full disk or a codec missing from OpenCV
+                raise CliError(f"cannot write the overlay video {self.path}: OpenCV could not open a writer for it")
         self._writer.write(picture)
 
     def close(self) -> None:
@@ -621,6 +652,9 @@ def wait_for_server(client: SegmenterClient, address: str, timeout_s: float) -> 
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    check_output("--jsonl", args.jsonl)
+    if args.overlay is not None:
+        check_overlay_output("--overlay", args.overlay)
     source = open_source(args.source, realtime=args.realtime)
     no_drop = not (args.live or is_live(args.source))
     with connect(args) as client:
@@ -642,6 +676,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, folder=True)
     source_uri = str(args.source or SAMPLE_CLIP)
     source = open_source(source_uri, realtime=not args.fast)
     registry = CollectorRegistry()
@@ -674,6 +709,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output(flag, path)
     started = time.monotonic()
 
     def progress(tally: Tally, total: int) -> None:
@@ -741,9 +779,10 @@ def _replay_in_process(args: argparse.Namespace, progress: Callable[[Tally, int]
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    if args.out.exists() and any(args.out.iterdir()):
+    if args.out.is_dir() and any(args.out.iterdir()):
         raise CliError(f"{args.out}: exists and is not empty (choose a new folder)")
     existed = args.out.exists()
+    check_output("", args.out, folder=True)
     plans = plan_corpus(args.videos, args.seconds, args.fps, args.seed)
     written = 0
 
@@ -835,6 +874,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:
+    if args.plot:
+        if not args.sweep:
+            raise CliError("--plot draws the sweep: add --sweep")
+        check_output("--plot", args.plot)
     runner = Runner(resolve_model(args.model), device=args.device, max_batch=8, spin=True)
     started = time.monotonic()
 
@@ -846,8 +889,6 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     )
     report["model"] = f"{runner.contract.name} {runner.contract.version}"
     if args.plot:
-        if "sweep" not in report:
-            raise CliError("--plot draws the sweep: add --sweep")
         plot_alert_sweep(report, args.plot)
     if args.json:
         print(json.dumps(report))
@@ -1121,6 +1162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"polypstream {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # stdout closed early (`| head`): not this command's failure
+    except OSError as exc:  # a file it could not read or write (a full disk, say)
+        logger.debug("%s failed", args.command, exc_info=True)
+        print(f"polypstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

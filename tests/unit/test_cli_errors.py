@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from polypstream import cli
@@ -42,3 +44,78 @@ def test_every_engine_and_limit_setting_has_a_flag_and_an_environment_variable(m
     engine, server = cli.engine_config(args), cli.server_settings(args)
     assert (engine.decode_workers, engine.min_area_fraction, engine.gil_switch_ms) == (5, 0.02, 1.0)
     assert (server.inflight_per_stream, server.max_message_bytes, server.max_pixels) == (6, 2 * 1024 * 1024, 4096)
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the check comes before any work")
+
+    for name in ("open_source", "build_pipeline", "replay", "write_corpus", "resolve_model"):
+        monkeypatch.setattr(cli, name, no_work)
+    video, f, folder = str(tmp_path / "clip.mp4"), str(a_file), str(tmp_path)
+    not_a_folder = f"{f} is a file, not a folder"
+    containers = "the overlay video is written as .mp4, .m4v, .mkv, .mov, .avi"
+    cases = {
+        ("demo", "--out", f"{f}/out"): f"--out {f}/out: {not_a_folder}",
+        ("stream", video, "--jsonl", folder): f"--jsonl {folder}: is a folder; name a file",
+        ("stream", video, "--jsonl", f"{f}/a/b.jsonl"): f"--jsonl {f}/a/b.jsonl: {not_a_folder}",
+        ("stream", video, "--jsonl", "r.jsonl", "--overlay", f"{folder}/o.txt"):
+            f"--overlay {folder}/o.txt: {containers}; not '.txt'",
+        ("stream", video, "--jsonl", "r.jsonl", "--overlay", f"{folder}/o"):
+            f"--overlay {folder}/o: {containers}; its name has no suffix",
+        ("replay", folder, "--json", f"{f}/r.json"): f"--json {f}/r.json: {not_a_folder}",
+        ("replay", folder, "--plot", f"{f}/r.png"): f"--plot {f}/r.png: {not_a_folder}",
+        ("corpus", f"{f}/c", "--from", folder): f"{f}/c: {not_a_folder}",
+        ("eval-video", video, "--sweep", "--plot", f"{f}/p.png"): f"--plot {f}/p.png: {not_a_folder}",
+    }  # fmt: skip
+    for argv, message in cases.items():
+        assert cli.main(list(argv)) == 2, argv
+        assert capsys.readouterr().err == f"polypstream {argv[0]}: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing made
+
+
+def test_a_folder_that_does_not_exist_yet_is_fine_and_is_not_made_by_the_check(tmp_path: Path) -> None:
+    cli.check_output("--json", tmp_path / "a" / "b" / "r.json")
+    cli.check_output("--out", tmp_path / "new", folder=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overlay_writer_that_does_not_open_stops_the_stream_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Closed:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+            return False
+
+    monkeypatch.setattr(cli.cv2, "VideoWriter", type("VideoWriter", (Closed,), {"fourcc": staticmethod(lambda *c: 0)}))
+    video = cli.OverlayVideo(tmp_path / "o.mp4", 25.0)
+    with pytest.raises(cli.CliError, match=f"cannot write the overlay video {tmp_path}/o.mp4: OpenCV could not open"):
+        video.write(b"", np.zeros((8, 8, 3), np.uint8))
+
+
+def test_a_file_the_command_cannot_write_midway_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def disk_full(args: argparse.Namespace) -> int:
+        raise OSError(28, "No space left on device", "out/results.jsonl")
+
+    monkeypatch.setattr(cli, "cmd_health", disk_full)
+    assert cli.main(["health"]) == 1
+    assert capsys.readouterr().err == (
+        "polypstream health: error: [Errno 28] No space left on device: 'out/results.jsonl'\n"
+    )
+
+    def closed_stdout(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_health", closed_stdout)
+    with pytest.raises(BrokenPipeError):  # `| head`: left to __main__, which ends quietly
+        cli.main(["health"])
