@@ -495,6 +495,8 @@ class StreamSummary:
     wall_s: float = 0.0
     flat_out: bool = False  # frames sent as fast as the server took them (not at the source's pace)
     interrupted: bool = False  # Ctrl-C: no more frames were sent; those sent were answered
+    sent: int = 0  # frames handed to the call
+    ended_early: str = ""  # the call's status when it ended before every frame sent was answered
 
     def add(self, answer: Answer) -> None:
         """Count one answer."""
@@ -523,7 +525,16 @@ class StreamSummary:
             "server_ms": {"p50": percentile(self.server_ms, 50, 2), "p99": percentile(self.server_ms, 99, 2)},
             "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
             "interrupted": self.interrupted,
+            "sent": self.sent,
+            "ended_early": self.ended_early or None,
         }
+
+    def ended_early_line(self, written_to: Path) -> str:
+        """What a stream that ended early leaves the user: why, and what was answered and kept."""
+        return (
+            f"the stream ended early ({self.ended_early}): {self.frames} of the {self.sent} frames sent were "
+            f"answered, and no more were sent; their results are in {written_to}"
+        )
 
     def line(self) -> str:
         d = self.as_dict()
@@ -588,6 +599,7 @@ def stream_video(
                 return
             if video is not None:
                 originals[captured.index] = captured.image
+            summary.sent += 1
             yield captured
 
     summary = StreamSummary(flat_out=not source.realtime)
@@ -600,6 +612,12 @@ def stream_video(
                 summary.add(answer)
                 if video is not None:
                     video.write(answer.result.overlay_jpeg, originals.pop(answer.result.index, None))
+    except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
+        if not summary.frames:
+            raise  # refused (a token, say), nothing answered: the status alone says it
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        summary.ended_early = f"{code.name if code is not None else 'error'}: {details}"
     finally:
         if video is not None:
             video.close()
@@ -669,6 +687,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
             allow_view=args.allow_view,
         )
     print(summary.line())
+    if summary.ended_early:
+        print(f"polypstream stream: error: {summary.ended_early_line(args.jsonl)}", file=sys.stderr)
+        return 1
     return 130 if summary.interrupted else 0
 
 
@@ -701,6 +722,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pipeline.stop()
     (args.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=1) + "\n")
     print(summary.line())
+    if summary.ended_early:
+        print(f"polypstream demo: error: {summary.ended_early_line(args.out / 'results.jsonl')}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out / 'results.jsonl'}, {args.out / 'overlay.mp4'} and {args.out / 'summary.json'}")
     return 130 if summary.interrupted else 0
 
