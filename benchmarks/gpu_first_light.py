@@ -16,7 +16,10 @@
    and every K of --streams against a `serve --device DEVICE` process (with `--device cuda` the
    server refuses to start without CUDA), the model limit and the naive loop in the same run,
    its output in first-light.log too; each K's time chosen so that the whole command keeps to
-   --budget-s;
+   --budget-s; then --saturate K no-drop streams sent flat out for as long as a K: the service's
+   capacity (frames queued, not dropped) against the model alone and the naive loop, with what
+   limited it (thread groups' CPU, GPU busy, GIL wait). The paced K offer at most K × 25
+   frames/s (1,600 at 64), under what `fast`'s model alone runs, so their best is no capacity;
 5. Python's own 5 ms GIL switch interval against serve's 0.5 ms: one more sweep of `fast` (or
    the first model) at the K of --switch-streams with `serve --gil-switch-ms 5`, beside that
    model's row at the same K (in summary.json: served, drops, p99s, GIL wait, stage p50s);
@@ -70,6 +73,11 @@ class Sweep(NamedTuple):
     plot: bool
     flags: list[str]  # more arguments for the sweep
     overhead_s: float  # its time besides its K: the limit, the naive loop, the server's start
+
+    @property
+    def runs(self) -> int:
+        """Its timed runs: one per K, and the saturation run if it has one."""
+        return len(self.streams.split(",")) + ("--saturate" in self.flags)
 
 
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -145,6 +153,27 @@ def service_alone(report: dict[str, Any]) -> list[dict[str, object]]:
     ]
 
 
+def saturation(report: dict[str, Any]) -> dict[str, object] | None:
+    """The sweep's saturation run in short: its capacity against the model's limit, and what
+    limited it (the busiest thread groups, the GPU's busy share, the GIL wait)."""
+    row = report.get("saturation")
+    if not row:
+        return None
+    return {
+        "streams": row["streams"],
+        "served_fps": row["throughput_fps"],
+        "over_limit": report["ratios"].get("saturated_over_limit"),
+        "over_naive": report["ratios"].get("saturated_over_naive"),
+        "statuses": row["statuses"],
+        "lost": row["lost"],
+        "mean_batch": row["mean_batch"],
+        "gpu_busy": gpu_busy(row),
+        "gil_wait_ms": row["gil_wait"]["mean_ms"],
+        "cores": dict(list(row["server_cpu_cores"]["threads"].items())[:4]),
+        "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
+    }
+
+
 def gpu_busy(row: dict[str, Any]) -> float | None:
     """The share of a sweep row's time that a kernel ran on the GPU (None on a CPU)."""
     used = row.get("gpu")
@@ -214,6 +243,7 @@ def add_to_summary(
             "naive_fps": report.get("naive", {}).get("fps"),
             "ratios": report.get("ratios"),
             "one_stream_server_p99_ms": one and one["server_stages_ms"]["server_ms"]["p99"],
+            "saturation": saturation(report),
             # is the GPU the limit where K stops holding? (a share near 1: it is)
             "gpu_busy_by_k": {str(row["streams"]): gpu_busy(row) for row in report["service"]},
         }
@@ -237,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch-streams", default="48", help="K for the 5 ms switch-interval sweep ('' for none)")
     parser.add_argument("--workers", type=int, default=4, help="server processes of the workers sweep")
     parser.add_argument("--workers-streams", default="48,64", help="K for the workers sweep ('' for none)")
+    parser.add_argument(
+        "--saturate", type=int, default=32, help="each model: K no-drop streams flat out, its capacity (0: none)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     # then with several server processes, then the service alone. Besides its K a sweep takes
     # about 40 s for the limit, the naive loop and the server's start; 15 s with the limit cut
     # short (NO_LIMIT).
-    sweeps = [Sweep(model, Path(model).stem, args.streams, True, [], 40.0) for model in models]
+    saturate = ["--saturate", str(args.saturate)] if args.saturate else []
+    sweeps = [Sweep(model, Path(model).stem, args.streams, True, saturate, 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]
     if args.switch_streams:
         five = ["--gil-switch-ms", "5", *NO_LIMIT]
@@ -266,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         alone = Path(tempfile.mkdtemp()) / "alone.onnx"
         build_steady_polyp_model(alone, size=args.alone_input, resize=ALONE_RESIZE)
         sweeps.append(Sweep(str(alone), ALONE, args.alone_streams, False, NO_LIMIT, 15.0))
-    runs_left = sum(len(sweep.streams.split(",")) for sweep in sweeps)
+    runs_left = sum(sweep.runs for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"device": args.device, "environment": env, "models": {}}
     width, height = parse_size(args.size)
@@ -283,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for n, (model, name, streams, plot, flags, overhead_s) in enumerate(sweeps):
         save_summary()
-        ks = len(streams.split(","))
+        ks = sweeps[n].runs
         left = args.budget_s - (time.monotonic() - started) - sum(sweep.overhead_s for sweep in sweeps[n:])
         seconds = max(2.0, left / runs_left - 4.0)
         share = overhead_s + ks * (seconds + 4.0)

@@ -57,19 +57,26 @@ def by_batch_size(ok: list[Answer]) -> dict[str, dict[str, object]]:
     return {str(n): {"frames": len(times), "inference_ms": percentiles(times)} for n, times in sorted(sizes.items())}
 
 
-def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int) -> dict[str, object]:
-    """K concurrent streams of `frames` frames each; paced at `fps` (live) or flat out (no-drop)."""
+def run_streams(
+    address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int, *, send_s: float | None = None
+) -> dict[str, object]:
+    """K concurrent streams of `frames` frames each; paced at `fps` (live) or flat out (no-drop).
+    `send_s`: each stream stops sending after this long (flat out, the server sets the count)."""
     answers: list[list[Answer]] = [[] for _ in range(streams)]
+    sent = [0] * streams
     errors: list[str] = []
 
     def one(k: int) -> None:
         def requests() -> Iterator[pb.Frame]:
             start = time.perf_counter() + 0.05 * k / max(1, streams)  # spread the streams' phases
             for i in range(frames):
+                if send_s is not None and time.perf_counter() - start >= send_s:
+                    return
                 if fps:
                     delay = start + i / fps - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
+                sent[k] += 1
                 yield pb.Frame(
                     stream_id=f"s{k}", index=i, encoded=encoded[(i + k) % len(encoded)],
                     options=pb.FrameOptions(no_drop=fps is None),
@@ -97,10 +104,10 @@ def run_streams(address: str, encoded: list[bytes], streams: int, fps: float | N
     return {
         "streams": streams,
         "fps_per_stream": fps,
-        "frames_sent": streams * frames,
+        "frames_sent": sum(sent),
         "answered": len(flat),
         "statuses": statuses,
-        "lost": streams * frames - len(flat),
+        "lost": sum(sent) - len(flat),
         "throughput_fps": round(len(ok) / wall, 1),
         "latency_ms": percentiles([a.latency_s * 1e3 for a in ok]),
         "server_stages_ms": {s: percentiles([getattr(a.result.timing, s) for a in ok]) for s in STAGES},

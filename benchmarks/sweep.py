@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import (
     command_line,
@@ -56,6 +58,52 @@ def holds(row: dict[str, object], budget_ms: float) -> bool:
     assert isinstance(statuses, dict) and isinstance(latency, dict)
     clean = set(statuses) <= {"OK"} and row["lost"] == 0 and not row["errors"]
     return clean and latency["p99"] is not None and float(latency["p99"]) <= budget_ms
+
+
+@dataclass(frozen=True)
+class Server:
+    """The `serve` process a sweep measures: its pid (for its threads' CPU), address and metrics."""
+
+    pid: int
+    address: str
+    metrics_url: str
+
+
+def measured(
+    server: Server, encoded: list[bytes], k: int, fps: float | None, frames: int, send_s: float | None = None
+) -> dict[str, object]:
+    """run_streams' row for K streams, with what the server's side of it cost: its threads'
+    CPU (`server_cpu_cores`: "main" is `serve`'s event loop, under the GIL; "decode" the
+    decoding pool; "batcher" the model's thread; "event_engine" gRPC's own), CPU ms per frame
+    answered, the GIL wait and, on a GPU, how busy it was."""
+    cpu_before, started, scraped = thread_cpu_seconds(server.pid), time.monotonic(), scrape(server.metrics_url)
+    row = run_streams(server.address, encoded, k, fps, frames, send_s=send_s)
+    after = scrape(server.metrics_url)
+    row["gil_wait"] = gil_wait(scraped, after)
+    row["gpu"] = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
+    cpu_after = thread_cpu_seconds(server.pid)
+    row["server_cpu_cores"] = cores_by_thread(cpu_before, cpu_after, time.monotonic() - started)
+    row["server_cpu_ms_per_frame"] = cpu_ms_per_frame(cpu_before, cpu_after, int(str(row["answered"])))
+    return row
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """A measured row in one line: served, p99, statuses, whether it holds, the server's CPU by
+    its four busiest thread groups, GIL wait, GPU busy, and why frames were dropped late."""
+    cpu, drops, used = row["server_cpu_cores"], row["late_drops"], row["gpu"]
+    top = ", ".join(f"{name} {cores}" for name, cores in list(cpu["threads"].items())[:4])
+    why = ""
+    if drops["missed_deadline"] or drops["would_miss"]:
+        why = f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate"
+    if drops["would_miss"]:
+        why += f" (a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
+    gpu = f", GPU busy {used['busy']:.0%}" if used else ""
+    held = "" if "holds" not in row else "  holds" if row["holds"] else "  does not hold"
+    return (
+        f"{row['throughput_fps']:>8} served/s  p99 {row['latency_ms']['p99']} ms  {row['statuses']}{held}  "
+        f"server {cpu['total']} cores ({top}; {row['server_cpu_ms_per_frame']['total']} ms a frame), "
+        f"GIL wait {row['gil_wait']['mean_ms']} ms{gpu}{why}"
+    )
 
 
 def measure_model(
@@ -120,6 +168,9 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="measuring time per batch size")
     parser.add_argument("--gil-switch-ms", type=float, help="serve's --gil-switch-ms (default: serve's own)")
     parser.add_argument("--workers", type=int, default=1, help="serve's --workers: server processes on the port")
+    parser.add_argument(
+        "--saturate", type=int, default=0, help="then K no-drop streams flat out for --seconds (0: none)"
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -134,45 +185,22 @@ def main() -> None:
         serve_flags += ["--workers", str(args.workers)]
     proc, address, metrics_url = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
+    saturated: dict[str, object] | None = None
     try:
         with SegmenterClient(address) as ready:
             ready.wait_ready()
         for k in (int(s) for s in args.streams.split(",")):
-            cpu_before, started, scraped = thread_cpu_seconds(proc.pid), time.monotonic(), scrape(metrics_url)
-            row = run_streams(address, encoded, k, args.fps, int(args.seconds * args.fps))
-            after = scrape(metrics_url)
-            row["gil_wait"] = waited = gil_wait(scraped, after)
-            row["gpu"] = used = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
-            # Where the server's CPU went, thread group by thread group: "main" is `serve`'s event
-            # loop (Python, under the GIL), "decode" the decoding pool, "batcher" the model's
-            # thread, "event_engine" gRPC's own.
-            cpu_after = thread_cpu_seconds(proc.pid)
-            row["server_cpu_cores"] = cores_by_thread(cpu_before, cpu_after, time.monotonic() - started)
-            per_frame = cpu_ms_per_frame(cpu_before, cpu_after, int(str(row["answered"])))
-            row["server_cpu_ms_per_frame"] = per_frame
+            row = measured(Server(proc.pid, address, metrics_url), encoded, k, args.fps, int(args.seconds * args.fps))
             row["offered_fps"] = k * args.fps
             row["holds"] = holds(row, args.budget_ms)
             service.append(row)
-            lat = row["latency_ms"]
-            assert isinstance(lat, dict)
-            cpu = row["server_cpu_cores"]
-            assert isinstance(cpu, dict)
-            top = ", ".join(f"{name} {cores}" for name, cores in list(cpu["threads"].items())[:4])
-            drops = row["late_drops"]
-            assert isinstance(drops, dict)
-            why = ""
-            if drops["missed_deadline"] or drops["would_miss"]:
-                why = f"  late: {drops['missed_deadline']} past their deadline, {drops['would_miss']} on the estimate"
-            if drops["would_miss"]:
-                why += f" (a batch of one up to {drops['batch_of_one_estimate_ms']['max']} ms)"
-            gpu = f", GPU busy {used['busy']:.0%}" if used else ""
-            print(
-                f"  {k:>3} streams: {row['throughput_fps']:>8} served/s  p99 {lat['p99']} ms  "
-                f"{row['statuses']}  {'holds' if row['holds'] else 'does not hold'}  "
-                f"server {cpu['total']} cores ({top}; {per_frame['total']} ms a frame), "
-                f"GIL wait {waited['mean_ms']} ms{gpu}{why}",
-                flush=True,
-            )
+            print(f"  {k:>3} streams: {row_line(row)}", flush=True)
+        if args.saturate:
+            # K streams of no-drop frames sent flat out for --seconds: what the service serves when
+            # it is offered more than it can take (frames are queued, not dropped)
+            saturated = measured(Server(proc.pid, address, metrics_url), encoded, args.saturate, None, 10**9,
+                                 send_s=args.seconds)  # fmt: skip
+            print(f"  saturated by {args.saturate} no-drop streams: {row_line(saturated)}", flush=True)
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
@@ -183,6 +211,10 @@ def main() -> None:
         "best_served_over_limit": float(f"{best / limit_fps:.3g}"),
         "best_served_over_naive": float(f"{best / naive['fps']:.3g}"),
     }
+    if saturated is not None:  # the service's capacity, against the model's and the naive loop's
+        served = float(str(saturated["throughput_fps"]))
+        ratios["saturated_over_limit"] = float(f"{served / limit_fps:.3g}")
+        ratios["saturated_over_naive"] = float(f"{served / naive['fps']:.3g}")
     payload: dict[str, object] = {
         "benchmark": "sweep",
         "device": device_name(),
@@ -194,6 +226,7 @@ def main() -> None:
         "limit_fps": limit_fps,
         "naive": naive,
         "service": service,
+        "saturation": saturated,
         "largest_k_that_holds": max(held) if held else 0,
         "ratios": ratios,
         "command": command_line("benchmarks.sweep", args),

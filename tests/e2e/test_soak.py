@@ -45,7 +45,8 @@ def test_compare_prints_limit_naive_and_ours_with_ratios(tmp_path: Path, tiny_mo
 
 def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path: Path, tiny_model: Path) -> None:
     out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    command = ["--model", str(tiny_model), "--size", "96x80", "--streams", "1,2", "--seconds", "1", "--fps", "10"]
+    command = ["--model", str(tiny_model), "--size", "96x80", "--streams", "1,2", "--seconds", "1", "--fps", "10",
+               "--saturate", "2"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.sweep", *command, "--batches", "1,2", "--limit-seconds", "0.2",
          "--out", str(out), "--plot", str(plot)],
@@ -71,13 +72,24 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     assert report["ratios"]["best_served_over_naive"] == float(f"{best / report['naive']['fps']:.3g}")
     assert report["largest_k_that_holds"] in (0, 1, 2)  # what holds on a shared CI machine is not asserted
     assert plot.stat().st_size > 0 and "largest K that holds" in done.stdout
+    # saturated: two no-drop streams sent flat out for the same second, every frame answered
+    saturated = report["saturation"]
+    assert saturated["streams"] == 2 and saturated["fps_per_stream"] is None
+    assert saturated["lost"] == 0 and saturated["errors"] == []
+    assert saturated["statuses"] == {"OK": saturated["frames_sent"]} and saturated["frames_sent"] > 0
+    assert saturated["gpu"] is None and saturated["gil_wait"]["samples"] > 0  # no GPU here
+    served = saturated["throughput_fps"]
+    assert report["ratios"]["saturated_over_limit"] == float(f"{served / report['limit_fps']:.3g}") > 0
+    assert report["ratios"]["saturated_over_naive"] == float(f"{served / report['naive']['fps']:.3g}")
+    assert "saturated by 2 no-drop streams" in done.stdout
 
 
 def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "first-light"
     command = ["--out", str(out), "--device", "cpu", "--models", str(tiny_model), "--streams", "1", "--size", "96x80",
                "--batches", "1,2", "--limit-seconds", "0.2", "--budget-s", "30", "--alone-streams", "1,2",
-               "--alone-input", "32", "--switch-streams", "1", "--workers", "2", "--workers-streams", "1"]  # fmt: skip
+               "--alone-input", "32", "--switch-streams", "1", "--workers", "2", "--workers-streams", "1",
+               "--saturate", "2"]  # fmt: skip
     # Without `cryptography`, as on the GPU machine: there the first run's `pytest -m gpu` could
     # not even load tests/conftest.py, which imported the TLS tests' certificate maker.
     without = tmp_path / "without"
@@ -103,6 +115,10 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     tiny = summary["models"]["tiny"]
     assert tiny["provider"] == "CPUExecutionProvider" and tiny["model"] == "tiny-brightness test"
     assert set(tiny) >= {"largest_k_that_holds", "limit_fps", "naive_fps", "ratios", "one_stream_server_p99_ms"}
+    saturation = tiny["saturation"]  # the model's capacity, two no-drop streams flat out
+    assert saturation["streams"] == 2 and saturation["lost"] == 0 and set(saturation["statuses"]) == {"OK"}
+    assert saturation["over_limit"] == tiny["ratios"]["saturated_over_limit"] > 0 and saturation["gpu_busy"] is None
+    assert tiny["gpu_busy_by_k"] == {"1": None}
     assert "CPUExecutionProvider" in summary["environment"]["providers"]
     # what a frame costs the decode pool, per model, on one core
     stage = summary["decode_stage"]["tiny"]
