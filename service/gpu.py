@@ -62,13 +62,7 @@ class Nvml:
     """One GPU, through NVML (initialised here; `close` shuts it down)."""
 
     def __init__(self, lib: ctypes.CDLL, which: str) -> None:
-        self._lib = lib
-        for function in (
-            "nvmlInit_v2", "nvmlShutdown", "nvmlDeviceGetCount_v2", "nvmlDeviceGetHandleByIndex_v2",
-            "nvmlDeviceGetHandleByUUID", "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetMemoryInfo",
-            "nvmlDeviceGetUtilizationRates",
-        ):  # fmt: skip
-            getattr(lib, function).restype = ctypes.c_int
+        self._lib = lib  # its functions return nvmlReturn_t, an int: ctypes' default
         lib.nvmlErrorString.restype = ctypes.c_char_p
         self._check(lib.nvmlInit_v2(), "starting NVML")
         try:

@@ -37,8 +37,12 @@ class FakeNvml:
     """NVML's functions as the library answers them, for GPUs given as (name, uuid, used, total, busy %).
     `fail`: the code a function returns instead (by the method's name here)."""
 
-    def __init__(self, gpus: list[tuple[str, str, int, int, int | None]], fail: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, gpus: list[tuple[str, str, int, int, int | None]], fail: dict[str, int] | None = None, counted: int = -1
+    ) -> None:
+        """`counted`: how many of `gpus` NVML counts and numbers (the rest, MIG slices, only by UUID)."""
         self.gpus, self.fail = gpus, fail or {}
+        self.counted = len(gpus) if counted < 0 else counted
         self.initialised = 0  # NVML counts its starts: each needs its shutdown
         for function, method in NVML_FUNCTIONS.items():  # plain functions: ctypes sets their restype
             setattr(self, function, self._answering(method))
@@ -63,11 +67,11 @@ class FakeNvml:
         return 0
 
     def count(self, out: Any) -> int:
-        out._obj.value = len(self.gpus)
+        out._obj.value = self.counted
         return 0
 
     def by_index(self, index: ctypes.c_uint, handle: Any) -> int:
-        if index.value >= len(self.gpus):
+        if index.value >= self.counted:
             return 2  # NVML_ERROR_INVALID_ARGUMENT
         handle._obj.value = 100 + index.value
         return 0
@@ -134,6 +138,13 @@ def test_a_reading_is_the_device_s_memory_and_the_share_of_time_busy() -> None:
 def test_a_gpu_without_its_own_utilization_reports_memory_alone() -> None:
     mig = ("NVIDIA H100 MIG 1g.10gb", "MIG-0a1b", 2 * GIB, 10 * GIB, None)
     assert opened(FakeNvml([mig]), {}).read() == GpuReading(None, 2 * GIB, 10 * GIB)
+    # a MIG slice is found by its whole UUID alone: NVML does not count it among the GPUs
+    fake = FakeNvml([H100, mig], counted=1)
+    assert opened(fake, {"CUDA_VISIBLE_DEVICES": "MIG-0a1b"}).read() == GpuReading(None, 2 * GIB, 10 * GIB)
+    # any other failure to read utilization is an error, not a missing reading
+    broken = opened(FakeNvml([H100], fail={"utilization": 999}), {})
+    with pytest.raises(GpuError, match="NVML failed reading utilization: Unknown Error"):
+        broken.read()
 
 
 def test_a_gpu_that_cannot_be_read_is_one_line_and_nvml_is_shut_down_again() -> None:
@@ -166,13 +177,14 @@ def test_the_probe_records_each_reading_with_the_seconds_since_the_one_before(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     readings: list[GpuReading | GpuError] = [
+        GpuError("GPU fell off the bus"),
         GpuReading(0.5, 1, 8),
-        GpuError("GPU is lost"),
-        GpuError("GPU is lost"),
+        GpuError("lost 1"),
+        GpuError("lost 2"),
+        GpuError("lost 3"),
         GpuReading(1.0, 2, 8),
-        GpuReading(0.25, 3, 8),
     ]
-    times = iter([10.0, 10.5, 11.0, 11.5, 12.25, 13.0])  # start, then a clock reading per outcome
+    times = iter([10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.25])  # start, then a clock reading per outcome
     waits = iter([False] * len(readings) + [True])
     recorded: list[tuple[GpuReading, float]] = []
 
@@ -183,14 +195,15 @@ def test_the_probe_records_each_reading_with_the_seconds_since_the_one_before(
         return outcome
 
     probe = GpuProbe(read, lambda r, s: recorded.append((r, s)), wait=lambda s: next(waits), clock=lambda: next(times))
+    assert GpuProbe(read, lambda r, s: None).interval_s == 0.5  # "read every 0.5 s", as the metric's help says
     with caplog.at_level(logging.WARNING, "polypstream.gpu"):
         probe.start()
         probe.stop()
-    # the seconds while it failed are not counted: after it, from the last failure (11.5)
-    assert recorded == [(GpuReading(0.5, 1, 8), 0.5), (GpuReading(1.0, 2, 8), 0.75), (GpuReading(0.25, 3, 8), 0.75)]
-    assert [r.getMessage() for r in caplog.records] == [
-        "reading the GPU failed (GPU is lost); its metrics stand still until it reads again"
-    ]
+    # the seconds while it failed are not counted: after a failure, from that failure
+    assert recorded == [(GpuReading(0.5, 1, 8), 0.5), (GpuReading(1.0, 2, 8), 0.75)]
+    # a run of failures is logged once, at its first; a reading in between starts a new run
+    said = "reading the GPU failed ({}); its metrics stand still until it reads again"
+    assert [r.getMessage() for r in caplog.records] == [said.format("GPU fell off the bus"), said.format("lost 1")]
 
 
 def samples(registry: CollectorRegistry) -> dict[str, float]:
