@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .capture import CapturedFrame
 from .frames import FrameOptions
 from .wire import options_to_proto
 
+FINISH_FRAME_S = 5.0  # how long a call that is over waits for the frame being made (see segment)
 STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
 
 
@@ -141,21 +143,39 @@ class SegmenterClient:
         return self.segment(encode_frame(f.image, stream_id, f.index, options) for f in frames)
 
     def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
-        """Send every frame on one Segment stream; yield one Answer per frame, in order."""
+        """Send every frame on one Segment stream; yield one Answer per frame, in order.
+
+        gRPC takes the frames from `frames` on a thread of its own. Once the call is over (every
+        answer in, failed, or given up on), that thread starts no other frame, and the one it
+        is making (reading a video, encoding: OpenCV's and FFmpeg's native code) is waited for,
+        up to FINISH_FRAME_S: a thread left inside native code when the interpreter exits aborts
+        the process ("FATAL: exception not rethrown", exit 134)."""
         sent: queue.SimpleQueue[float] = queue.SimpleQueue()
         error: list[BaseException] = []
+        over = threading.Event()
+        making = threading.Lock()  # held while the next frame is made
 
         def requests() -> Iterator[pb.Frame]:
+            iterator = iter(frames)
             try:
-                for frame in frames:
+                while not over.is_set():
+                    with making:
+                        frame = next(iterator, None)
+                    if frame is None:
+                        return
                     sent.put(time.perf_counter())
                     yield frame
             except BaseException as exc:  # surfaced to the caller below, not lost in gRPC's thread
                 error.append(exc)
                 raise
 
-        for result in self.stub.Segment(requests(), metadata=self.metadata):
-            yield Answer(result, time.perf_counter() - sent.get())
+        try:
+            for result in self.stub.Segment(requests(), metadata=self.metadata):
+                yield Answer(result, time.perf_counter() - sent.get())
+        finally:
+            over.set()
+            if making.acquire(timeout=FINISH_FRAME_S):
+                making.release()
         if error:
             raise error[0]
 

@@ -372,6 +372,21 @@ def test_stream_errors_are_one_line_and_nonzero(server: tuple[subprocess.Popen[s
     ]
 
 
+def test_replay_against_a_server_that_is_not_there_ends_in_one_line_not_an_abort(tmp_path: Path) -> None:
+    # The gRPC thread taking frames was left reading the video (native code) as the process
+    # exited: "FATAL: exception not rethrown" and exit 134, six runs in six before the fix.
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_clip(folder / "a.avi", frames=40)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    for _ in range(2):
+        done = polypstream("replay", str(folder), "--server", address)
+        assert done.returncode == 1, done.stderr
+        assert "FATAL" not in done.stderr and "1 videos failed, e.g. a.avi: UNAVAILABLE" in done.stderr
+
+
 def test_health_without_a_server_says_none_answered() -> None:
     done = polypstream("health", "--server", "127.0.0.1:1", "--timeout", "1")
     assert done.returncode == 1

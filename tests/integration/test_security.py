@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import SegmenterClient
 from polypstream.config import ServerConfig, TlsFiles
 from polypstream.frames import FrameOptions
@@ -95,3 +99,30 @@ def test_the_health_port_serves_health_only_in_plaintext(pipeline: Pipeline, pki
         with pytest.raises(grpc.RpcError) as err:
             probe.model_info()  # nothing but health there, token or not
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_refused_call_returns_only_once_no_frame_is_being_made(pipeline: Pipeline) -> None:
+    # gRPC takes the frames on a thread of its own. A call that ends at once (refused here)
+    # must not leave that thread inside the making of a frame (in the CLI: reading a video,
+    # OpenCV's native code), nor let it start another: a thread in native code when the
+    # interpreter exits aborts the process ("FATAL: exception not rethrown", exit 134).
+    from polypstream.client import encode_frame
+
+    made, making = [], threading.Event()
+
+    def frames() -> Iterator[pb.Frame]:
+        for index in range(100):
+            making.set()
+            time.sleep(0.3)  # a slow read
+            made.append(index)
+            making.clear()
+            yield encode_frame(square_image(), "slow", index, FrameOptions(no_drop=True))
+
+    with serve_in_thread(pipeline, ServerConfig(address="127.0.0.1:0", token=TOKEN)) as running:
+        with SegmenterClient(running.address, token="wrong-token") as client, pytest.raises(grpc.RpcError) as err:
+            list(client.segment(frames()))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not making.is_set()  # the frame being made when the call ended was waited for
+        done = len(made)
+        time.sleep(0.5)
+        assert len(made) == done and not making.is_set()  # and no other was started
