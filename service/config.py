@@ -12,6 +12,9 @@ from pathlib import Path
 MIB = 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096  # the largest frame (width x height) decoded
 MIN_AREA_FRACTION = 0.001  # regions smaller than this share of the frame are noise, not polyps
+# The largest batch allowed: its input buffer is allocated whole (1,024 frames of 352² float32
+# are 1.5 GB) and every size up to it is warmed up on CUDA; the benchmarks' best sizes are ≤ 64.
+MAX_BATCH = 1024
 
 
 class ConfigError(ValueError):
@@ -69,8 +72,8 @@ class EngineConfig:
     alert_hold: int = 4
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ConfigError(f"max_batch must be 1 to {MAX_BATCH}, got {self.max_batch}")
         if self.budget_ms <= 0:
             raise ConfigError(f"budget_ms must be positive, got {self.budget_ms}")
         if self.max_wait_ms < 0:

@@ -198,6 +198,16 @@ def _providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
     raise ModelError(f"unknown device '{device}' (auto, cuda or cpu)")
 
 
+def run_failure(exc: Exception) -> str:
+    """Why a model run failed, in a few words: onnxruntime's message is a node's name and a
+    source file's path before what went wrong."""
+    text = str(exc)
+    if "Failed to allocate memory" in text or "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return "out of memory"
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def warm_up_sizes(max_batch: int, on_cuda: bool) -> list[int]:
     """The batch sizes a runner runs before serving: on CUDA every size up to max_batch (each new
     input shape costs its first run extra on the GPU, which a live frame should not pay); on a
@@ -361,6 +371,12 @@ class Runner:
         for size in warm_up_sizes(self.max_batch, self._device == "cuda"):
             for _ in range(rounds):
                 start = time.perf_counter()
-                self.run([blank] * size)
+                try:
+                    self.run([blank] * size)
+                except Exception as exc:  # onnxruntime's own types; out of memory, mostly
+                    raise ModelError(
+                        f"{self.path.name}: a batch of {size} frames does not run on {self.provider} "
+                        f"({run_failure(exc)}); lower --max-batch"
+                    ) from exc
                 timings[size] = time.perf_counter() - start
         return timings

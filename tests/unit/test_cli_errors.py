@@ -13,10 +13,12 @@ from polypstream.config import ConfigError, EngineConfig
 
 
 def test_a_setting_out_of_range_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match="max_batch must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match="max_batch must be 1 to 1024, got 0"):
         EngineConfig(max_batch=0)
-    assert cli.main(["demo", "--out", "unused", "--max-batch", "0"]) == 2
-    assert capsys.readouterr().err == "polypstream demo: error: max_batch must be at least 1, got 0\n"
+    assert EngineConfig(max_batch=1024).max_batch == 1024
+    for wrong in ("0", "1025"):  # 100000 (a typo) used to end in onnxruntime's traceback, out of memory
+        assert cli.main(["demo", "--out", "unused", "--max-batch", wrong]) == 2
+        assert capsys.readouterr().err == f"polypstream demo: error: max_batch must be 1 to 1024, got {wrong}\n"
     assert cli.main(["demo", "--out", "unused", "--gil-switch-ms", "0"]) == 2
     assert capsys.readouterr().err == "polypstream demo: error: gil_switch_ms must be above 0 and at most 1000, got 0\n"
 

@@ -499,3 +499,35 @@ def test_a_contract_is_a_value() -> None:
     assert c.min_region_score == 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.threshold = 0.1  # type: ignore[misc]
+
+
+def test_a_batch_size_the_model_cannot_run_stops_the_warm_up_in_one_line(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = Runner(tiny_model, device="cpu", max_batch=4)
+    real_run = runner.run
+
+    def out_of_memory_past_two(tensors: list[np.ndarray]) -> np.ndarray:
+        if len(tensors) > 2:  # onnxruntime's words, as --max-batch 100000 gave them
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
+                "Name:'/net/down.0/Relu' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 "
+                "Failed to allocate memory for requested buffer of size 8589934592"
+            )
+        return real_run(tensors)
+
+    monkeypatch.setattr(runner, "run", out_of_memory_past_two)
+    with pytest.raises(ModelError) as err:
+        runner.warm_up(rounds=1)
+    assert str(err.value) == (
+        f"{tiny_model.name}: a batch of 4 frames does not run on CPUExecutionProvider (out of memory); "
+        "lower --max-batch"
+    )
+
+
+def test_why_a_run_failed_is_said_in_a_few_words() -> None:
+    assert runner_module.run_failure(MemoryError()) == "out of memory"
+    assert runner_module.run_failure(RuntimeError("CUDA failure 2: out of memory ; GPU=0")) == "out of memory"
+    assert runner_module.run_failure(RuntimeError("bad shape\nat node 3")) == "bad shape"
+    assert runner_module.run_failure(RuntimeError("x" * 300)) == "x" * 200
+    assert runner_module.run_failure(ValueError()) == "ValueError"
