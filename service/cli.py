@@ -203,8 +203,8 @@ def check_listen_address(flag: str, address: str) -> None:
         raise CliError(f"{flag} {address}: cannot resolve '{host}' ({exc})") from exc
 
 
-def check_port_free(address: str) -> None:
-    """Raise CliError (one line) when something already listens on a gRPC HOST:PORT: gRPC itself
+def check_port_free(address: str, flag: str = "--address") -> None:
+    """Raise CliError (one line) when something already listens on HOST:PORT (`flag`'s): gRPC
     would log a line of its own before failing, and `serve` would load the model first."""
     if address.startswith("unix:") or workers.split_host_port(address)[1] == 0:
         return
@@ -218,10 +218,10 @@ def check_port_free(address: str) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     why = "the port is in use (another server listens there)"
-                    raise CliError(f"cannot listen on {address}: {why}") from exc
+                    raise CliError(f"cannot listen on {address} ({flag}): {why}") from exc
                 refused.append(exc)
     if refused and len(refused) == len(infos):  # gRPC needs one of the host's addresses
-        raise CliError(f"cannot listen on {address}: {refused[0].strerror or refused[0]}")
+        raise CliError(f"cannot listen on {address} ({flag}): {refused[0].strerror or refused[0]}")
 
 
 def is_loopback(address: str) -> bool:
@@ -251,13 +251,36 @@ def connect(args: argparse.Namespace, address: str | None = None) -> SegmenterCl
 # --- serve -------------------------------------------------------------------------------
 
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "[::]", "::", "*")
+
+
+def check_distinct_ports(named: list[tuple[str, str]]) -> None:
+    """Raise CliError (one line) when two of `serve`'s listeners (flag, HOST:PORT) would take the
+    same port: the second would fail to bind after the model loaded, gRPC logging a line of its own."""
+    tcp: list[tuple[str, str, int]] = []
+    for flag, address in named:
+        host, _, digits = address.rpartition(":")
+        if not address.startswith("unix:") and digits.isdigit():  # a malformed one: its own check refuses it
+            tcp.append((flag, host, int(digits)))
+    for i, (flag, host, port) in enumerate(tcp):
+        for other, other_host, other_port in tcp[:i]:
+            overlap = host == other_host or host in WILDCARD_HOSTS or other_host in WILDCARD_HOSTS
+            if port and port == other_port and overlap:
+                raise CliError(f"{flag} {host}:{port} takes the port of {other} {other_host}:{port}; give each its own")
+
+
 def server_settings(args: argparse.Namespace) -> ServerConfig:
     """`serve`'s flags as a ServerConfig, after checking the addresses and reading the TLS files."""
-    for flag, address in (("--address", args.address), ("--health-address", args.health_address)):
-        if address:
+    listeners = [("--address", args.address), ("--health-address", args.health_address),
+                 ("--metrics-address", args.metrics_address), ("--ui", getattr(args, "ui", None) or "")]  # fmt: skip
+    check_distinct_ports(listeners)
+    for flag, address in listeners:
+        if flag in ("--address", "--health-address") and address:
             check_listen_address(flag, address)
-            if not workers.shares_port():  # a worker's siblings (and parent) hold it on purpose
-                check_port_free(address)
+        elif not address.rpartition(":")[2].isdigit():  # none, or malformed: said where it is used
+            continue
+        if not workers.shares_port():  # a worker's siblings (and parent) hold it on purpose
+            check_port_free(address, flag)  # before the model loads
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -715,7 +738,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     source,
                     args.out / "results.jsonl",
                     args.out / "overlay.mp4",
-                    stream_id=Path(source_uri).stem,
+                    stream_id=Path(redact_uri(source_uri)).stem,
                     no_drop=True,
                 )
     finally:
@@ -1069,7 +1092,7 @@ def _add_demo(sub: argparse._SubParsersAction[CommandParser]) -> None:
     """demo: the bundled clip through an in-process server."""
     demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
     demo.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, overlay.mp4, summary.json")
-    demo.add_argument("--source", type=Path, help="another video instead of the bundled sample")
+    demo.add_argument("--source", help="another video (a file, URL or device) instead of the bundled sample")
     demo.add_argument(
         "--fast",
         action="store_true",

@@ -455,11 +455,25 @@ def test_a_second_serve_on_a_port_in_use_fails_naming_the_address(
     server: tuple[subprocess.Popen[str], str, str], tiny_model: Path
 ) -> None:
     _, address, _ = server  # a running serve holds the port (gRPC would share it: SO_REUSEPORT)
-    in_use = f"polypstream serve: error: cannot listen on {address}: the port is in use (another server listens there)"
-    for flags in (["--address", address], ["--address", "127.0.0.1:0", "--health-address", address]):
-        done = polypstream("serve", "--model", str(tiny_model), *flags, "--metrics-address", "", timeout=60)
+    in_use = "polypstream serve: error: cannot listen on {} ({}): the port is in use (another server listens there)"
+    for flag in ("--address", "--health-address", "--metrics-address", "--ui"):
+        flags = ["--address", "127.0.0.1:0", "--metrics-address", "", flag, address]  # the last --address wins
+        done = polypstream("serve", "--model", str(tiny_model), *flags, timeout=60)
         assert done.returncode == 2
-        assert done.stderr.strip().splitlines() == [in_use]  # one line: no gRPC core log before it
+        assert done.stderr.strip().splitlines() == [in_use.format(address, flag)]  # one line, before the model
+
+
+def test_two_listeners_of_one_serve_on_one_port_are_refused_in_one_line(tiny_model: Path) -> None:
+    # the second would fail to bind after the model loaded, with a gRPC core line before ours
+    for flags, said in (
+        (["--health-address", "127.0.0.1:50071"], "--health-address 127.0.0.1:50071 takes the port of --address"),
+        (["--metrics-address", "0.0.0.0:50071"], "--metrics-address 0.0.0.0:50071 takes the port of --address"),
+        (["--metrics-address", "127.0.0.1:50072", "--ui", "127.0.0.1:50072"], "--ui 127.0.0.1:50072 takes the port of"),
+    ):
+        done = polypstream("serve", "--model", str(tiny_model), "--address", "127.0.0.1:50071", *flags, timeout=60)
+        assert done.returncode == 2
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"polypstream serve: error: {said}") and line.endswith("; give each its own")
 
 
 @pytest.mark.parametrize(
@@ -482,14 +496,15 @@ def test_serve_refuses_a_live_view_address_it_cannot_use_with_one_line(tiny_mode
         taken.listen()
         port = taken.getsockname()[1]
         cases = {
-            f"127.0.0.1:{port}": f"cannot serve the live view on 127.0.0.1:{port}: Address already in use",
+            f"127.0.0.1:{port}": f"cannot listen on 127.0.0.1:{port} (--ui): the port is in use "
+            "(another server listens there)",
             "unix:/tmp/view.sock": "--ui unix:/tmp/view.sock: the live view needs HOST:PORT (e.g. 127.0.0.1:8080)",
         }
         for address, why in cases.items():
             done = polypstream("serve", "--model", str(tiny_model), "--address", "127.0.0.1:0",
                                "--metrics-address", "", "--ui", address, timeout=60)  # fmt: skip
             assert done.returncode == 2
-            assert done.stderr.strip().splitlines()[-1] == f"polypstream serve: error: {why}"
+            assert done.stderr.strip().splitlines() == [f"polypstream serve: error: {why}"]  # one line
 
 
 def test_serve_never_prints_the_password_of_a_source_url(tiny_model: Path) -> None:

@@ -121,3 +121,14 @@ def test_a_file_the_command_cannot_write_midway_is_one_line_and_exit_1(
     monkeypatch.setattr(cli, "cmd_health", closed_stdout)
     with pytest.raises(BrokenPipeError):  # `| head`: left to __main__, which ends quietly
         cli.main(["health"])
+
+
+def test_demo_takes_a_stream_url_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def opened(uri: str, realtime: bool) -> None:
+        raise cli.CliError(f"opened {uri}")
+
+    monkeypatch.setattr(cli, "open_source", opened)
+    assert cli.main(["demo", "--out", str(tmp_path / "out"), "--source", "rtsp://scope.local:8554/live"]) == 2
+    assert capsys.readouterr().err == "polypstream demo: error: opened rtsp://scope.local:8554/live\n"  # not rtsp:/
