@@ -241,9 +241,14 @@ def add_client_flags(parser: argparse.ArgumentParser, *, several: bool = False) 
     g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
 
 
+def uses_tls(args: argparse.Namespace) -> bool:
+    """Whether a client command was told to use TLS."""
+    return bool(args.tls_ca or args.tls_cert or args.tls_key)
+
+
 def connect(args: argparse.Namespace, address: str | None = None) -> SegmenterClient:
     credentials = None
-    if args.tls_ca or args.tls_cert or args.tls_key:
+    if uses_tls(args):
         credentials = client_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     return SegmenterClient(address or args.server, credentials=credentials, token=load_token(args.token_file))
 
@@ -676,7 +681,35 @@ def open_source(uri: str, realtime: bool) -> FrameSource:
         raise CliError(str(exc)) from exc
 
 
-def wait_for_server(client: SegmenterClient, address: str, timeout_s: float) -> None:
+def something_listens(address: str) -> bool:
+    """Whether a TCP connection to a client's HOST:PORT (or dns:///HOST:PORT) is accepted: then
+    what did not answer gRPC there is no server that is down. False where it cannot tell (unix:)."""
+    host, _, port = address.removeprefix("dns:///").removeprefix("ipv4:").rpartition(":")
+    if ":" in host.strip("[]") and not host.startswith("["):  # another scheme (unix:, …)
+        return False
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def unanswered(address: str, tls: bool) -> str:
+    """Why no gRPC connection was made to `address`, as far as the client can tell."""
+    if not something_listens(address):
+        return "is `polypstream serve` running there?"
+    if tls:
+        return (
+            "something listens there, but the TLS handshake failed or it is no gRPC server: --tls-ca must hold "
+            "the CA that signed the server's certificate, which must name this host, and the server must use TLS"
+        )
+    return (
+        "something listens there but answers no plaintext gRPC: if the server uses TLS, pass --tls-ca "
+        "(and --tls-cert/--tls-key where it asks for client certificates)"
+    )
+
+
+def wait_for_server(client: SegmenterClient, address: str, timeout_s: float, *, tls: bool = False) -> None:
     """Wait for the server's channel to be ready, saying so when it takes a moment."""
     try:
         client.wait_ready(min(1.0, timeout_s))
@@ -686,9 +719,10 @@ def wait_for_server(client: SegmenterClient, address: str, timeout_s: float) -> 
     try:
         client.wait_ready(max(0.0, timeout_s - 1.0))
     except grpc.FutureTimeoutError as exc:
+        why = unanswered(address, tls)
         raise CliError(
             f"no polypstream server answered at {address} within {timeout_s:g} s "
-            "(is `polypstream serve` running there? --server sets the address, --connect-timeout the wait)"
+            f"({why}{' ' if why.endswith('?') else '; '}--server sets the address, --connect-timeout the wait)"
         ) from exc
 
 
@@ -699,7 +733,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     source = open_source(args.source, realtime=args.realtime)
     no_drop = not (args.live or is_live(args.source))
     with connect(args) as client:
-        wait_for_server(client, args.server, args.connect_timeout)
+        wait_for_server(client, args.server, args.connect_timeout, tls=uses_tls(args))
         summary = stream_video(
             client,
             source,
@@ -879,7 +913,7 @@ def cmd_health(args: argparse.Namespace) -> int:
                 raise
             print(
                 f"UNREACHABLE: no polypstream server answered at {args.server} within {args.timeout:g} s "
-                "(is `polypstream serve` running there?)"
+                f"({unanswered(args.server, uses_tls(args))})"
             )
             return 1
     print(status)

@@ -126,3 +126,26 @@ def test_a_refused_call_returns_only_once_no_frame_is_being_made(pipeline: Pipel
         done = len(made)
         time.sleep(0.5)
         assert len(made) == done and not making.is_set()  # and no other was started
+
+
+def test_a_client_without_tls_at_a_tls_server_is_told_to_pass_the_ca(
+    pipeline: Pipeline, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polypstream import cli
+
+    config = ServerConfig(address="127.0.0.1:0", tls=TlsFiles(pki["server_cert"], pki["server_key"]))
+    with serve_in_thread(pipeline, config) as running:
+        assert cli.main(["health", "--server", running.address, "--timeout", "1"]) == 1
+        assert capsys.readouterr().out == (
+            f"UNREACHABLE: no polypstream server answered at {running.address} within 1 s (something listens there "
+            "but answers no plaintext gRPC: if the server uses TLS, pass --tls-ca (and --tls-cert/--tls-key where it "
+            "asks for client certificates))\n"
+        )
+        # TLS on, but trusting another CA (the client's own certificate stands in for one)
+        other_ca = ["--tls-ca", str(pki["client_cert"])]
+        assert cli.main(["health", "--server", running.address, "--timeout", "1", *other_ca]) == 1
+        assert "something listens there, but the TLS handshake failed" in capsys.readouterr().out
+        with SegmenterClient(running.address, credentials=client_credentials(pki["ca"])) as client:
+            assert client.health() == "SERVING"  # the right CA: it answers
+    assert "is `polypstream serve` running there?" in cli.unanswered(running.address, tls=False)  # gone now
+    assert not cli.something_listens("unix:/tmp/no-such.sock")
