@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from typing import Any, NamedTuple
 
 from benchmarks.common import parse_size
 from benchmarks.decode_stage import decode_stage
+from polypstream.workers import GPU_METRICS_ENV
 from tests.tiny_model import build_steady_polyp_model  # the costless model of the service-alone sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,8 +120,26 @@ def environment() -> dict[str, object]:
         "providers": ort.get_available_providers(),
         "grpcio": grpc.__version__,
         "gpu": smi or None,
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
     }
+
+
+NVML_CHECK = "from polypstream.gpu import open_gpu; gpu = open_gpu(); print(gpu.name, '|', gpu.read())"
+
+
+def read_gpu_once(code: str = NVML_CHECK) -> dict[str, object]:
+    """Whether `serve` can read the GPU through NVML, tried in a Python process of its own:
+    ok and the reading, or why not (its last line, or the signal that killed it)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "why": "no answer within 60 s"}
+    if done.returncode == 0:
+        return {"ok": True, "reading": done.stdout.strip()}
+    if done.returncode < 0:
+        return {"ok": False, "why": f"killed by signal {-done.returncode}"}
+    lines = done.stderr.strip().splitlines()
+    return {"ok": False, "why": lines[-1] if lines else f"exit status {done.returncode}"}
 
 
 def gpu_test_files() -> list[str]:
@@ -303,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     runs_left = sum(sweep.runs for sweep in sweeps)
     reports: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"device": args.device, "environment": env, "models": {}}
+    # The servers read the GPU through NVML (service/gpu.py): tried once in a process of its own
+    # first, so that a failure there costs the GPU metrics, not every sweep of a rare GPU run.
+    summary["nvml"] = nvml = read_gpu_once()
+    print(f"NVML: {nvml}", flush=True)
+    if args.device == "cuda" and not nvml["ok"]:
+        os.environ[GPU_METRICS_ENV] = "0"  # inherited by every `serve` started below
+        failures.append(f"NVML could not be read ({nvml['why']}): the servers ran without GPU metrics")
     width, height = parse_size(args.size)
     try:
         summary["decode_stage"] = {Path(m).stem: decode_stage(m, (width, height), 1.0) for m in models}

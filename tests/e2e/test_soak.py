@@ -112,6 +112,7 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == [] and summary["device"] == "cpu"
+    assert set(summary["nvml"]) in ({"ok", "why"}, {"ok", "reading"})  # tried first; on a CPU no failure either way
     tiny = summary["models"]["tiny"]
     assert tiny["provider"] == "CPUExecutionProvider" and tiny["model"] == "tiny-brightness test"
     assert set(tiny) >= {"largest_k_that_holds", "limit_fps", "naive_fps", "ratios", "one_stream_server_p99_ms"}

@@ -175,3 +175,18 @@ def test_a_process_tree_holds_its_children_s_children() -> None:
         os.kill(grandchild, 15)
         child.wait(10)
         child.stdout.close()  # type: ignore[union-attr]
+
+
+def test_first_light_tries_the_gpu_reader_in_a_process_of_its_own() -> None:
+    # a crash there must cost the run its GPU metrics only, not every `serve` it starts
+    from benchmarks.gpu_first_light import read_gpu_once
+
+    assert read_gpu_once("print('NVIDIA H100 80GB HBM3 | reading')") == {
+        "ok": True, "reading": "NVIDIA H100 80GB HBM3 | reading"
+    }  # fmt: skip
+    assert read_gpu_once("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)") == {
+        "ok": False, "why": "killed by signal 11"
+    }  # fmt: skip
+    refused = read_gpu_once("from polypstream.gpu import open_gpu; open_gpu(load=lambda name: 1 / 0)")
+    assert refused == {"ok": False, "why": "ZeroDivisionError: division by zero"}
+    assert read_gpu_once("import sys; sys.exit(3)") == {"ok": False, "why": "exit status 3"}
