@@ -22,7 +22,10 @@ WORKDIR /
 RUN useradd --create-home --uid 10001 polypstream
 USER polypstream
 
+# compute: CUDA; utility: NVML (libnvidia-ml.so.1), which the GPU's metrics read. The CUDA base
+# image sets both already; said here so that a change of base keeps them.
 ENV PATH=/opt/venv/bin:$PATH \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     POLYPSTREAM_ADDRESS=0.0.0.0:50051 \
     POLYPSTREAM_METRICS_ADDRESS=0.0.0.0:8000 \
     POLYPSTREAM_HEALTH_ADDRESS=127.0.0.1:50052
