@@ -445,7 +445,7 @@ def start_live_view(address: str, config: ServerConfig, pipeline: Pipeline, sour
     runner = pipeline.runner
     c = runner.contract
     model = {"name": c.name, "version": c.version, "provider": runner.provider, "budget_ms": pipeline.config.budget_ms}
-    hub = ViewHub(model, sources)
+    hub = ViewHub(model, sources, gpu=pipeline.gpu_state)
     try:
         live = LiveView(
             hub,

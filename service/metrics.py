@@ -167,10 +167,23 @@ class GpuMetrics:
         )
         self.memory_total = Gauge("polypstream_gpu_memory_total_bytes", "GPU memory in all.", registry=registry)
         Info("polypstream_gpu", "The GPU the model runs on.", registry=registry).info({"name": name, "uuid": uuid})
+        self.name = name
+        self.last: GpuReading | None = None  # the newest reading (the live view shows it)
 
     def record(self, reading: GpuReading, seconds: float) -> None:
         """One reading, standing for the `seconds` since the one before."""
+        self.last = reading
         if reading.busy is not None:
             self.busy.inc(reading.busy * seconds)
         self.memory_used.set(reading.memory_used)
         self.memory_total.set(reading.memory_total)
+
+    def state(self) -> dict[str, object] | None:
+        """The newest reading for the live view: the GPU's name, its busy share (None where it has
+        none of its own) and memory in GB; None before the first reading."""
+        last = self.last
+        if last is None:
+            return None
+        gb = 1e9
+        return {"name": self.name, "busy": last.busy, "memory_used_gb": round(last.memory_used / gb, 2),
+                "memory_total_gb": round(last.memory_total / gb, 2)}  # fmt: skip

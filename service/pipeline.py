@@ -24,7 +24,7 @@ from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTime
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
 from .gpu import GpuProbe, Nvml
-from .metrics import Metrics
+from .metrics import GpuMetrics, Metrics
 from .postprocess import IouTracker, draw_overlay, locate_polyps, probability_to_mask, warm_up_drawing
 from .runner import Runner
 from .threads import GilProbe, background_worker, name_os_thread
@@ -96,7 +96,11 @@ class Pipeline:
         # How long threads wait to run Python again: the GIL's load (polypstream_gil_wait_seconds).
         self.gil_probe = GilProbe(metrics.gil_wait.observe)
         self.gpu = gpu
-        self.gpu_probe = None if gpu is None else GpuProbe(gpu.read, metrics.track_gpu(gpu.name, gpu.uuid).record)
+        self.gpu_metrics: GpuMetrics | None = None
+        self.gpu_probe: GpuProbe | None = None
+        if gpu is not None:
+            self.gpu_metrics = metrics.track_gpu(gpu.name, gpu.uuid)
+            self.gpu_probe = GpuProbe(gpu.read, self.gpu_metrics.record)
         self._streams: dict[str, _StreamState] = {}
         self.view: ViewHub | None = None  # the live view (serve --ui), when there is one
         self._lock = threading.Lock()
@@ -130,6 +134,10 @@ class Pipeline:
         self.gil_probe.start()
         if self.gpu_probe is not None:
             self.gpu_probe.start()
+
+    def gpu_state(self) -> dict[str, object] | None:
+        """The GPU's newest reading, for the live view (None without a GPU read, or before its first reading)."""
+        return None if self.gpu_metrics is None else self.gpu_metrics.state()
 
     def stop(self) -> None:
         """Answer every accepted frame, then stop the worker threads."""

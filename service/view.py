@@ -97,8 +97,11 @@ class ViewHub:
         *,
         window_s: float = WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        gpu: Callable[[], Mapping[str, object] | None] | None = None,
     ) -> None:
+        """`gpu`: the GPU's newest reading, where the model runs on one (Pipeline.gpu_state)."""
         self.model = dict(model)
+        self.gpu = gpu
         self.sources = dict(sources or {})
         self.window_s = window_s
         self.clock = clock
@@ -246,7 +249,8 @@ class ViewHub:
             if name not in seen:
                 streams.append(self._describe(_Stream(name, name, now), now))
         streams.sort(key=lambda s: (s["kind"] != "source", str(s["name"])))
-        return {"model": self.model, "window_s": self.window_s, "streams": streams}
+        gpu = None if self.gpu is None else self.gpu()
+        return {"model": self.model, "gpu": gpu, "window_s": self.window_s, "streams": streams}
 
     def _describe(self, stream: _Stream, now: float) -> dict[str, object]:
         self._trim(stream, now)

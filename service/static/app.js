@@ -23,9 +23,15 @@ function ms(value) {
   return value === null ? "–" : value.toFixed(1) + " ms";
 }
 
+function gpuLine(gpu) {
+  if (!gpu) return ""; // on a CPU, or before the first reading
+  const busy = gpu.busy === null ? "" : `${Math.round(gpu.busy * 100)} % busy, `;
+  return ` · ${gpu.name}: ${busy}${gpu.memory_used_gb.toFixed(1)} of ${gpu.memory_total_gb.toFixed(1)} GB`;
+}
+
 function showState(state) {
   const m = state.model;
-  document.getElementById("model").textContent = `model ${m.name} ${m.version} on ${m.provider}`;
+  document.getElementById("model").textContent = `model ${m.name} ${m.version} on ${m.provider}${gpuLine(state.gpu)}`;
   const listed = new Set(state.streams.map((s) => s.id));
   for (const [id, tile] of tiles) {
     if (!listed.has(id)) {

@@ -111,6 +111,17 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         jpeg = base64.b64decode(shown["src"].split(",", 1)[1])
         assert yellow_on_border(jpeg, box) > 0.5  # type: ignore[arg-type]
         browser.wait_for("document.querySelector('.stream .fps').textContent !== '–'", what="the frame rate")
+        model_line = "(state) => { showState(state); return document.getElementById('model').textContent; }"
+        state = json.loads(browser.evaluate("fetch('/api/state').then(r => r.text())"))
+        assert state["gpu"] is None  # a CPU here: the model line alone
+        on_cpu = f"model {state['model']['name']} {state['model']['version']} on CPUExecutionProvider"
+        assert browser.evaluate(f"({model_line})({json.dumps(state)})") == on_cpu
+        # on a GPU the line adds its newest reading (drawn here from a made-up one: no GPU in CI)
+        gpu = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.424, "memory_used_gb": 3.22, "memory_total_gb": 85.52}
+        shown = browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': gpu})})")
+        assert shown == f"{on_cpu} · NVIDIA H100 80GB HBM3: 42 % busy, 3.2 of 85.5 GB"
+        mig = {**gpu, "busy": None}  # a MIG slice reports no busy share of its own
+        assert browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': mig})})").endswith(": 3.2 of 85.5 GB")
         (artifacts / "live-view.png").write_bytes(browser.screenshot())
         metrics = scrape(metrics_url)
         assert metrics["polypstream_view_viewers"] == 1  # this page

@@ -226,13 +226,18 @@ def test_gpu_metrics_add_up_busy_seconds_and_show_the_memory() -> None:
     assert got["polypstream_gpu_memory_used_bytes"] == 5 * GIB
     assert got["polypstream_gpu_memory_total_bytes"] == 80 * GIB
     assert got[f"polypstream_gpu_info{sorted({'name': H100[0], 'uuid': H100[1]}.items())}"] == 1.0
+    # the newest reading, as the live view shows it
+    assert gpu.state() == {"name": H100[0], "busy": 1.0, "memory_used_gb": 5.37, "memory_total_gb": 85.9}
+    gpu.record(GpuReading(None, 2 * GIB, 10 * GIB), 0.5)  # a MIG slice
+    assert gpu.state() == {"name": H100[0], "busy": None, "memory_used_gb": 2.15, "memory_total_gb": 10.74}
+    assert Metrics(CollectorRegistry(), process=False).track_gpu("x", "y").state() is None  # before any reading
 
 
 def test_a_server_on_a_cpu_has_no_gpu_metrics(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "open_gpu", lambda: opened(FakeNvml([H100]), {}))  # a GPU the model does not run on
     registry = CollectorRegistry()
     pipeline = build_pipeline(EngineConfig(model=str(tiny_model), device="cpu"), registry, read_gpu=True)
-    assert pipeline.gpu is None and pipeline.gpu_probe is None
+    assert pipeline.gpu is None and pipeline.gpu_probe is None and pipeline.gpu_state() is None
     assert samples(registry) == {}
 
 
@@ -253,6 +258,7 @@ def test_a_pipeline_reads_its_gpu_while_it_runs_and_lets_it_go_when_it_stops(tin
         while samples(registry).get("polypstream_gpu_memory_total_bytes", 0) != 80 * GIB:
             assert time.monotonic() < deadline, "the GPU was not read"
             time.sleep(0.01)
+        assert pipeline.gpu_state() == {"name": H100[0], "busy": 0.42, "memory_used_gb": 3.22, "memory_total_gb": 85.9}
     finally:
         pipeline.stop()
     assert fake.initialised == 0

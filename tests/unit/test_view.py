@@ -106,6 +106,15 @@ def test_rate_latency_and_drops_are_over_the_last_seconds() -> None:
     assert (state["frames"], state["dropped"], state["dropped_recent"]) == (12, 2, 2)
 
 
+def test_the_page_s_state_carries_the_gpu_s_newest_reading_where_there_is_one() -> None:
+    reading = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.42, "memory_used_gb": 3.22, "memory_total_gb": 85.52}
+    readings: list[dict[str, object] | None] = [None, reading]  # none yet, then one
+    hub = ViewHub({"name": "m"}, clock=Clock(), gpu=lambda: readings.pop(0))
+    assert hub.snapshot()["gpu"] is None
+    assert hub.snapshot()["gpu"] == reading
+    assert ViewHub({"name": "m"}, clock=Clock()).snapshot()["gpu"] is None  # on a CPU
+
+
 def test_the_rate_is_unknown_in_a_streams_first_second() -> None:
     clock = Clock()
     hub = ViewHub({}, clock=clock)
