@@ -180,10 +180,11 @@ class GpuMetrics:
 
     def state(self) -> dict[str, object] | None:
         """The newest reading for the live view: the GPU's name, its busy share (None where it has
-        none of its own) and memory in GB; None before the first reading."""
+        none of its own) and memory in GiB (as its name counts it: an H100 80GB has 80 GiB); None
+        before the first reading."""
         last = self.last
         if last is None:
             return None
-        gb = 1e9
-        return {"name": self.name, "busy": last.busy, "memory_used_gb": round(last.memory_used / gb, 2),
-                "memory_total_gb": round(last.memory_total / gb, 2)}  # fmt: skip
+        gib = 2**30
+        return {"name": self.name, "busy": last.busy, "memory_used_gib": round(last.memory_used / gib, 2),
+                "memory_total_gib": round(last.memory_total / gib, 2)}  # fmt: skip

@@ -26,7 +26,7 @@ function ms(value) {
 function gpuLine(gpu) {
   if (!gpu) return ""; // on a CPU, or before the first reading
   const busy = gpu.busy === null ? "" : `${Math.round(gpu.busy * 100)} % busy, `;
-  return ` · ${gpu.name}: ${busy}${gpu.memory_used_gb.toFixed(1)} of ${gpu.memory_total_gb.toFixed(1)} GB`;
+  return ` · ${gpu.name}: ${busy}${gpu.memory_used_gib.toFixed(1)} of ${gpu.memory_total_gib.toFixed(1)} GiB`;
 }
 
 function showState(state) {

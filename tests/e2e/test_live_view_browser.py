@@ -117,11 +117,11 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         on_cpu = f"model {state['model']['name']} {state['model']['version']} on CPUExecutionProvider"
         assert browser.evaluate(f"({model_line})({json.dumps(state)})") == on_cpu
         # on a GPU the line adds its newest reading (drawn here from a made-up one: no GPU in CI)
-        gpu = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.424, "memory_used_gb": 3.22, "memory_total_gb": 85.52}
+        gpu = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.424, "memory_used_gib": 3.04, "memory_total_gib": 79.65}
         shown = browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': gpu})})")
-        assert shown == f"{on_cpu} · NVIDIA H100 80GB HBM3: 42 % busy, 3.2 of 85.5 GB"
+        assert shown == f"{on_cpu} · NVIDIA H100 80GB HBM3: 42 % busy, 3.0 of 79.7 GiB"
         mig = {**gpu, "busy": None}  # a MIG slice reports no busy share of its own
-        assert browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': mig})})").endswith(": 3.2 of 85.5 GB")
+        assert browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': mig})})").endswith(": 3.0 of 79.7 GiB")
         (artifacts / "live-view.png").write_bytes(browser.screenshot())
         metrics = scrape(metrics_url)
         assert metrics["polypstream_view_viewers"] == 1  # this page

@@ -227,9 +227,9 @@ def test_gpu_metrics_add_up_busy_seconds_and_show_the_memory() -> None:
     assert got["polypstream_gpu_memory_total_bytes"] == 80 * GIB
     assert got[f"polypstream_gpu_info{sorted({'name': H100[0], 'uuid': H100[1]}.items())}"] == 1.0
     # the newest reading, as the live view shows it
-    assert gpu.state() == {"name": H100[0], "busy": 1.0, "memory_used_gb": 5.37, "memory_total_gb": 85.9}
+    assert gpu.state() == {"name": H100[0], "busy": 1.0, "memory_used_gib": 5.0, "memory_total_gib": 80.0}
     gpu.record(GpuReading(None, 2 * GIB, 10 * GIB), 0.5)  # a MIG slice
-    assert gpu.state() == {"name": H100[0], "busy": None, "memory_used_gb": 2.15, "memory_total_gb": 10.74}
+    assert gpu.state() == {"name": H100[0], "busy": None, "memory_used_gib": 2.0, "memory_total_gib": 10.0}
     assert Metrics(CollectorRegistry(), process=False).track_gpu("x", "y").state() is None  # before any reading
 
 
@@ -258,7 +258,7 @@ def test_a_pipeline_reads_its_gpu_while_it_runs_and_lets_it_go_when_it_stops(tin
         while samples(registry).get("polypstream_gpu_memory_total_bytes", 0) != 80 * GIB:
             assert time.monotonic() < deadline, "the GPU was not read"
             time.sleep(0.01)
-        assert pipeline.gpu_state() == {"name": H100[0], "busy": 0.42, "memory_used_gb": 3.22, "memory_total_gb": 85.9}
+        assert pipeline.gpu_state() == {"name": H100[0], "busy": 0.42, "memory_used_gib": 3.0, "memory_total_gib": 80.0}
     finally:
         pipeline.stop()
     assert fake.initialised == 0

@@ -107,7 +107,7 @@ def test_rate_latency_and_drops_are_over_the_last_seconds() -> None:
 
 
 def test_the_page_s_state_carries_the_gpu_s_newest_reading_where_there_is_one() -> None:
-    reading = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.42, "memory_used_gb": 3.22, "memory_total_gb": 85.52}
+    reading = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.42, "memory_used_gib": 3.0, "memory_total_gib": 80.0}
     readings: list[dict[str, object] | None] = [None, reading]  # none yet, then one
     hub = ViewHub({"name": "m"}, clock=Clock(), gpu=lambda: readings.pop(0))
     assert hub.snapshot()["gpu"] is None
