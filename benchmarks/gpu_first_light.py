@@ -306,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     # then with several server processes, then the service alone. Besides its K a sweep takes
     # about 40 s for the limit, the naive loop and the server's start; 15 s with the limit cut
     # short (NO_LIMIT).
-    saturate = ["--saturate", str(args.saturate)] if args.saturate else []
+    # Saturated by no-drop frames, the service decodes them on its offline pool: given every core
+    # here, as a replay-only server would be, so that the capacity is the service's, not the
+    # default's half (live frames keep the decode pool of their own either way).
+    saturate = ["--saturate", str(args.saturate), "--offline-decode-workers", str(os.cpu_count() or 1)]
+    saturate = saturate if args.saturate else []
     sweeps = [Sweep(model, Path(model).stem, args.streams, True, saturate, 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]
     if args.switch_streams:

@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument(
         "--saturate", type=int, default=0, help="then K no-drop streams flat out for --seconds (0: none)"
     )
+    parser.add_argument(
+        "--offline-decode-workers", type=int, default=0, help="serve's: threads decoding no-drop frames (0: its own)"
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -183,6 +186,8 @@ def main() -> None:
         serve_flags += ["--gil-switch-ms", str(args.gil_switch_ms)]
     if args.workers != 1:
         serve_flags += ["--workers", str(args.workers)]
+    if args.offline_decode_workers:
+        serve_flags += ["--offline-decode-workers", str(args.offline_decode_workers)]
     proc, address, metrics_url = start_server_process(*serve_flags, "--budget-ms", str(args.budget_ms))
     service: list[dict[str, object]] = []
     saturated: dict[str, object] | None = None

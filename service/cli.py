@@ -142,6 +142,12 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         help="threads decoding frames and drawing masks and overlays (0: one per CPU core)",
     )
     g.add_argument(
+        "--offline-decode-workers",
+        type=int,
+        default=int(env_default("OFFLINE_DECODE_WORKERS", "0")),
+        help="threads decoding no-drop frames, below the live ones (0: half the decode workers)",
+    )
+    g.add_argument(
         "--gil-switch-ms",
         type=float,
         default=float(env_default("GIL_SWITCH_MS", "0.5")),
@@ -166,6 +172,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         threads=args.threads,
         min_area_fraction=args.min_area_fraction,
         decode_workers=args.decode_workers,
+        offline_decode_workers=args.offline_decode_workers,
         gil_switch_ms=args.gil_switch_ms,
         alert_min_seen=args.alert_min_seen,
         alert_window=args.alert_window,

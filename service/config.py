@@ -59,6 +59,9 @@ class EngineConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0: its default
     min_area_fraction: float = MIN_AREA_FRACTION  # regions smaller than this share of the frame are noise
     decode_workers: int = 0  # 0: one per CPU core
+    # No-drop (offline) frames are decoded on a pool of their own, below the live frames; 0: half
+    # the decode workers. A server that replays (no live streams) may give them every core.
+    offline_decode_workers: int = 0
     # How long a thread may hold the GIL while another waits for it (sys.setswitchinterval);
     # Python's 5 ms let a saturated event loop make every native call of the batcher and the
     # decoders wait up to 5 ms to come back (benchmarks/README.md, "The GIL's switch interval").
@@ -78,6 +81,8 @@ class EngineConfig:
             raise ConfigError(f"budget_ms must be positive, got {self.budget_ms}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+        if self.decode_workers < 0 or self.offline_decode_workers < 0:
+            raise ConfigError("decode_workers and offline_decode_workers must not be negative (0: the default)")
         if not 0 < self.gil_switch_ms <= 1000:
             raise ConfigError(f"gil_switch_ms must be above 0 and at most 1000, got {self.gil_switch_ms:g}")
         check_alert_rule(self.alert_min_seen, self.alert_window, self.alert_hold)

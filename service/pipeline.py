@@ -76,8 +76,9 @@ class Pipeline:
         )
         # Offline (no-drop) frames are decoded on their own, smaller pool: a client sending as
         # fast as it may keeps it busy, never the queue that live frames wait in.
+        self.offline_decode_workers = config.offline_decode_workers or max(1, workers // 2)
         self.offline_decode_pool = ThreadPoolExecutor(
-            max_workers=max(1, workers // 2),
+            max_workers=self.offline_decode_workers,
             thread_name_prefix="polypstream-offline",
             initializer=background_worker,
         )

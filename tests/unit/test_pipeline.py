@@ -367,3 +367,14 @@ def test_a_batch_of_small_maps_has_its_regions_found_on_the_calling_thread(
     results, found_on = regions_of_a_batch(tmp_path, monkeypatch, 64, boxes)
     assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
     assert found_on == [threading.current_thread().name] * 3
+
+
+def test_offline_frames_get_half_the_decode_workers_unless_told_how_many(tiny_model: Path) -> None:
+    for decode, offline, expected in ((4, 0, 2), (1, 0, 1), (4, 6, 6)):
+        config = EngineConfig(max_batch=1, decode_workers=decode, offline_decode_workers=offline)
+        pipe = Pipeline(Runner(tiny_model, device="cpu", max_batch=1), config, Metrics(CollectorRegistry()))
+        try:
+            assert pipe.offline_decode_workers == expected
+            assert pipe.offline_decode_pool._max_workers == expected  # the pool no-drop frames decode on
+        finally:
+            pipe.stop()
