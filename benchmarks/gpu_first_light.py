@@ -191,6 +191,7 @@ def saturation(report: dict[str, Any]) -> dict[str, object] | None:
         "gil_wait_ms": row["gil_wait"]["mean_ms"],
         "cores": dict(list(row["server_cpu_cores"]["threads"].items())[:4]),
         "cpu_ms_per_frame": row["server_cpu_ms_per_frame"]["total"],
+        "client_cpu_cores": row["client_cpu_cores"],  # near 1 or more: the clients may be the limit
     }
 
 

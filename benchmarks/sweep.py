@@ -75,9 +75,13 @@ def measured(
     """run_streams' row for K streams, with what the server's side of it cost: its threads'
     CPU (`server_cpu_cores`: "main" is `serve`'s event loop, under the GIL; "decode" the
     decoding pool; "batcher" the model's thread; "event_engine" gRPC's own), CPU ms per frame
-    answered, the GIL wait and, on a GPU, how busy it was."""
+    answered, the GIL wait, on a GPU how busy it was, and the clients' own CPU."""
     cpu_before, started, scraped = thread_cpu_seconds(server.pid), time.monotonic(), scrape(server.metrics_url)
+    own_before = time.process_time()
     row = run_streams(server.address, encoded, k, fps, frames, send_s=send_s)
+    # The clients' own CPU (this process, every thread): near a core or more, flat-out clients
+    # may be what limits a saturation run, whose number is then a floor of the service's capacity.
+    row["client_cpu_cores"] = round((time.process_time() - own_before) / (time.monotonic() - started), 2)
     after = scrape(server.metrics_url)
     row["gil_wait"] = gil_wait(scraped, after)
     row["gpu"] = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
@@ -205,7 +209,8 @@ def main() -> None:
             # it is offered more than it can take (frames are queued, not dropped)
             saturated = measured(Server(proc.pid, address, metrics_url), encoded, args.saturate, None, 10**9,
                                  send_s=args.seconds)  # fmt: skip
-            print(f"  saturated by {args.saturate} no-drop streams: {row_line(saturated)}", flush=True)
+            clients = f"; the clients {saturated['client_cpu_cores']} cores"
+            print(f"  saturated by {args.saturate} no-drop streams: {row_line(saturated)}{clients}", flush=True)
     finally:
         proc.terminate()
         proc.communicate(timeout=60)

@@ -78,6 +78,7 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     assert saturated["lost"] == 0 and saturated["errors"] == []
     assert saturated["statuses"] == {"OK": saturated["frames_sent"]} and saturated["frames_sent"] > 0
     assert saturated["gpu"] is None and saturated["gil_wait"]["samples"] > 0  # no GPU here
+    assert saturated["client_cpu_cores"] > 0  # the clients' own CPU, to tell a client-bound run
     served = saturated["throughput_fps"]
     assert report["ratios"]["saturated_over_limit"] == float(f"{served / report['limit_fps']:.3g}") > 0
     assert report["ratios"]["saturated_over_naive"] == float(f"{served / report['naive']['fps']:.3g}")
@@ -119,6 +120,7 @@ def test_the_gpu_first_light_command_rehearsed_on_the_cpu_writes_every_result(tm
     saturation = tiny["saturation"]  # the model's capacity, two no-drop streams flat out
     assert saturation["streams"] == 2 and saturation["lost"] == 0 and set(saturation["statuses"]) == {"OK"}
     assert saturation["over_limit"] == tiny["ratios"]["saturated_over_limit"] > 0 and saturation["gpu_busy"] is None
+    assert saturation["client_cpu_cores"] > 0
     assert tiny["gpu_busy_by_k"] == {"1": None}
     assert "CPUExecutionProvider" in summary["environment"]["providers"]
     # what a frame costs the decode pool, per model, on one core
