@@ -310,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     # Saturated by no-drop frames, the service decodes them on its offline pool: given every core
     # here, as a replay-only server would be, so that the capacity is the service's, not the
     # default's half (live frames keep the decode pool of their own either way).
-    saturate = ["--saturate", str(args.saturate), "--offline-decode-workers", str(os.cpu_count() or 1)]
+    # The flat-out clients spread over four processes: in one, their GIL could be the limit.
+    cores = str(os.cpu_count() or 1)
+    saturate = ["--saturate", str(args.saturate), "--offline-decode-workers", cores, "--client-processes", "4"]
     saturate = saturate if args.saturate else []
     sweeps = [Sweep(model, Path(model).stem, args.streams, True, saturate, 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]

@@ -10,10 +10,13 @@ offline run (no-drop, unpaced) measures the most frames/s the service sustains.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -57,44 +60,103 @@ def by_batch_size(ok: list[Answer]) -> dict[str, dict[str, object]]:
     return {str(n): {"frames": len(times), "inference_ms": percentiles(times)} for n, times in sorted(sizes.items())}
 
 
-def run_streams(
-    address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int, *, send_s: float | None = None
-) -> dict[str, object]:
-    """K concurrent streams of `frames` frames each; paced at `fps` (live) or flat out (no-drop).
-    `send_s`: each stream stops sending after this long (flat out, the server sets the count)."""
-    answers: list[list[Answer]] = [[] for _ in range(streams)]
-    sent = [0] * streams
-    errors: list[str] = []
+def one_stream(
+    address: str, encoded: list[bytes], k: int, streams: int, fps: float | None, frames: int, send_s: float | None
+) -> tuple[list[Answer], int, str]:
+    """Stream k of K: its answers, the frames it sent, and its error ("" when none)."""
+    sent = 0
+
+    def requests() -> Iterator[pb.Frame]:
+        nonlocal sent
+        start = time.perf_counter() + 0.05 * k / max(1, streams)  # spread the streams' phases
+        for i in range(frames):
+            if send_s is not None and time.perf_counter() - start >= send_s:
+                return
+            if fps:
+                delay = start + i / fps - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sent += 1
+            yield pb.Frame(
+                stream_id=f"s{k}", index=i, encoded=encoded[(i + k) % len(encoded)],
+                options=pb.FrameOptions(no_drop=fps is None),
+            )  # fmt: skip
+
+    try:
+        with SegmenterClient(address) as client:
+            return list(client.segment(requests())), sent, ""
+    except Exception as exc:  # recorded in the JSON, not hidden
+        return [], sent, f"stream {k}: {exc}"
+
+
+@dataclass
+class Group:
+    """What the streams of one client process brought back: each stream's (answers, frames sent,
+    error), when they began and ended (time.monotonic, the same clock in every process on
+    Linux), and the CPU seconds the process spent meanwhile."""
+
+    outcomes: list[tuple[list[Answer], int, str]]
+    began: float
+    ended: float
+    cpu_s: float
+
+
+def stream_group(
+    address: str, encoded: list[bytes], ks: list[int], streams: int, fps: float | None, frames: int,
+    send_s: float | None,
+) -> Group:  # fmt: skip
+    """Streams `ks` of K, each on a thread of this process."""
+    outcomes: dict[int, tuple[list[Answer], int, str]] = {}
 
     def one(k: int) -> None:
-        def requests() -> Iterator[pb.Frame]:
-            start = time.perf_counter() + 0.05 * k / max(1, streams)  # spread the streams' phases
-            for i in range(frames):
-                if send_s is not None and time.perf_counter() - start >= send_s:
-                    return
-                if fps:
-                    delay = start + i / fps - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                sent[k] += 1
-                yield pb.Frame(
-                    stream_id=f"s{k}", index=i, encoded=encoded[(i + k) % len(encoded)],
-                    options=pb.FrameOptions(no_drop=fps is None),
-                )  # fmt: skip
+        outcomes[k] = one_stream(address, encoded, k, streams, fps, frames, send_s)
 
-        try:
-            with SegmenterClient(address) as client:
-                answers[k] = list(client.segment(requests()))
-        except Exception as exc:  # recorded in the JSON, not hidden
-            errors.append(f"stream {k}: {exc}")
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(streams)]
+    threads = [threading.Thread(target=one, args=(k,)) for k in ks]
+    began, cpu = time.monotonic(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
+    return Group([outcomes[k] for k in ks], began, time.monotonic(), time.process_time() - cpu)
+
+
+def portable_group(*args: object) -> tuple[list[tuple[list[tuple[bytes, float]], int, str]], float, float, float]:
+    """stream_group in a client process, its answers as bytes: the generated message classes
+    do not pickle (their module's name is not the one they are imported by)."""
+    group = stream_group(*args)  # type: ignore[arg-type]
+    outcomes = [([(a.result.SerializeToString(), a.latency_s) for a in answers], sent, error)
+                for answers, sent, error in group.outcomes]  # fmt: skip
+    return outcomes, group.began, group.ended, group.cpu_s
+
+
+def from_portable(portable: tuple[list[tuple[list[tuple[bytes, float]], int, str]], float, float, float]) -> Group:
+    outcomes, began, ended, cpu_s = portable
+    answers = [([Answer(pb.FrameResult.FromString(b), latency) for b, latency in raw], sent, error)
+               for raw, sent, error in outcomes]  # fmt: skip
+    return Group(answers, began, ended, cpu_s)
+
+
+def run_streams(
+    address: str, encoded: list[bytes], streams: int, fps: float | None, frames: int, *,
+    send_s: float | None = None, processes: int = 1,
+) -> dict[str, object]:  # fmt: skip
+    """K concurrent streams of `frames` frames each; paced at `fps` (live) or flat out (no-drop).
+    `send_s`: each stream stops sending after this long (flat out, the server sets the count).
+    `processes`: the streams spread over this many client processes (flat-out clients in one
+    Python process can be what limits a saturation run)."""
+    if processes <= 1:
+        groups = [stream_group(address, encoded, list(range(streams)), streams, fps, frames, send_s)]
+    else:
+        parts = [list(range(streams))[p::processes] for p in range(min(processes, streams))]
+        spawn = multiprocessing.get_context("spawn")  # no fork: gRPC's threads do not survive one
+        with ProcessPoolExecutor(max_workers=len(parts), mp_context=spawn) as pool:
+            futures = [pool.submit(portable_group, address, encoded, p, streams, fps, frames, send_s) for p in parts]
+            groups = [from_portable(f.result()) for f in futures]  # each timed from its own start, not the spawn
+    outcomes = [outcome for group in groups for outcome in group.outcomes]
+    answers = [outcome[0] for outcome in outcomes]
+    sent = [outcome[1] for outcome in outcomes]
+    errors = [outcome[2] for outcome in outcomes if outcome[2]]
+    wall = max(g.ended for g in groups) - min(g.began for g in groups)
     flat = [a for per_stream in answers for a in per_stream]
     ok = [a for a in flat if a.status == "OK"]
     statuses: dict[str, int] = {}
@@ -115,6 +177,9 @@ def run_streams(
         "by_batch_size": by_batch_size(ok),
         "late_drops": late_drops(flat),
         "errors": errors,
+        "client_processes": len(groups),
+        # the clients' own CPU: near a core a process, they may be what limits a flat-out run
+        "client_cpu_cores": round(sum(g.cpu_s for g in groups) / wall, 2),
     }
 
 

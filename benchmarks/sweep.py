@@ -70,18 +70,15 @@ class Server:
 
 
 def measured(
-    server: Server, encoded: list[bytes], k: int, fps: float | None, frames: int, send_s: float | None = None
-) -> dict[str, object]:
+    server: Server, encoded: list[bytes], k: int, fps: float | None, frames: int, send_s: float | None = None,
+    processes: int = 1,
+) -> dict[str, object]:  # fmt: skip
     """run_streams' row for K streams, with what the server's side of it cost: its threads'
     CPU (`server_cpu_cores`: "main" is `serve`'s event loop, under the GIL; "decode" the
     decoding pool; "batcher" the model's thread; "event_engine" gRPC's own), CPU ms per frame
     answered, the GIL wait, on a GPU how busy it was, and the clients' own CPU."""
     cpu_before, started, scraped = thread_cpu_seconds(server.pid), time.monotonic(), scrape(server.metrics_url)
-    own_before = time.process_time()
-    row = run_streams(server.address, encoded, k, fps, frames, send_s=send_s)
-    # The clients' own CPU (this process, every thread): near a core or more, flat-out clients
-    # may be what limits a saturation run, whose number is then a floor of the service's capacity.
-    row["client_cpu_cores"] = round((time.process_time() - own_before) / (time.monotonic() - started), 2)
+    row = run_streams(server.address, encoded, k, fps, frames, send_s=send_s, processes=processes)
     after = scrape(server.metrics_url)
     row["gil_wait"] = gil_wait(scraped, after)
     row["gpu"] = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
@@ -178,6 +175,9 @@ def main() -> None:
     parser.add_argument(
         "--offline-decode-workers", type=int, default=0, help="serve's: threads decoding no-drop frames (0: its own)"
     )
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="the saturation run's streams spread over this many processes"
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -208,7 +208,7 @@ def main() -> None:
             # K streams of no-drop frames sent flat out for --seconds: what the service serves when
             # it is offered more than it can take (frames are queued, not dropped)
             saturated = measured(Server(proc.pid, address, metrics_url), encoded, args.saturate, None, 10**9,
-                                 send_s=args.seconds)  # fmt: skip
+                                 send_s=args.seconds, processes=args.client_processes)  # fmt: skip
             clients = f"; the clients {saturated['client_cpu_cores']} cores"
             print(f"  saturated by {args.saturate} no-drop streams: {row_line(saturated)}{clients}", flush=True)
     finally:

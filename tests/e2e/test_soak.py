@@ -46,7 +46,7 @@ def test_compare_prints_limit_naive_and_ours_with_ratios(tmp_path: Path, tiny_mo
 def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path: Path, tiny_model: Path) -> None:
     out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
     command = ["--model", str(tiny_model), "--size", "96x80", "--streams", "1,2", "--seconds", "1", "--fps", "10",
-               "--saturate", "2"]  # fmt: skip
+               "--saturate", "2", "--client-processes", "2"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.sweep", *command, "--batches", "1,2", "--limit-seconds", "0.2",
          "--out", str(out), "--plot", str(plot)],
@@ -79,6 +79,8 @@ def test_sweep_reports_every_k_the_limit_the_naive_loop_and_what_holds(tmp_path:
     assert saturated["statuses"] == {"OK": saturated["frames_sent"]} and saturated["frames_sent"] > 0
     assert saturated["gpu"] is None and saturated["gil_wait"]["samples"] > 0  # no GPU here
     assert saturated["client_cpu_cores"] > 0  # the clients' own CPU, to tell a client-bound run
+    assert saturated["client_processes"] == 2  # one stream in each (spawned: gRPC does not survive a fork)
+    assert all(row["client_processes"] == 1 for row in report["service"])
     served = saturated["throughput_fps"]
     assert report["ratios"]["saturated_over_limit"] == float(f"{served / report['limit_fps']:.3g}") > 0
     assert report["ratios"]["saturated_over_naive"] == float(f"{served / report['naive']['fps']:.3g}")
