@@ -158,8 +158,10 @@ class SegmenterClient:
         def requests() -> Iterator[pb.Frame]:
             iterator = iter(frames)
             try:
-                while not over.is_set():
-                    with making:
+                while True:
+                    with making:  # `over` read under the lock: once the call has waited, no frame starts
+                        if over.is_set():
+                            return
                         frame = next(iterator, None)
                     if frame is None:
                         return
