@@ -5,7 +5,9 @@
         --streams 1,2 --size 320x240 --budget-s 60                          # the CPU rehearsal
 
 1. the environment (in summary.json, and printed first): onnxruntime (version, providers),
-   grpcio, the GPU (nvidia-smi), Python;
+   grpcio, the GPU (nvidia-smi), Python; then the GPU read once through NVML in a process of its
+   own (`nvml`): if that fails, every `serve` below runs without GPU metrics (a failure recorded),
+   rather than every sweep failing with it;
 2. `pytest -m gpu` over the files that hold such tests (the tests that need a usable
    CUDAExecutionProvider), its output in first-light.log;
 3. what a frame costs the CPU outside the model on the machine's cores, per model (decoding the
