@@ -269,11 +269,8 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "[::]", "::", "*")
 def check_distinct_ports(named: list[tuple[str, str]]) -> None:
     """Raise CliError (one line) when two of `serve`'s listeners (flag, HOST:PORT) would take the
     same port: the second would fail to bind after the model loaded, gRPC logging a line of its own."""
-    tcp: list[tuple[str, str, int]] = []
-    for flag, address in named:
-        host, _, digits = address.rpartition(":")
-        if not address.startswith("unix:") and digits.isdigit():  # a malformed one: its own check refuses it
-            tcp.append((flag, host, int(digits)))
+    # a malformed address is left to its own check
+    tcp = [(flag, *parsed) for flag, address in named if (parsed := workers.host_port(address)) is not None]
     for i, (flag, host, port) in enumerate(tcp):
         for other, other_host, other_port in tcp[:i]:
             overlap = host == other_host or host in WILDCARD_HOSTS or other_host in WILDCARD_HOSTS
@@ -289,7 +286,7 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
     for flag, address in listeners:
         if flag in ("--address", "--health-address") and address:
             check_listen_address(flag, address)
-        elif not address.rpartition(":")[2].isdigit():  # none, or malformed: said where it is used
+        elif workers.host_port(address) is None:  # none, or malformed: said where it is used
             continue
         if not workers.shares_port():  # a worker's siblings (and parent) hold it on purpose
             check_port_free(address, flag)  # before the model loads
@@ -691,13 +688,14 @@ def open_source(uri: str, realtime: bool) -> FrameSource:
 def something_listens(address: str) -> bool:
     """Whether a TCP connection to a client's HOST:PORT (or dns:///HOST:PORT) is accepted: then
     what did not answer gRPC there is no server that is down. False where it cannot tell (unix:)."""
-    host, _, port = address.removeprefix("dns:///").removeprefix("ipv4:").rpartition(":")
-    if ":" in host.strip("[]") and not host.startswith("["):  # another scheme (unix:, …)
+    parsed = workers.host_port(address.removeprefix("dns:///").removeprefix("ipv4:"))
+    if parsed is None or (":" in parsed[0].strip("[]") and not parsed[0].startswith("[")):  # another scheme
         return False
+    host, port = parsed
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", port), timeout=1.0):
             return True
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 

@@ -60,6 +60,14 @@ def reports_gpu() -> bool:
     return worker_index() in (None, 0) and os.environ.get(GPU_METRICS_ENV) != "0"
 
 
+def host_port(address: str) -> tuple[str, int] | None:
+    """HOST and PORT of a HOST:PORT address; None for unix:PATH, none at all or a malformed one."""
+    if address.startswith("unix:"):
+        return None
+    host, sep, port = address.rpartition(":")
+    return (host, int(port)) if sep and port.isdigit() else None
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)

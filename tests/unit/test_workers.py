@@ -13,6 +13,7 @@ from polypstream.workers import (
     Worker,
     WorkerError,
     answered,
+    host_port,
     metrics_address_of,
     reserve_port,
     serving_line,
@@ -82,3 +83,11 @@ def test_a_port_is_reserved_for_the_workers_and_one_in_use_is_refused() -> None:
             taken = f"127.0.0.1:{other.getsockname()[1]}"
             with pytest.raises(WorkerError, match=f"^cannot listen on {taken}: Address already in use$"):
                 reserve_port(taken)
+
+
+def test_a_host_and_port_are_read_from_an_address_and_nothing_from_anything_else() -> None:
+    assert host_port("127.0.0.1:50051") == ("127.0.0.1", 50051)
+    assert host_port("[::1]:8080") == ("[::1]", 8080)
+    assert host_port(":0") == ("", 0)
+    for no_port in ("", "garbage", "127.0.0.1:http", "unix:/tmp/s.sock", "unix:/tmp/s:1"):
+        assert host_port(no_port) is None, no_port
