@@ -647,8 +647,7 @@ def stream_video(
     except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
+        code, details = rpc_status(exc)
         summary.ended_early = f"{code.name if code is not None else 'error'}: {details}"
     finally:
         if video is not None:
@@ -656,6 +655,12 @@ def stream_video(
     summary.wall_s = time.perf_counter() - started
     summary.interrupted = stop.is_set()
     return summary
+
+
+def rpc_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str | None]:
+    """A failed call's status code and details (an RpcError that is not a call has neither)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code, exc.details() if hasattr(exc, "details") else str(exc)
 
 
 @contextlib.contextmanager
@@ -1241,8 +1246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polypstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
+        code, details = rpc_status(exc)
         print(f"polypstream {args.command}: error: server answered {code}: {details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
