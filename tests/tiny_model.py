@@ -31,15 +31,30 @@ def build_tiny_model(
     nodes = [helper.make_node("Conv", ["image", "w", "b"], ["logit"])]
     if output == "probability":
         nodes.append(helper.make_node("Sigmoid", ["logit"], ["probability"]))
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, channels, size, size])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch_dim, 1, size, size])],
-        initializer=[weight, bias],
-    )
+    graph = segmenter_graph(nodes, "tiny", size, [weight, bias], batch_dim=batch_dim, channels=channels, output=output)
     meta = {**contract("tiny-brightness", size, output), **(metadata or {})}
     return save(graph, {key: value for key, value in meta.items() if key not in drop_metadata}, path)
+
+
+def segmenter_graph(
+    nodes: list[onnx.NodeProto],
+    name: str,
+    size: int,
+    initializer: list[onnx.TensorProto],
+    *,
+    batch_dim: int | str = "batch",
+    channels: int = 3,
+    output: str = "probability",
+) -> onnx.GraphProto:
+    """The graph of a test segmenter: `nodes` from an `image` (batch × channels × size²) to one
+    map, `output`, of the same size."""
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, channels, size, size])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch_dim, 1, size, size])],
+        initializer=initializer,
+    )
 
 
 def contract(name: str, size: int, output: str = "probability") -> dict[str, str]:
@@ -85,11 +100,5 @@ def build_steady_polyp_model(path: Path, *, size: int = 352, resize: str = "area
         helper.make_node("Add", ["zero", "disc"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["probability"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "steady-polyp",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, size, size])],
-        initializer=[nothing, numpy_helper.from_array(disc, "disc")],
-    )
+    graph = segmenter_graph(nodes, "steady-polyp", size, [nothing, numpy_helper.from_array(disc, "disc")])
     return save(graph, {**contract("steady-polyp", size), "polypstream.resize": resize}, path)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from polypstream.runner import Runner, read_checksums
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model, segmenter_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,12 +37,11 @@ def down_and_up(path: Path, size: int, upsample_to_sizes: bool = False) -> Path:
         helper.make_node("ReduceMean", ["both", "axes"], ["mean"], keepdims=1),
         helper.make_node("Sigmoid", ["mean"], ["probability"]),
     ]
-    graph = helper.make_graph(
+    graph = segmenter_graph(
         nodes,
         "level",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, size, size])],
-        initializer=[
+        size,
+        [
             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
             numpy_helper.from_array(np.array([1, 3, size, size], np.int64), "sizes"),
             numpy_helper.from_array(np.array([1], np.int64), "axes"),
