@@ -314,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     # default's half (live frames keep the decode pool of their own either way).
     # The flat-out clients spread over four processes: in one, their GIL could be the limit.
     cores = str(os.cpu_count() or 1)
-    saturate = ["--saturate", str(args.saturate), "--offline-decode-workers", cores, "--client-processes", "4"]
-    saturate = saturate if args.saturate else []
+    saturate = (
+        ["--saturate", str(args.saturate), "--offline-decode-workers", cores, "--client-processes", "4"]
+        if args.saturate
+        else []
+    )
     sweeps = [Sweep(model, Path(model).stem, args.streams, True, saturate, 40.0) for model in models]
     switched = "fast" if "fast" in models else models[0]
     if args.switch_streams:

@@ -79,11 +79,11 @@ def measured(
     answered, the GIL wait, on a GPU how busy it was, and the clients' own CPU."""
     cpu_before, started, scraped = thread_cpu_seconds(server.pid), time.monotonic(), scrape(server.metrics_url)
     row = run_streams(server.address, encoded, k, fps, frames, send_s=send_s, processes=processes)
-    after = scrape(server.metrics_url)
+    after, cpu_after = scrape(server.metrics_url), thread_cpu_seconds(server.pid)
+    elapsed = time.monotonic() - started
     row["gil_wait"] = gil_wait(scraped, after)
-    row["gpu"] = gpu_use(scraped, after, time.monotonic() - started)  # None on a CPU
-    cpu_after = thread_cpu_seconds(server.pid)
-    row["server_cpu_cores"] = cores_by_thread(cpu_before, cpu_after, time.monotonic() - started)
+    row["gpu"] = gpu_use(scraped, after, elapsed)  # None on a CPU
+    row["server_cpu_cores"] = cores_by_thread(cpu_before, cpu_after, elapsed)
     row["server_cpu_ms_per_frame"] = cpu_ms_per_frame(cpu_before, cpu_after, int(str(row["answered"])))
     return row
 
