@@ -192,13 +192,19 @@ def start_workers(commands: list[list[str]]) -> list[Worker]:
     return workers
 
 
+def signal_workers(workers: list[Worker], sig: int) -> None:
+    """Send `sig` to every worker still running."""
+    for worker in workers:
+        if worker.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(sig)
+
+
 def stop_workers(workers: list[Worker], sig: int | None = signal.SIGTERM) -> None:
     """Signal every worker still running (unless `sig` is None: they were), wait for all of
     them (killing one that takes more than a minute), and for what they printed."""
-    for worker in workers:
-        if sig is not None and worker.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.send_signal(sig)
+    if sig is not None:
+        signal_workers(workers, sig)
     for worker in workers:
         try:
             worker.proc.wait(60)
@@ -231,10 +237,7 @@ def supervise(workers: list[Worker]) -> int:
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
-        for worker in workers:
-            if worker.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(signum)
+        signal_workers(workers, signum)
         changed.set()
 
     def watch(worker: Worker) -> None:
