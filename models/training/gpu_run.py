@@ -34,7 +34,7 @@ import torch
 
 from models.training.cache import load_cache
 from models.training.fp16 import to_fp16
-from models.training.train import PRESETS, export_onnx, to_tensor, train_model, validate
+from models.training.train import PRESETS, Preset, export_onnx, to_tensor, train_model, validate
 from models.training.tune_regions import choose_floor, write_floor
 from polypstream.postprocess import locate_polyps, mask_boxes, probability_to_mask
 from polypstream.runner import Runner, record_checksum
@@ -90,7 +90,7 @@ def inference_ms(model: torch.nn.Module, size: int, device: torch.device, repeat
     return timings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True, help="a train-split .npz from models.training.cache")
     parser.add_argument("--out", type=Path, required=True, help="folder for everything the run makes")
@@ -110,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1")
     parser.add_argument("--timing-repeats", type=int, default=50, help="forward passes timed per batch size")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    deadline = started + args.budget_s
+    return parser
 
+
+def recipe(args: argparse.Namespace) -> tuple[Preset, tuple[float, ...]]:
+    """The network and training sizes the arguments ask for: the accurate preset with what they
+    override, and the multi-scale training's scales."""
     preset = PRESETS[NAME]
     preset = replace(
         preset,
@@ -122,7 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch or preset.batch,
         lr=args.lr or preset.lr,
     )
-    scales = tuple(float(f) for f in args.scales.split(","))
+    return preset, tuple(float(f) for f in args.scales.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    preset, scales = recipe(args)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True  # one input size (a few with --scales): cuDNN picks its fastest kernels

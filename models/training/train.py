@@ -287,6 +287,12 @@ class Progress:
         return False
 
 
+def scale_sizes(size: int, scales: tuple[float, ...]) -> list[int]:
+    """The input sizes of multi-scale training: each scale's multiple of `size`, rounded to a
+    multiple of 32 (what five max-pools divide); `size` itself when there is one scale, 1."""
+    return [max(32, round(size * scale / 32) * 32) for scale in scales] if scales != (1.0,) else [size]
+
+
 def train_model(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -314,7 +320,7 @@ def train_model(
     model = UNet(preset.widths, preset.half_res, preset.light_ends).to(device).to(memory_format=torch.channels_last)
     averaged = MovingAverage(model, ema) if ema > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=weight_decay)
-    sizes = [max(32, round(preset.size * scale / 32) * 32) for scale in scales] if scales != (1.0,) else [preset.size]
+    sizes = scale_sizes(preset.size, scales)
     steps_per_epoch = max(1, len(x_train) // preset.batch)
     # With a time budget the learning rate follows the time spent, not a step count fixed in
     # advance: warm up over the first 10 %, then cosine down to zero as the budget ends, so that

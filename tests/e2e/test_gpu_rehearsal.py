@@ -75,16 +75,19 @@ def test_the_recipe_search_trains_each_recipe_and_keeps_the_best_on_the_validati
     data = fixture_train_split(tmp_path)
     cache, out, work = tmp_path / "cache.npz", tmp_path / "out", tmp_path / "work"
     module("models.training.cache", "--data", str(data), "--out", str(cache), "--size", "32", "--splits", "train")
-    tiny = "--size 32 --widths 4,8 --batch 2 --val 1 --reserve-s 26 --ema 0.9 --timing-repeats 2"
+    # The recipes the device call runs (the default ones), their networks as they are, on tiny images.
+    tiny = "--size 32 --batch 2 --val 1 --reserve-s 26 --ema 0.9 --timing-repeats 2"
     module(
         "models.training.gpu_search", "--cache", str(cache), "--out", str(out), "--work", str(work),
-        "--budget-s", "30", "--recipes", "base,multiscale", "--extra", tiny,
+        "--budget-s", "30", "--extra", tiny,
     )  # fmt: skip
 
     search = json.loads((out / "search.json").read_text())
     recipes = search["recipes"]
-    assert sorted(recipes) == ["base", "multiscale"] and all(r["exit"] == 0 for r in recipes.values())
-    assert "--scales" in recipes["multiscale"]["arguments"] and "--scales" not in recipes["base"]["arguments"]
+    assert sorted(recipes) == ["deep", "deep-multiscale"] and all(r["exit"] == 0 for r in recipes.values())
+    arguments = {name: " ".join(r["arguments"]) for name, r in recipes.items()}
+    assert "--scales" in arguments["deep-multiscale"] and "--scales" not in arguments["deep"]
+    assert all("--widths 16,32,64,96,160,192" in a for a in arguments.values())
     winner = search["winner"]
     assert recipes[winner]["val_dice_onnxruntime"] == max(r["val_dice_onnxruntime"] for r in recipes.values())
     assert sorted(p.name for p in out.iterdir()) == [

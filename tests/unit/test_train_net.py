@@ -155,3 +155,48 @@ def test_the_moving_average_moves_each_weight_and_statistic_by_one_minus_the_dec
     assert norm.running_var.item() == 1.0  # 1 throughout
     assert norm.num_batches_tracked.item() == 7  # a count: copied, not averaged
     assert not conv.weight.requires_grad
+
+
+@pytest.mark.parametrize("name", ["base", "deep", "deep-multiscale", "multiscale-decay-b32"])
+def test_every_search_recipe_fits_the_file_budget_and_runs_at_each_of_its_training_sizes(name: str) -> None:
+    # Issue 11 allows 15 MB for the accurate model and its fp16 variant together (4 + 2 bytes a
+    # parameter); a recipe whose sizes a max-pool cannot halve would fail only on the GPU.
+    from models.training.gpu_run import build_parser, recipe
+    from models.training.gpu_search import DEFAULT, RECIPES
+    from models.training.train import scale_sizes
+
+    assert set(DEFAULT) <= set(RECIPES)
+    preset, scales = recipe(build_parser().parse_args(["--cache", "c.npz", "--out", "o", *RECIPES[name]]))
+    net = UNet(preset.widths).eval()
+    assert sum(p.numel() for p in net.parameters()) * 6 <= 15_000_000
+    with torch.no_grad():
+        for size in scale_sizes(preset.size, scales):
+            assert net(torch.zeros(1, 3, size, size)).shape == (1, 1, size, size)
+
+
+def test_the_deep_recipe_has_six_levels_and_sees_further_than_the_frame() -> None:
+    # What the recipe is for: a gradient from the centre pixel reaches 444 input pixels across
+    # with six levels, 220 with accurate 1's five (of a 352-pixel frame).
+    from models.training.gpu_run import build_parser, recipe
+    from models.training.gpu_search import RECIPES
+
+    def receptive_field(widths: tuple[int, ...]) -> int:
+        torch.manual_seed(0)
+        x = torch.randn(1, 3, 704, 704, requires_grad=True)
+        UNet(widths).eval()(x)[0, 0, 352, 352].backward()
+        assert x.grad is not None
+        columns = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0)
+        return int(columns.max() - columns.min() + 1)
+
+    deep, _ = recipe(build_parser().parse_args(["--cache", "c", "--out", "o", *RECIPES["deep"]]))
+    assert deep.size == 352 and len(deep.widths) == 6
+    assert receptive_field(PRESETS["accurate"].widths) == 220
+    assert receptive_field(deep.widths) == 444
+
+
+def test_scale_sizes_round_to_multiples_of_32() -> None:
+    from models.training.train import scale_sizes
+
+    assert scale_sizes(352, (1.0,)) == [352]
+    assert scale_sizes(352, (0.75, 1.0, 1.25)) == [256, 352, 448]
+    assert scale_sizes(40, (0.5, 1.0)) == [32, 32]  # never below 32
