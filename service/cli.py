@@ -35,7 +35,7 @@ from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
 from .frames import FrameOptions
-from .gpu import GpuError, open_gpu
+from .gpu import GpuError, Nvml, open_gpu
 from .memory import release_freed_memory_promptly
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -192,9 +192,14 @@ def build_pipeline(config: EngineConfig, registry: CollectorRegistry, *, read_gp
             gpu = open_gpu()
         except GpuError as exc:
             logger.warning("no GPU metrics: %s", exc)
-    where = runner.provider if gpu is None else f"{runner.provider} ({gpu.name})"
-    logger.info("model %s %s from %s on %s", runner.contract.name, runner.contract.version, path, where)
+    logger.info("model %s from %s", model_words(runner, gpu), path)
     return Pipeline(runner, config, Metrics(registry), gpu=gpu)
+
+
+def model_words(runner: Runner, gpu: Nvml | None) -> str:
+    """The model as "NAME VERSION on PROVIDER", with the GPU's name where it is read (log, first line)."""
+    where = runner.provider if gpu is None else f"{runner.provider} ({gpu.name})"
+    return f"{runner.contract.name} {runner.contract.version} on {where}"
 
 
 def check_listen_address(flag: str, address: str) -> None:
@@ -485,9 +490,8 @@ async def _serve(
     if ui_url:
         metrics += f", live view on {ui_url}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
-    runner = pipeline.runner
-    model = f"model {runner.contract.name} {runner.contract.version} on {runner.provider}"
-    print(f"polypstream serving on {running.address}{metrics} ({model})", flush=True)
+    model = model_words(pipeline.runner, pipeline.gpu)
+    print(f"polypstream serving on {running.address}{metrics} (model {model})", flush=True)
     await stop.wait()
     logger.info("shutting down: finishing accepted frames (grace %.0f s)", config.grace_s)
     await running.shutdown(config.grace_s)

@@ -241,6 +241,21 @@ def test_a_server_on_a_cpu_has_no_gpu_metrics(tiny_model: Path, monkeypatch: pyt
     assert samples(registry) == {}
 
 
+def test_the_model_is_described_with_the_gpus_name_where_it_is_read(tiny_model: Path) -> None:
+    # serve's first line and its log: on a GPU, which one ("on CUDAExecutionProvider" alone does
+    # not say whether the H100 or the H200 ran it).
+    from polypstream.runner import Runner
+
+    runner = Runner(tiny_model, device="cpu", max_batch=2)
+    words = f"{runner.contract.name} {runner.contract.version} on CPUExecutionProvider"
+    assert cli.model_words(runner, None) == words
+    gpu = opened(FakeNvml([H100]), {})
+    try:
+        assert cli.model_words(runner, gpu) == f"{words} ({H100[0]})"
+    finally:
+        gpu.close()
+
+
 def test_a_pipeline_reads_its_gpu_while_it_runs_and_lets_it_go_when_it_stops(tiny_model: Path) -> None:
     from polypstream.pipeline import Pipeline
     from polypstream.runner import Runner
