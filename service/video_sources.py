@@ -87,8 +87,10 @@ def _video_with_sidecar(path: Path) -> LabelledVideo:
     truth: list[list[Box]] = []
     for index, boxes in enumerate(frames):
         for box in boxes:
-            x, y, w, h = box if len(box) == 4 else (0, 0, 0, 0)
-            if len(box) != 4 or w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+            if len(box) != 4:
+                raise DatasetError(f"{sidecar}: frame {index}: box {list(box)} is not [x, y, width, height]")
+            x, y, w, h = box
+            if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
                 raise DatasetError(
                     f"{sidecar}: frame {index}: box {list(box)} is not inside the {width}x{height} frame"
                 )

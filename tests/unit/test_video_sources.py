@@ -47,12 +47,21 @@ def test_a_sidecar_whose_frame_count_differs_from_the_videos_is_refused(
         list(video.frames())
 
 
-@pytest.mark.parametrize("box", [[90, 24, 10, 10], [0, -1, 5, 5], [0, 0, 0, 5], [1, 2, 3]])
+@pytest.mark.parametrize("box", [[90, 24, 10, 10], [0, -1, 5, 5], [0, 0, 0, 5]])
 def test_a_box_outside_the_frame_is_refused_naming_the_frame(tmp_path: Path, box: list[int]) -> None:
     boxes = [[list(b)] for b in SQUARES]
     boxes[3] = [box]
     with pytest.raises(DatasetError, match=r"clip\.boxes\.json: frame 3: box .* is not inside the 96x80 frame"):
         open_labelled(clip_with_sidecar(tmp_path, boxes))
+
+
+@pytest.mark.parametrize("box", [[1, 2, 3], [1, 2, 3, 4, 5]])
+def test_a_box_of_other_than_four_numbers_is_refused_as_such(tmp_path: Path, box: list[int]) -> None:
+    boxes = [[list(b)] for b in SQUARES]
+    boxes[3] = [box]
+    with pytest.raises(DatasetError) as raised:
+        open_labelled(clip_with_sidecar(tmp_path, boxes))
+    assert str(raised.value).endswith(f"clip.boxes.json: frame 3: box {box} is not [x, y, width, height]")
 
 
 def frame_folder(folder: Path, frames: int = 4) -> Path:
