@@ -226,8 +226,8 @@ SERVING = {"grpc": r"serving on (\S+?),", "metrics": r"metrics on (\S+?)[,\s]", 
 def start_serve(*serve_args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`polypstream serve` on free ports (gRPC and metrics) and, once it serves, where, read from
     its first line ("serving on ADDR, metrics on URL[, URL…][, live view on URL] (model …)"): keys
-    "grpc", "metrics" (the first worker's), "all_metrics" (every worker's, space-separated) and,
-    with --ui, "ui"."""
+    "grpc", "metrics" (the first worker's), "all_metrics" (every worker's, space-separated),
+    "line" (the line itself) and, with --ui, "ui"."""
     command = [sys.executable, "-m", "polypstream", "serve", "--address", "127.0.0.1:0"]
     command += ["--metrics-address", "127.0.0.1:0", *serve_args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
@@ -235,6 +235,7 @@ def start_serve(*serve_args: str, env: dict[str, str] | None = None) -> tuple[su
     line = proc.stdout.readline()
     at = {name: found[1] for name, pattern in SERVING.items() if (found := re.search(pattern, line))}
     at["all_metrics"] = " ".join(re.findall(r"(https?://\S+?/metrics)", line))  # every worker's (serve --workers)
+    at["line"] = line.strip()
     if "grpc" not in at or "metrics" not in at:
         proc.kill()
         _, err = proc.communicate(timeout=30)

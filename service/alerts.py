@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from .config import check_alert_rule
+from .config import ConfigError, check_alert_rule
 from .frames import AlertEvent, Polyp
 
 
@@ -34,6 +34,27 @@ class AlertRule:
 
 
 RAW = AlertRule(1, 1, 0)  # per-frame reporting: no persistence, no hold
+
+
+def rule_for(
+    base: AlertRule | None, min_seen: int | None, window: int | None, hold: int | None, *, whose: str = "the model"
+) -> AlertRule:
+    """The rule applied: each part as set (a flag, its environment variable, a frame's options),
+    else `base`'s (the model's own `polypstream.alert_rule`, or the server's rule for a frame),
+    else AlertRule()'s. Raises ConfigError, naming the rule the unset parts came from (`whose`),
+    when the parts set do not fit it."""
+    rule = base or AlertRule()
+    parts = (
+        rule.min_seen if min_seen is None else min_seen,
+        rule.window if window is None else window,
+        rule.hold if hold is None else hold,
+    )
+    try:
+        return AlertRule(*parts)
+    except ConfigError as exc:
+        if None not in (min_seen, window, hold):
+            raise
+        raise ConfigError(f"{exc}; the parts not set are {whose if base else 'the default'}'s, {rule}") from exc
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture, workers
-from .alerts import AlertRule
+from .alerts import AlertRule, rule_for
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
@@ -107,16 +107,24 @@ def add_model_flags(g: argparse._ActionsContainer) -> None:
 def add_alert_flags(parser: argparse.ArgumentParser) -> None:
     """--alert-min-seen, --alert-window, --alert-hold (see alerts.py)."""
     alerts = parser.add_argument_group("alerts (a track alerts once seen in N of its last M frames, held H unseen)")
-    for flag, env, default, text in (
-        ("--alert-min-seen", "ALERT_MIN_SEEN", EngineConfig.alert_min_seen, "N: frames a track must be seen in"),
-        ("--alert-window", "ALERT_WINDOW", EngineConfig.alert_window, "M: of its last this many frames"),
-        ("--alert-hold", "ALERT_HOLD", EngineConfig.alert_hold, "H: unseen frames an alert outlasts"),
+    default = AlertRule()
+    for flag, env, fallback, text in (
+        ("--alert-min-seen", "ALERT_MIN_SEEN", default.min_seen, "N: frames a track must be seen in"),
+        ("--alert-window", "ALERT_WINDOW", default.window, "M: of its last this many frames"),
+        ("--alert-hold", "ALERT_HOLD", default.hold, "H: unseen frames an alert outlasts"),
     ):
-        alerts.add_argument(flag, type=int, default=int(env_default(env, str(default))), help=text)
+        value = env_default(env, "")
+        alerts.add_argument(
+            flag,
+            type=int,
+            default=int(value) if value else None,
+            help=f"{text} (default: the model's own rule, else {fallback})",
+        )
 
 
-def alert_rule(args: argparse.Namespace) -> AlertRule:
-    return AlertRule(args.alert_min_seen, args.alert_window, args.alert_hold)
+def alert_rule(args: argparse.Namespace, runner: Runner) -> AlertRule:
+    """The rule the alert flags ask for, the model's own (else the default) for each part unset."""
+    return rule_for(runner.contract.alert_rule, args.alert_min_seen, args.alert_window, args.alert_hold)
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -192,8 +200,9 @@ def build_pipeline(config: EngineConfig, registry: CollectorRegistry, *, read_gp
             gpu = open_gpu()
         except GpuError as exc:
             logger.warning("no GPU metrics: %s", exc)
-    logger.info("model %s from %s", model_words(runner, gpu), path)
-    return Pipeline(runner, config, Metrics(registry), gpu=gpu)
+    pipeline = Pipeline(runner, config, Metrics(registry), gpu=gpu)
+    logger.info("model %s from %s; alerts: %s", model_words(runner, gpu), path, pipeline.default_alert_rule)
+    return pipeline
 
 
 def model_words(runner: Runner, gpu: Nvml | None) -> str:
@@ -490,7 +499,7 @@ async def _serve(
     if ui_url:
         metrics += f", live view on {ui_url}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
-    model = model_words(pipeline.runner, pipeline.gpu)
+    model = f"{model_words(pipeline.runner, pipeline.gpu)}; alerts {pipeline.default_alert_rule}"
     print(f"polypstream serving on {running.address}{metrics} (model {model})", flush=True)
     await stop.wait()
     logger.info("shutting down: finishing accepted frames (grace %.0f s)", config.grace_s)
@@ -979,8 +988,9 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     def progress(what: str) -> None:
         print(f"{what} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
+    rule = alert_rule(args, runner)
     report = evaluate_videos(
-        [Path(s) for s in args.sources], runner, alert_rule(args), fps=args.fps, sweep=args.sweep, progress=progress
+        [Path(s) for s in args.sources], runner, rule, fps=args.fps, sweep=args.sweep, progress=progress
     )
     report["model"] = f"{runner.contract.name} {runner.contract.version}"
     if args.plot:
@@ -989,7 +999,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     r = report
-    print(f"{r['model']}, alerts {alert_rule(args)}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
+    print(f"{r['model']}, alerts {rule}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
     print(f"  per-polyp sensitivity {r['per_polyp_sensitivity']}, per-frame sensitivity {r['per_frame_sensitivity']}, "
           f"per-frame precision {r['per_frame_precision']}")  # fmt: skip
     print(f"  first detection ms {r['first_detection_ms']}")

@@ -24,11 +24,14 @@ class ConfigError(ValueError):
 MAX_ALERT_WINDOW = 64
 
 
-def check_alert_rule(min_seen: int, window: int, hold: int) -> None:
-    """An alert rule (alerts.py) that can be met: 1 <= min_seen <= window <= 64, 0 <= hold <= 64."""
-    if not 1 <= min_seen <= window <= MAX_ALERT_WINDOW:
+def check_alert_rule(min_seen: int | None, window: int | None, hold: int | None) -> None:
+    """An alert rule (alerts.py) that can be met: 1 <= min_seen <= window <= 64, 0 <= hold <= 64.
+    A part that is None is not set here (it will be the model's): the others are checked alone."""
+    low = 1 if min_seen is None else min_seen
+    high = MAX_ALERT_WINDOW if window is None else window
+    if not 1 <= low <= high <= MAX_ALERT_WINDOW:
         raise ConfigError(f"alert rule: need 1 <= min_seen ({min_seen}) <= window ({window}) <= {MAX_ALERT_WINDOW}")
-    if not 0 <= hold <= MAX_ALERT_WINDOW:
+    if hold is not None and not 0 <= hold <= MAX_ALERT_WINDOW:
         raise ConfigError(f"alert rule: hold must be 0..{MAX_ALERT_WINDOW} frames, got {hold}")
 
 
@@ -67,12 +70,12 @@ class EngineConfig:
     # decoders wait up to 5 ms to come back (benchmarks/README.md, "The GIL's switch interval").
     gil_switch_ms: float = 0.5
     # Alerts (alerts.py): seen in alert_min_seen of the last alert_window frames to start, held
-    # alert_hold unseen frames; per stream, FrameOptions may set each.
-    # Chosen for the shipped `fast` model on the stand-in corpus by video_eval.choose_rule
-    # (benchmarks/README.md, "Clinical alerts"): 2 of 2, held 4 for 0.3-cpu (3 of 3 for 0.2-cpu).
-    alert_min_seen: int = 2
-    alert_window: int = 2
-    alert_hold: int = 4
+    # alert_hold unseen frames; per stream, FrameOptions may set each. None: the model's own rule
+    # (`polypstream.alert_rule`, chosen for it on a stand-in corpus of its validation images by
+    # video_eval.choose_rule: benchmarks/README.md, "Clinical alerts"), else alerts.AlertRule()'s.
+    alert_min_seen: int | None = None
+    alert_window: int | None = None
+    alert_hold: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH:

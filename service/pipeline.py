@@ -19,7 +19,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from .alerts import AlertRule, Alerts
+from .alerts import AlertRule, Alerts, rule_for
 from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
@@ -58,6 +58,10 @@ class Pipeline:
         self.config = config
         self.metrics = metrics
         self.budget_s = config.budget_ms / 1e3
+        # The server's alert rule: each part as configured, else the model's (ConfigError if they clash).
+        self.default_alert_rule = rule_for(
+            runner.contract.alert_rule, config.alert_min_seen, config.alert_window, config.alert_hold
+        )
         self.batcher = Batcher(
             self._process,
             max_batch=min(config.max_batch, runner.max_batch),
@@ -250,14 +254,10 @@ class Pipeline:
             self.view.forget(stream_key)
 
     def alert_rule(self, options: FrameOptions) -> AlertRule:
-        """The alert rule a frame's options ask for, the server's default for each part unset.
+        """The alert rule a frame's options ask for, the server's for each part unset.
         Raises ConfigError for an impossible one."""
-        c = self.config
-        return AlertRule(
-            c.alert_min_seen if options.alert_min_seen is None else options.alert_min_seen,
-            c.alert_window if options.alert_window is None else options.alert_window,
-            c.alert_hold if options.alert_hold is None else options.alert_hold,
-        )
+        o = options
+        return rule_for(self.default_alert_rule, o.alert_min_seen, o.alert_window, o.alert_hold, whose="the server")
 
     def _stream(self, frame: Frame) -> _StreamState:
         with self._lock:

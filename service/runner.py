@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from .alerts import AlertRule
 from .threads import os_thread_named
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class ModelContract:
     # How a frame is shrunk to the input: "area" (averaging, as the training images were) or
     # "linear" (a tenth of the time from 960×540 to 352², for a model whose validation Dice it keeps).
     resize: str = "area"
+    # The alert rule chosen for this model (`polypstream.alert_rule`, "N,M,H"): its false alarms
+    # are its own, so the rule that keeps them down travels with it; None: the service's default.
+    alert_rule: AlertRule | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
@@ -83,8 +87,9 @@ class ModelContract:
                 threshold=float(get("threshold")),
                 min_region_score=float(meta.get(META_PREFIX + "min_region_score", "0")),
                 resize=meta.get(META_PREFIX + "resize", "area"),
+                alert_rule=_alert_rule(meta.get(META_PREFIX + "alert_rule")),
             )
-        except ValueError as exc:
+        except ValueError as exc:  # ConfigError (an alert rule that cannot be met) among them
             raise ModelError(f"{source}: malformed polypstream metadata ({exc})") from exc
         if contract.channel_order not in ("RGB", "BGR"):
             raise ModelError(f"{source}: channel_order must be RGB or BGR, not {contract.channel_order}")
@@ -93,6 +98,15 @@ class ModelContract:
         if contract.resize not in RESIZES:
             raise ModelError(f"{source}: resize must be {' or '.join(RESIZES)}, not {contract.resize}")
         return contract
+
+
+def _alert_rule(value: str | None) -> AlertRule | None:
+    if value is None:
+        return None
+    parts = [int(v) for v in value.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"alert_rule must be N,M,H, not {value!r}")
+    return AlertRule(*parts)
 
 
 def models_dir() -> Path:

@@ -576,6 +576,25 @@ def test_eval_video_prints_the_cade_metrics_as_json_with_a_sweep_and_a_plot(tmp_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_video_measures_the_models_own_alert_rule_unless_told_otherwise(tmp_path: Path) -> None:
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m.onnx", metadata={"polypstream.alert_rule": "3,3,1"})
+    clip = write_clip(tmp_path / "clip.avi", frames=6, fps=10.0)
+    (tmp_path / "clip.boxes.json").write_text(json.dumps({"fps": 10, "frames": [[[8, 24, 32, 24]]] * 6}))
+    own = polypstream("eval-video", str(clip), "--model", str(model), "--json")
+    assert own.returncode == 0, own.stderr
+    assert json.loads(own.stdout.splitlines()[-1])["rule"] == {"min_seen": 3, "window": 3, "hold": 1}
+    told = polypstream("eval-video", str(clip), "--model", str(model), "--alert-hold", "0")
+    assert told.returncode == 0, told.stderr
+    assert ", alerts 3 of 3 frames, held 0: 6 frames" in told.stdout
+    clash = polypstream("eval-video", str(clip), "--model", str(model), "--alert-window", "2")
+    assert clash.returncode == 2 and clash.stderr.strip().splitlines()[-1] == (
+        "polypstream eval-video: error: alert rule: need 1 <= min_seen (3) <= window (2) <= 64; "
+        "the parts not set are the model's, 3 of 3 frames, held 1"
+    )
+
+
 def test_eval_video_refuses_bad_ground_truth_with_one_line(tmp_path: Path, tiny_model: Path) -> None:
     clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
     (tmp_path / "clip.boxes.json").write_text(json.dumps({"frames": [[[8, 24, 32, 24]]] * 11}))
@@ -583,6 +602,23 @@ def test_eval_video_refuses_bad_ground_truth_with_one_line(tmp_path: Path, tiny_
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1] == (
         f"polypstream eval-video: error: {tmp_path / 'clip.boxes.json'}: has 11 frames of boxes; clip.avi has more"
+    )
+
+
+def test_serve_says_the_alert_rule_in_force_the_models_own_with_a_part_replaced(tmp_path: Path) -> None:
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m.onnx", metadata={"polypstream.alert_rule": "3,3,1"})
+    proc, at = start_serve("--model", str(model), "--alert-hold", "0")
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert at["line"].endswith(" on CPUExecutionProvider; alerts 3 of 3 frames, held 0)")
+    clash = polypstream(
+        "serve", "--model", str(model), "--address", "127.0.0.1:0", "--metrics-address", "", "--alert-window", "2"
+    )
+    assert clash.returncode == 2 and clash.stderr.strip().splitlines()[-1] == (
+        "polypstream serve: error: alert rule: need 1 <= min_seen (3) <= window (2) <= 64; "
+        "the parts not set are the model's, 3 of 3 frames, held 1"
     )
 
 

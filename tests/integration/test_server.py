@@ -420,6 +420,43 @@ def test_alerts_start_hold_and_end_through_a_real_server(client: SegmenterClient
     assert overlays[2][24, 16:48].max(axis=1).min() > 150  # held: its box is drawn on the empty frame
 
 
+def test_a_server_alerts_by_its_models_own_rule_and_a_part_set_replaces_that_part_alone(tmp_path: Path) -> None:
+    # A model carrying "1,1,0" (raw reporting): its square alerts in its first frame. A stream
+    # setting only N gets the model's M, and one that cannot fit it is refused naming the model's rule.
+    from polypstream.config import ConfigError, EngineConfig
+    from polypstream.metrics import Metrics
+    from polypstream.runner import Runner
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "raw.onnx", metadata={"polypstream.alert_rule": "1,1,0"})
+
+    def alerting(engine: EngineConfig, options: FrameOptions = FrameOptions(no_drop=True)) -> list[object]:
+        pipe = Pipeline(Runner(model, device="cpu", max_batch=2), engine, Metrics(CollectorRegistry()))
+        pipe.start()
+        try:
+            config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+            with serve_in_thread(pipe, config) as running, SegmenterClient(running.address) as c:
+                answers = list(c.segment(frames(3, options=options)))
+        finally:
+            pipe.stop()
+        return [[p.alerting for p in a.result.polyps] if a.status == "OK" else a.result.error for a in answers]
+
+    assert alerting(EngineConfig()) == [[True], [True], [True]]
+    assert alerting(EngineConfig(alert_min_seen=2, alert_window=2)) == [[False], [True], [True]]
+    with pytest.raises(ConfigError) as raised:  # serve --alert-min-seen 2 alone: stops at start, in one line
+        Pipeline(Runner(model, device="cpu", max_batch=2), EngineConfig(alert_min_seen=2), Metrics(CollectorRegistry()))
+    assert str(raised.value).endswith("the parts not set are the model's, 1 of 1 frames, held 0")
+    refused = alerting(EngineConfig(), FrameOptions(no_drop=True, alert_min_seen=2))
+    assert (
+        refused
+        == [
+            "frame options: alert rule: need 1 <= min_seen (2) <= window (1) <= 64; "
+            "the parts not set are the server's, 1 of 1 frames, held 0"
+        ]
+        * 3
+    )
+
+
 def test_a_stream_without_alert_options_gets_the_servers_rule_and_a_bad_rule_is_refused(
     client: SegmenterClient,
 ) -> None:
@@ -430,4 +467,7 @@ def test_a_stream_without_alert_options_gets_the_servers_rule_and_a_bad_rule_is_
     )
     (answer,) = client.segment(iter([bad]))
     assert answer.status == "INVALID_FRAME"
-    assert answer.result.error == "frame options: alert rule: need 1 <= min_seen (4) <= window (2) <= 64"
+    assert answer.result.error == (
+        "frame options: alert rule: need 1 <= min_seen (4) <= window (2) <= 64; "
+        "the parts not set are the server's, 2 of 2 frames, held 4"
+    )

@@ -85,3 +85,59 @@ def test_closing_a_stream_ends_its_alerts() -> None:
 def test_impossible_rules_are_refused(min_seen: int, window: int, hold: int) -> None:
     with pytest.raises(ValueError, match="alert rule"):
         AlertRule(min_seen, window, hold)
+
+
+def test_a_rule_takes_each_part_set_else_the_models_else_the_default() -> None:
+    from polypstream.alerts import rule_for
+
+    model = AlertRule(4, 4, 3)
+    assert rule_for(model, None, None, None) == model
+    assert rule_for(model, None, None, 0) == AlertRule(4, 4, 0)  # --alert-hold 0 alone
+    assert rule_for(model, 1, 1, 0) == RAW
+    assert rule_for(None, None, None, None) == AlertRule(2, 2, 4)  # a model without a rule of its own
+    assert rule_for(None, 3, 3, None) == AlertRule(3, 3, 4)
+
+
+def test_a_part_that_does_not_fit_the_models_rule_is_refused_naming_it() -> None:
+    from polypstream.alerts import rule_for
+    from polypstream.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        rule_for(AlertRule(4, 4, 3), None, 2, None)
+    assert str(raised.value) == (
+        "alert rule: need 1 <= min_seen (4) <= window (2) <= 64; "
+        "the parts not set are the model's, 4 of 4 frames, held 3"
+    )
+    with pytest.raises(ConfigError) as raised:
+        rule_for(None, 3, None, None)
+    assert str(raised.value).endswith("; the parts not set are the default's, 2 of 2 frames, held 4")
+    with pytest.raises(ConfigError) as raised:
+        rule_for(AlertRule(4, 4, 3), 5, 2, 1)  # all set: the model's rule plays no part
+    assert str(raised.value) == "alert rule: need 1 <= min_seen (5) <= window (2) <= 64"
+
+
+@pytest.mark.parametrize(
+    ("parts", "error"),
+    [
+        ((None, 0, None), "alert rule: need 1 <= min_seen (None) <= window (0) <= 64"),
+        ((0, None, None), "alert rule: need 1 <= min_seen (0) <= window (None) <= 64"),
+        ((65, None, None), "alert rule: need 1 <= min_seen (65) <= window (None) <= 64"),
+        ((None, 65, None), "alert rule: need 1 <= min_seen (None) <= window (65) <= 64"),
+        ((3, 2, None), "alert rule: need 1 <= min_seen (3) <= window (2) <= 64"),
+        ((None, None, 65), "alert rule: hold must be 0..64 frames, got 65"),
+        ((None, None, -1), "alert rule: hold must be 0..64 frames, got -1"),
+    ],
+)
+def test_the_parts_of_a_rule_set_before_the_model_is_known_are_checked_alone(
+    parts: tuple[int | None, int | None, int | None], error: str
+) -> None:
+    # serve checks its flags before loading the model: what can be wrong without it is refused then.
+    from polypstream.config import ConfigError, EngineConfig, check_alert_rule
+
+    with pytest.raises(ConfigError) as raised:
+        check_alert_rule(*parts)
+    assert str(raised.value) == error
+    with pytest.raises(ConfigError):
+        EngineConfig(alert_min_seen=parts[0], alert_window=parts[1], alert_hold=parts[2])
+    for fine in ((3, None, None), (None, 3, None), (None, None, 0), (None, None, None), (64, 64, 64)):
+        check_alert_rule(*fine)

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from polypstream import runner as runner_module
+from polypstream.alerts import AlertRule
 from polypstream.runner import SPINNING, ModelContract, ModelError, Runner, record_checksum, resolve_model
 from tests.conftest import square_image
 from tests.tiny_model import build_tiny_model
@@ -317,6 +318,23 @@ def test_mean_and_std_triples_are_read_in_order_and_must_be_three() -> None:
     for bad in ("0.1,0.2", "0.1,0.2,0.3,0.4"):
         with pytest.raises(ModelError, match=r"m\.onnx: 'polypstream\.mean' must have 3 values, got [24]"):
             runner_module.ModelContract.from_metadata({**meta, "polypstream.mean": bad}, "m.onnx")
+
+
+def test_a_models_alert_rule_is_read_from_its_metadata_and_must_be_one_that_can_be_met() -> None:
+    meta = {f"polypstream.{k}": v for k, v in {
+        "name": "m", "version": "1", "input_size": "32x32", "channel_order": "RGB", "scale": "1",
+        "mean": "0,0,0", "std": "1,1,1", "output": "probability", "threshold": "0.5",
+    }.items()}  # fmt: skip
+    assert runner_module.ModelContract.from_metadata(meta, "m.onnx").alert_rule is None  # the service's default
+    rule = runner_module.ModelContract.from_metadata({**meta, "polypstream.alert_rule": "4,4,3"}, "m.onnx").alert_rule
+    assert rule == AlertRule(4, 4, 3)
+    for bad, why in (
+        ("4,2,4", r"alert rule: need 1 <= min_seen \(4\) <= window \(2\) <= 64"),
+        ("4,4", r"alert_rule must be N,M,H, not '4,4'"),
+        ("a,b,c", "invalid literal"),
+    ):
+        with pytest.raises(ModelError, match=rf"m\.onnx: malformed polypstream metadata \({why}"):
+            runner_module.ModelContract.from_metadata({**meta, "polypstream.alert_rule": bad}, "m.onnx")
 
 
 def test_preprocessing_scales_subtracts_the_mean_and_divides_by_the_std(tmp_path: Path) -> None:

@@ -52,14 +52,17 @@ def worker_said(index: int, first_line: str, *lines: str) -> Worker:
 
 
 def test_the_parent_says_where_all_workers_serve_and_what_they_answered() -> None:
-    serving = "polypstream serving on 127.0.0.1:5000, metrics on http://127.0.0.1:{}/metrics (model tiny test on CPU)"
+    serving = (
+        "polypstream serving on 127.0.0.1:5000, metrics on http://127.0.0.1:{}/metrics "
+        "(model tiny test on CPU; alerts 2 of 2 frames, held 4)"
+    )
     workers = [
         worker_said(0, serving.format(8000), "polypstream stopped: 30 frames answered"),
         worker_said(1, serving.format(8001), "polypstream stopped: 12 frames answered"),
     ]
     assert serving_line(workers, "127.0.0.1:5000") == (
         "polypstream serving on 127.0.0.1:5000, metrics on http://127.0.0.1:8000/metrics, "
-        "http://127.0.0.1:8001/metrics (2 workers; model tiny test on CPU)"
+        "http://127.0.0.1:8001/metrics (2 workers; model tiny test on CPU; alerts 2 of 2 frames, held 4)"
     )
     with_health = serving_line(workers, "127.0.0.1:5000", "127.0.0.1:5001")
     assert ", http://127.0.0.1:8001/metrics, health on 127.0.0.1:5001 (2 workers; " in with_health
