@@ -462,7 +462,13 @@ def start_live_view(address: str, config: ServerConfig, pipeline: Pipeline, sour
     """The live view on `address`, with the gRPC port's token and TLS, fed by the pipeline."""
     runner = pipeline.runner
     c = runner.contract
-    model = {"name": c.name, "version": c.version, "provider": runner.provider, "budget_ms": pipeline.config.budget_ms}
+    model = {
+        "name": c.name,
+        "version": c.version,
+        "provider": runner.provider,
+        "budget_ms": pipeline.config.budget_ms,
+        "alerts": str(pipeline.default_alert_rule),  # the rule a stream gets unless its options set one
+    }
     hub = ViewHub(model, sources, gpu=pipeline.gpu_state)
     try:
         live = LiveView(

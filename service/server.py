@@ -664,6 +664,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     ) -> pb.ModelInfo:
         runner = self.pipeline.runner
         c = runner.contract
+        rule = self.pipeline.default_alert_rule
         return pb.ModelInfo(
             name=c.name,
             version=c.version,
@@ -674,6 +675,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             max_batch=self.pipeline.batcher.max_batch,
             budget_ms=self.pipeline.config.budget_ms,
             path=runner.path.name,  # which file, not where the server keeps it
+            alert_rule=pb.AlertRule(min_seen=rule.min_seen, window=rule.window, hold=rule.hold),
         )
 
     async def ListSources(  # noqa: N802

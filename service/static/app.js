@@ -31,7 +31,8 @@ function gpuLine(gpu) {
 
 function showState(state) {
   const m = state.model;
-  document.getElementById("model").textContent = `model ${m.name} ${m.version} on ${m.provider}${gpuLine(state.gpu)}`;
+  const alerts = m.alerts ? ` · alerts ${m.alerts}` : "";
+  document.getElementById("model").textContent = `model ${m.name} ${m.version} on ${m.provider}${alerts}${gpuLine(state.gpu)}`;
   const listed = new Set(state.streams.map((s) => s.id));
   for (const [id, tile] of tiles) {
     if (!listed.has(id)) {

@@ -114,15 +114,19 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         model_line = "(state) => { showState(state); return document.getElementById('model').textContent; }"
         state = json.loads(browser.evaluate("fetch('/api/state').then(r => r.text())"))
         assert state["gpu"] is None  # a CPU here: the model line alone
-        on_cpu = f"model {state['model']['name']} {state['model']['version']} on CPUExecutionProvider"
+        assert state["model"]["alerts"] == "2 of 2 frames, held 4"  # the shipped fast model's own rule
+        on_cpu = (
+            f"model {state['model']['name']} {state['model']['version']} on CPUExecutionProvider"
+            " · alerts 2 of 2 frames, held 4"
+        )
         assert browser.evaluate(f"({model_line})({json.dumps(state)})") == on_cpu
+        (artifacts / "live-view.png").write_bytes(browser.screenshot())  # the page as served, before the made-up GPU
         # on a GPU the line adds its newest reading (drawn here from a made-up one: no GPU in CI)
         gpu = {"name": "NVIDIA H100 80GB HBM3", "busy": 0.424, "memory_used_gib": 3.04, "memory_total_gib": 79.65}
         shown = browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': gpu})})")
         assert shown == f"{on_cpu} · NVIDIA H100 80GB HBM3: 42 % busy, 3.0 of 79.7 GiB"
         mig = {**gpu, "busy": None}  # a MIG slice reports no busy share of its own
         assert browser.evaluate(f"({model_line})({json.dumps({**state, 'gpu': mig})})").endswith(": 3.0 of 79.7 GiB")
-        (artifacts / "live-view.png").write_bytes(browser.screenshot())
         metrics = scrape(metrics_url)
         assert metrics["polypstream_view_viewers"] == 1  # this page
         assert metrics["polypstream_view_pictures_total"] >= 2  # the two seen above, at least

@@ -174,6 +174,7 @@ def test_health_model_info_and_sources(server: RunningServer, client: SegmenterC
         4,
         "tiny.onnx",  # the file's name: where the server keeps it is not the client's business
     )
+    assert (info.alert_rule.min_seen, info.alert_rule.window, info.alert_rule.hold) == (2, 2, 4)  # no rule of its own
     assert list(client.stub.ListSources(pb.ListSourcesRequest()).sources) == []
     with pytest.raises(grpc.RpcError) as err:
         next(iter(client.stub.Watch(pb.WatchRequest(source="nope"))))
@@ -442,6 +443,15 @@ def test_a_server_alerts_by_its_models_own_rule_and_a_part_set_replaces_that_par
         return [[p.alerting for p in a.result.polyps] if a.status == "OK" else a.result.error for a in answers]
 
     assert alerting(EngineConfig()) == [[True], [True], [True]]
+    pipe = Pipeline(Runner(model, device="cpu", max_batch=2), EngineConfig(alert_hold=2), Metrics(CollectorRegistry()))
+    pipe.start()
+    try:
+        config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+        with serve_in_thread(pipe, config) as running, SegmenterClient(running.address) as c:
+            rule = c.model_info().alert_rule  # what a client can learn of it
+    finally:
+        pipe.stop()
+    assert (rule.min_seen, rule.window, rule.hold) == (1, 1, 2)
     assert alerting(EngineConfig(alert_min_seen=2, alert_window=2)) == [[False], [True], [True]]
     with pytest.raises(ConfigError) as raised:  # serve --alert-min-seen 2 alone: stops at start, in one line
         Pipeline(Runner(model, device="cpu", max_batch=2), EngineConfig(alert_min_seen=2), Metrics(CollectorRegistry()))

@@ -184,7 +184,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_width", "input_height", "provider", "threshold", "max_batch", "budget_ms", "path")
+    __slots__ = ("name", "version", "input_width", "input_height", "provider", "threshold", "max_batch", "budget_ms", "path", "alert_rule")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    ALERT_RULE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_width: int
@@ -203,7 +204,18 @@ class ModelInfo(_message.Message):
     max_batch: int
     budget_ms: float
     path: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., provider: _Optional[str] = ..., threshold: _Optional[float] = ..., max_batch: _Optional[int] = ..., budget_ms: _Optional[float] = ..., path: _Optional[str] = ...) -> None: ...
+    alert_rule: AlertRule
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., provider: _Optional[str] = ..., threshold: _Optional[float] = ..., max_batch: _Optional[int] = ..., budget_ms: _Optional[float] = ..., path: _Optional[str] = ..., alert_rule: _Optional[_Union[AlertRule, _Mapping]] = ...) -> None: ...
+
+class AlertRule(_message.Message):
+    __slots__ = ("min_seen", "window", "hold")
+    MIN_SEEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    min_seen: int
+    window: int
+    hold: int
+    def __init__(self, min_seen: _Optional[int] = ..., window: _Optional[int] = ..., hold: _Optional[int] = ...) -> None: ...
 
 class ListSourcesRequest(_message.Message):
     __slots__ = ()
