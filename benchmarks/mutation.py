@@ -11,7 +11,7 @@ unmutated package. Each worker mutates its own copy of the working tree (tracked
 files, not the ignored ones), made importable as `polypstream` through a symlink on PYTHONPATH, so
 that workers never see each other's mutants.
 
-What is mutated: every function of batcher, scores, evaluate, runner, sources and gpu; the regions,
+What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu and alerts; the regions,
 score floor and tracker of postprocess (not the overlay's colours and label placement); the
 JPEG/PNG header checks and decoding of capture (its video and network sources are tested by
 integration tests, too slow to run for every mutant). Each module's mutants run
@@ -65,6 +65,7 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "runner": (["tests/unit/test_runner.py", "tests/unit/test_packaging.py"], None),
     "sources": (["tests/unit/test_sources.py"], None),
     "gpu": (["tests/unit/test_gpu.py"], None),
+    "alerts": (["tests/unit/test_alerts.py"], None),
     "capture": (
         ["tests/unit/test_capture.py"],
         {

@@ -59,6 +59,27 @@ def test_a_track_that_comes_back_after_its_alert_ended_must_earn_it_again() -> N
     assert [events for _, _, events in steps] == [[], [(1, "start")], [(1, "end")], [], [(1, "start")]]
 
 
+def test_a_track_back_after_a_short_gap_alerts_again_once_its_window_holds_enough_sightings() -> None:
+    # 2 of its last 4 frames, no hold: the gap ends the alert, and the next sighting makes 3 of
+    # the last 4, which is enough (at least N, not exactly N: mutation testing found this unpinned).
+    steps = run(AlertRule(2, 4, 0), [seen(1), seen(1), [], seen(1), seen(1)])
+    assert [events for _, _, events in steps] == [[], [(1, "start")], [(1, "end")], [(1, "start")], []]
+    assert [alerting for alerting, _, _ in steps] == [[], [1], [], [1], [1]]
+
+
+def test_a_rule_is_a_value_that_no_stream_can_change() -> None:
+    # One rule object is every stream's default on a server (Pipeline.default_alert_rule).
+    import dataclasses
+
+    rule = AlertRule(4, 4, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rule.hold = 0  # type: ignore[misc]
+    assert hash(rule) == hash(AlertRule(4, 4, 3)) and {rule: 1}[AlertRule(4, 4, 3)] == 1
+    frame = Alerts(rule).update(seen(1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frame.held = ()  # type: ignore[misc]
+
+
 def test_two_polyps_alert_and_end_on_their_own() -> None:
     steps = run(AlertRule(2, 3, 1), [seen(1), seen(1, 2), seen(1, 2), seen(2), seen(2), []])
     assert [events for _, _, events in steps] == [
