@@ -23,7 +23,7 @@ from .frames import AlertEvent, Polyp
 @dataclass(frozen=True)
 class AlertRule:
     min_seen: int = 2  # frames a track must be seen in...
-    window: int = 2  # ...of its last this many, to start alerting (the defaults: config.EngineConfig)
+    window: int = 2  # ...of its last this many, to start alerting (these: for a model without a rule of its own)
     hold: int = 4  # unseen frames an alert outlasts (its last box is reported meanwhile)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,8 @@ def check_alert_rule(min_seen: int | None, window: int | None, hold: int | None)
     low = 1 if min_seen is None else min_seen
     high = MAX_ALERT_WINDOW if window is None else window
     if not 1 <= low <= high <= MAX_ALERT_WINDOW:
-        raise ConfigError(f"alert rule: need 1 <= min_seen ({min_seen}) <= window ({window}) <= {MAX_ALERT_WINDOW}")
+        n, m = ("the model's" if v is None else v for v in (min_seen, window))
+        raise ConfigError(f"alert rule: need 1 <= min_seen ({n}) <= window ({m}) <= {MAX_ALERT_WINDOW}")
     if hold is not None and not 0 <= hold <= MAX_ALERT_WINDOW:
         raise ConfigError(f"alert rule: hold must be 0..{MAX_ALERT_WINDOW} frames, got {hold}")
 

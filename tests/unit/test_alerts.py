@@ -140,10 +140,10 @@ def test_a_part_that_does_not_fit_the_models_rule_is_refused_naming_it() -> None
 @pytest.mark.parametrize(
     ("parts", "error"),
     [
-        ((None, 0, None), "alert rule: need 1 <= min_seen (None) <= window (0) <= 64"),
-        ((0, None, None), "alert rule: need 1 <= min_seen (0) <= window (None) <= 64"),
-        ((65, None, None), "alert rule: need 1 <= min_seen (65) <= window (None) <= 64"),
-        ((None, 65, None), "alert rule: need 1 <= min_seen (None) <= window (65) <= 64"),
+        ((None, 0, None), "alert rule: need 1 <= min_seen (the model's) <= window (0) <= 64"),
+        ((0, None, None), "alert rule: need 1 <= min_seen (0) <= window (the model's) <= 64"),
+        ((65, None, None), "alert rule: need 1 <= min_seen (65) <= window (the model's) <= 64"),
+        ((None, 65, None), "alert rule: need 1 <= min_seen (the model's) <= window (65) <= 64"),
         ((3, 2, None), "alert rule: need 1 <= min_seen (3) <= window (2) <= 64"),
         ((None, None, 65), "alert rule: hold must be 0..64 frames, got 65"),
         ((None, None, -1), "alert rule: hold must be 0..64 frames, got -1"),
