@@ -999,11 +999,14 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         [Path(s) for s in args.sources], runner, rule, fps=args.fps, sweep=args.sweep, progress=progress
     )
     report["model"] = f"{runner.contract.name} {runner.contract.version}"
+    interrupted = bool(report["interrupted"])
+    if interrupted:
+        print(f"interrupted: the report covers the {report['videos']} videos done so far", file=sys.stderr)
     if args.plot:
         plot_alert_sweep(report, args.plot)
     if args.json:
         print(json.dumps(report))
-        return 0
+        return 130 if interrupted else 0
     r = report
     print(f"{r['model']}, alerts {rule}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
     print(f"  per-polyp sensitivity {r['per_polyp_sensitivity']}, per-frame sensitivity {r['per_frame_sensitivity']}, "
@@ -1012,7 +1015,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     print(f"  false-positive activations {r['fp_activations']} of {r['activations']} ({r['fp_per_minute']} per minute)")
     if "chosen_rule" in r:
         print(f"  chosen by the fixed rule over the sweep: {AlertRule(**r['chosen_rule'])}")  # type: ignore[arg-type]
-    return 0
+    return 130 if interrupted else 0
 
 
 # --- main --------------------------------------------------------------------------------

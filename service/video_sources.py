@@ -192,26 +192,47 @@ def evaluate_videos(
 ) -> dict[str, object]:
     """The video evaluation report: the totals under `rule` at the top level, one entry per
     source, and with `sweep` every rule of `sweep_rules()` and the one `choose_rule` picks.
-    The model runs once per video; the rules are applied to its tracked polyps."""
+    The model runs once per video; the rules are applied to its tracked polyps.
+
+    Interrupted (Ctrl-C), it reports the videos done so far, `interrupted` true and no rule
+    chosen (a sweep over part of the videos is not the one the rule was fixed for)."""
     rules = [rule, *(r for r in sweep_rules() if r != rule)] if sweep else [rule]
+    done: list[tuple[int, dict[AlertRule, VideoTally]]] = []  # per video: its source, each rule's counts
+    opened = 0
+    interrupted = False
+    try:
+        for index, source in enumerate(sources):
+            videos = open_labelled(source, fps)
+            opened += 1
+            for video in videos:
+                tracked = predict(video, runner)
+                done.append((index, {r: score_video(tracked, video.truth, video.fps, r) for r in rules}))
+                if progress is not None:
+                    progress(f"{source.name}: {video.name}, {len(tracked)} frames")
+    except KeyboardInterrupt:  # the videos done so far are still a result
+        interrupted = True
     per_rule = {r: VideoTally() for r in rules}
-    entries = []
-    for source in sources:
-        videos = open_labelled(source, fps)
-        source_tally = VideoTally()
-        for video in videos:
-            tracked = predict(video, runner)
-            if progress is not None:
-                progress(f"{source.name}: {video.name}, {len(tracked)} frames")
-            for r in rules:
-                tally = score_video(tracked, video.truth, video.fps, r)
-                per_rule[r].merge(tally)
-                if r == rule:
-                    source_tally.merge(tally)
-        entries.append({"source": str(source), "videos": len(videos), **source_tally.report()})
-    report: dict[str, object] = {**per_rule[rule].report(), "rule": asdict(rule), "sources": entries}
+    per_source = [VideoTally() for _ in range(opened)]
+    videos_done = [0] * opened
+    for index, tallies in done:
+        for r, tally in tallies.items():
+            per_rule[r].merge(tally)
+        per_source[index].merge(tallies[rule])
+        videos_done[index] += 1
+    entries = [
+        {"source": str(source), "videos": videos_done[i], **per_source[i].report()}
+        for i, source in enumerate(sources[:opened])
+    ]
+    report: dict[str, object] = {
+        **per_rule[rule].report(),
+        "rule": asdict(rule),
+        "sources": entries,
+        "videos": len(done),
+        "interrupted": interrupted,
+    }
     if sweep:
         ordered = [(r, per_rule[r]) for r in sweep_rules()]
         report["sweep"] = [{"rule": asdict(r), **t.report()} for r, t in ordered]
-        report["chosen_rule"] = asdict(choose_rule(ordered))
+        if not interrupted:
+            report["chosen_rule"] = asdict(choose_rule(ordered))
     return report

@@ -27,6 +27,8 @@ def chosen_rule(sweep: dict, model: str) -> AlertRule:
     """The rule an eval-video sweep chose, provided the sweep is of `model` ("NAME VERSION")."""
     if sweep.get("model") != model:
         raise SystemExit(f"the sweep is of {sweep.get('model')!r}, not of {model!r}")
+    if sweep.get("interrupted"):
+        raise SystemExit("the sweep was interrupted: it chose no rule (run it to the end)")
     if "chosen_rule" not in sweep:
         raise SystemExit("the report has no chosen_rule: run eval-video with --sweep")
     chosen = sweep["chosen_rule"]

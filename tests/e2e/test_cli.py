@@ -595,6 +595,24 @@ def test_eval_video_measures_the_models_own_alert_rule_unless_told_otherwise(tmp
     )
 
 
+def test_eval_video_interrupted_reports_the_videos_done_so_far(tmp_path: Path, tiny_model: Path) -> None:
+    # Ctrl-C during a long evaluation (a sweep of a corpus takes a quarter of an hour on a CPU)
+    # printed one line and lost every video done: now their report, marked, and exit 130.
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
+    (tmp_path / "clip.boxes.json").write_text(
+        json.dumps({"fps": 10, "frames": [[[8 + 2 * i, 24, 32, 24]] for i in range(12)]})
+    )
+    proc = spawn("eval-video", *[str(clip)] * 400, "--model", str(tiny_model), "--json", "--sweep")
+    first_progress_line(proc, "frames")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and "chosen_rule" not in report
+    assert 1 <= report["videos"] < 400 and report["frames"] == 12 * report["videos"]
+    assert f"interrupted: the report covers the {report['videos']} videos done so far" in err
+
+
 def test_eval_video_refuses_bad_ground_truth_with_one_line(tmp_path: Path, tiny_model: Path) -> None:
     clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
     (tmp_path / "clip.boxes.json").write_text(json.dumps({"frames": [[[8, 24, 32, 24]]] * 11}))

@@ -23,6 +23,8 @@ def test_the_chosen_rule_is_taken_only_from_a_sweep_of_the_same_model() -> None:
     assert chosen_rule(sweep, "m 2") == AlertRule(4, 4, 3)
     with pytest.raises(SystemExit, match=r"the sweep is of 'm 2', not of 'm 2-fp16'"):
         chosen_rule(sweep, "m 2-fp16")
+    with pytest.raises(SystemExit, match="the sweep was interrupted: it chose no rule"):
+        chosen_rule({"model": "m 2", "interrupted": True, "sweep": []}, "m 2")
     with pytest.raises(SystemExit, match="run eval-video with --sweep"):
         chosen_rule({"model": "m 2"}, "m 2")
 

@@ -107,3 +107,33 @@ def test_the_tiny_model_on_a_labelled_clip_scored_end_to_end(tmp_path: Path, tin
     assert (report["per_frame_sensitivity"], report["per_frame_precision"]) == (round(10 / 12, 4), 1.0)
     assert (report["activations"], report["fp_activations"]) == (1, 0)
     assert [s["videos"] for s in report["sources"]] == [1]  # type: ignore[union-attr]
+    assert (report["videos"], report["interrupted"]) == (1, False)
+
+
+def test_an_interrupted_evaluation_reports_the_videos_done_and_chooses_no_rule(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # Ctrl-C after the second of three videos: the two are the report (each rule's counts whole,
+    # not one rule ahead of another), the third source is not listed, and no rule is chosen.
+    clips = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        clips.append(clip_with_sidecar(tmp_path / name))
+    said: list[str] = []
+
+    def progress(what: str) -> None:
+        said.append(what)
+        if len(said) == 2:
+            raise KeyboardInterrupt
+
+    runner = Runner(tiny_model, device="cpu")
+    report = evaluate_videos(clips, runner, AlertRule(3, 5, 2), sweep=True, progress=progress)
+    assert (report["videos"], report["interrupted"], report["frames"], report["polyps"]) == (2, True, 24, 2)
+    assert [(s["source"], s["videos"], s["frames"]) for s in report["sources"]] == [  # type: ignore[union-attr]
+        (str(clips[0]), 1, 12),
+        (str(clips[1]), 1, 12),
+    ]
+    assert "chosen_rule" not in report
+    assert all(row["frames"] == 24 for row in report["sweep"])  # type: ignore[union-attr]
+    whole = evaluate_videos(clips[:2], runner, AlertRule(3, 5, 2), sweep=True)
+    assert report["sweep"] == whole["sweep"] and "chosen_rule" in whole
