@@ -7,8 +7,9 @@
 
 Everything it makes goes to --out: accurate.onnx (with its region score floor in its metadata),
 accurate-fp16.onnx, SHA256SUMS, accurate.training.json (recipe, per-epoch history, validation
-Dice in torch (also with test-time flips) and in onnxruntime, the floor table, torch inference
-times at batch 1 and 32, timings, device), accurate.val-ids.txt and accurate.pt (the trained
+Dice in torch (also with test-time flips) and in onnxruntime (also per quarter of polyp sizes,
+`val_dice_by_extent`), the floor table, torch inference times at batch 1 and 32, timings,
+device), accurate.val-ids.txt and accurate.pt (the trained
 weights, saved before the export so that a failure there does not lose the training). The
 whole run keeps to --budget-s of wall time: training stops early (keeping its best epoch) so that
 the export, the onnxruntime check, the tuning and the fp16 variant fit in --reserve-s.
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.training.by_extent import by_group, extent
 from models.training.cache import load_cache
 from models.training.fp16 import to_fp16
 from models.training.train import PRESETS, Preset, export_onnx, to_tensor, train_model, validate
@@ -45,9 +47,10 @@ NAME = "accurate"
 
 def check_with_onnxruntime(
     model_path: Path, images: np.ndarray, masks: np.ndarray
-) -> tuple[dict[str, float | int | None], list]:
-    """The exported model as the service runs it, on the validation images: their scores, and
-    per image (regions found without a floor, true boxes) for choosing the floor."""
+) -> tuple[dict[str, float | int | None], list, list[float]]:
+    """The exported model as the service runs it, on the validation images: their scores, per
+    image (regions found without a floor, true boxes) for choosing the floor, and per image its
+    mask Dice (for the Dice by polyp size)."""
     runner = Runner(model_path, device="cpu", max_batch=8, spin=True)
     tally, regions = SplitScores(), []
     threshold = runner.contract.threshold
@@ -61,7 +64,7 @@ def check_with_onnxruntime(
             boxes = mask_boxes(truth_mask)
             tally.add(probability_to_mask(prob, width, height, threshold)[0], truth_mask, [p.box for p in found], boxes)
             regions.append((found, boxes))
-    return tally.as_dict(), regions
+    return tally.as_dict(), regions, [image.dice for image in tally.images]
 
 
 @torch.no_grad()
@@ -164,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         f"weight_decay={args.weight_decay:g} batch={preset.batch} scales={args.scales}"
     )
     export_onnx(model, preset, onnx_path, {"version": args.version, "polypstream.training": training})
-    scores, regions = check_with_onnxruntime(onnx_path, images[val_idx], masks[val_idx])
+    scores, regions, dice = check_with_onnxruntime(onnx_path, images[val_idx], masks[val_idx])
+    # Where it loses its Dice: by the polyp's size (models/README.md, "Where accurate 1 loses").
+    by_size = by_group([extent(m > 0.5) for m in masks[val_idx]], {"dice": dice}, 4)
     floor, rows = choose_floor(regions)
     write_floor(onnx_path, floor)  # and its SHA-256 in SHA256SUMS beside it
     fp16: dict[str, object] = {}
@@ -191,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_dice_torch_hflip": round(hflip_dice, 4),
         "torch_inference_ms": timings,
         "val_onnxruntime": scores,
+        "val_dice_by_extent": [{k: round(float(v), 4) for k, v in row.items()} for row in by_size],
         "floor": floor,
         "floor_table": [dict(zip(("floor", "box_precision", "box_recall", "box_f1"), r, strict=True)) for r in rows],
         "fp16": fp16,

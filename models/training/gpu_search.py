@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "exit": code,
             "val_dice_onnxruntime": summary.get("val_onnxruntime", {}).get("dice"),
             "best_val_dice_torch": summary.get("best_val_dice_torch"),
+            "val_dice_by_extent": summary.get("val_dice_by_extent"),
             "epochs_run": summary.get("epochs_run"),
             "train_seconds": summary.get("train_seconds"),
             "log_tail": (folder / "run.log").read_text()[-600:] if code else "",

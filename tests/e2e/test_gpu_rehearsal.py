@@ -63,6 +63,9 @@ def test_the_gpu_run_trains_exports_checks_tunes_and_writes_everything_to_one_fo
     record = json.loads((out / "accurate.training.json").read_text())
     assert record["train_images"] == 3 and record["val_images"] == 1 and record["epochs_run"] >= 1
     assert record["val_onnxruntime"]["images"] == 1 and "val" in record["fp16"]
+    (by_size,) = record["val_dice_by_extent"]  # one validation image: one group, its own Dice
+    assert by_size["images"] == 1 and by_size["extent_from"] == by_size["extent_to"] > 0
+    assert by_size["dice"] == round(record["val_onnxruntime"]["dice"], 4)
     assert 0 <= record["val_dice_torch_hflip"] <= 1
     assert set(record["torch_inference_ms"]["fp32"]) == {"1", "32"}  # on CUDA, fp16_autocast too
     # training stops after the first epoch that passes its share of the budget
@@ -88,6 +91,7 @@ def test_the_recipe_search_trains_each_recipe_and_keeps_the_best_on_the_validati
     arguments = {name: " ".join(r["arguments"]) for name, r in recipes.items()}
     assert "--scales" in arguments["deep-multiscale"] and "--scales" not in arguments["deep"]
     assert all("--widths 16,32,64,96,160,192" in a for a in arguments.values())
+    assert all(sum(g["images"] for g in r["val_dice_by_extent"]) == 1 for r in recipes.values())
     winner = search["winner"]
     assert recipes[winner]["val_dice_onnxruntime"] == max(r["val_dice_onnxruntime"] for r in recipes.values())
     assert sorted(p.name for p in out.iterdir()) == [
