@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "val_dice_torch_hflip": round(hflip_dice, 4),
         "torch_inference_ms": timings,
         "val_onnxruntime": scores,
-        "val_dice_by_extent": [{k: round(float(v), 4) for k, v in row.items()} for row in by_size],
+        "val_dice_by_extent": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in by_size
+        ],
         "floor": floor,
         "floor_table": [dict(zip(("floor", "box_precision", "box_recall", "box_f1"), r, strict=True)) for r in rows],
         "fp16": fp16,
