@@ -60,8 +60,9 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True, help="validation ids (never test.txt)")
     parser.add_argument("--groups", type=int, default=4)
     args = parse_validation_arguments(parser)
-    samples = [s for s in load_split(args.data, args.split) if s.mask_path is not None]
-    extents = [extent(read_mask(s.mask_path)) for s in samples if s.mask_path is not None]
+    # the images evaluate() scores, in its order: those with a mask
+    masks = [s.mask_path for s in load_split(args.data, args.split) if s.mask_path is not None]
+    extents = [extent(read_mask(path)) for path in masks]
     dice: dict[str, list[float]] = {}
     for path in args.model:
         tally = SplitScores()

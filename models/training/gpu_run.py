@@ -9,8 +9,8 @@ Everything it makes goes to --out: accurate.onnx (with its region score floor in
 accurate-fp16.onnx, SHA256SUMS, accurate.training.json (recipe, per-epoch history, validation
 Dice in torch (also with test-time flips) and in onnxruntime (also per quarter of polyp sizes,
 `val_dice_by_extent`), the floor table, torch inference times at batch 1 and 32, timings,
-device), accurate.val-ids.txt and accurate.pt (the trained
-weights, saved before the export so that a failure there does not lose the training). The
+device), accurate.val-ids.txt and accurate.pt (the trained weights, saved before the export so
+that a failure there does not lose the training). The
 whole run keeps to --budget-s of wall time: training stops early (keeping its best epoch) so that
 the export, the onnxruntime check, the tuning and the fp16 variant fit in --reserve-s.
 

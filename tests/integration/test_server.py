@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -431,26 +432,25 @@ def test_a_server_alerts_by_its_models_own_rule_and_a_part_set_replaces_that_par
 
     model = build_tiny_model(tmp_path / "raw.onnx", metadata={"polypstream.alert_rule": "1,1,0"})
 
-    def alerting(engine: EngineConfig, options: FrameOptions = FrameOptions(no_drop=True)) -> list[object]:
+    @contextlib.contextmanager
+    def served(engine: EngineConfig) -> Iterator[SegmenterClient]:
         pipe = Pipeline(Runner(model, device="cpu", max_batch=2), engine, Metrics(CollectorRegistry()))
         pipe.start()
         try:
             config = ServerConfig(address="127.0.0.1:0", metrics_address="")
             with serve_in_thread(pipe, config) as running, SegmenterClient(running.address) as c:
-                answers = list(c.segment(frames(3, options=options)))
+                yield c
         finally:
             pipe.stop()
+
+    def alerting(engine: EngineConfig, options: FrameOptions = FrameOptions(no_drop=True)) -> list[object]:
+        with served(engine) as c:
+            answers = list(c.segment(frames(3, options=options)))
         return [[p.alerting for p in a.result.polyps] if a.status == "OK" else a.result.error for a in answers]
 
     assert alerting(EngineConfig()) == [[True], [True], [True]]
-    pipe = Pipeline(Runner(model, device="cpu", max_batch=2), EngineConfig(alert_hold=2), Metrics(CollectorRegistry()))
-    pipe.start()
-    try:
-        config = ServerConfig(address="127.0.0.1:0", metrics_address="")
-        with serve_in_thread(pipe, config) as running, SegmenterClient(running.address) as c:
-            rule = c.model_info().alert_rule  # what a client can learn of it
-    finally:
-        pipe.stop()
+    with served(EngineConfig(alert_hold=2)) as c:
+        rule = c.model_info().alert_rule  # what a client can learn of it
     assert (rule.min_seen, rule.window, rule.hold) == (1, 1, 2)
     assert alerting(EngineConfig(alert_min_seen=2, alert_window=2)) == [[False], [True], [True]]
     with pytest.raises(ConfigError) as raised:  # serve --alert-min-seen 2 alone: stops at start, in one line
