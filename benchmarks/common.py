@@ -291,5 +291,10 @@ def gpu_use(before: dict[str, float], after: dict[str, float], seconds: float) -
 
 def command_line(module: str, args: argparse.Namespace) -> str:
     """The command that reproduces a run, from its parsed arguments (recorded in the JSON)."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v)
+    flags = " ".join(
+        f"--{k.replace('_', '-')}={value}" if isinstance(v, list) else f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if v
+        for value in (v if isinstance(v, list) else [v])  # a flag given more than once (append)
+    )
     return f"python -m {module} {flags}"

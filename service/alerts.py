@@ -7,16 +7,19 @@ frames; while held, its last box is still reported (`held`). Each change is an e
 end) with the track id. `AlertRule(1, 1, 0)` is raw per-frame reporting: every detection
 alerts at once and stops with the first frame it is missed.
 
-Pure and per stream: no clock (frames are the unit; at 25 fps a frame is 40 ms), no threads.
+Rules are counted in frames of RULE_FPS video (25 fps: a frame is 40 ms), the rate they were
+chosen at; a stream that declares its frame rate gets the rule `at_rate` that keeps its times
+(4 of 4 held 4 is 7 of 7 held 8 at 50 fps). Pure and per stream: no clock, no threads.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from .config import ConfigError, check_alert_rule
+from .config import MAX_ALERT_WINDOW, ConfigError, check_alert_rule
 from .frames import AlertEvent, Polyp
 
 
@@ -32,8 +35,44 @@ class AlertRule:
     def __str__(self) -> str:
         return f"{self.min_seen} of {self.window} frames, held {self.hold}"
 
+    def counted(self) -> str:
+        """The rule with the rate its frames are counted at, as serve's first line says it."""
+        return f"{self}, at {RULE_FPS:g} fps"
+
+    def at_rate(self, fps: float | None) -> AlertRule:
+        """This rule (counted in frames of RULE_FPS video) for a stream of `fps` frames a second,
+        keeping its times: the sightings it needs and its window span (N−1) and (M−1) frame
+        intervals, its hold H intervals; each in whole frames at the stream's rate, rounded up so
+        that no part is shorter than chosen (a persistence rounded away lets every flicker alert:
+        benchmarks/README.md, "Alerts at other frame rates"), at most 64. A stream of unknown rate
+        (None) gets the rule as it is; raw reporting stays raw at any rate.
+        Raises ConfigError for a rate that is not a number of frames a second."""
+        if fps is None:
+            return self
+        check_frame_rate(fps)
+        scale = fps / RULE_FPS
+
+        def frames(intervals: int) -> int:
+            return min(math.ceil(intervals * scale - 1e-9), MAX_ALERT_WINDOW)  # 25 × (7 / 25) is 7.000000000000001
+
+        return AlertRule(
+            min(1 + frames(self.min_seen - 1), MAX_ALERT_WINDOW),
+            min(1 + frames(self.window - 1), MAX_ALERT_WINDOW),
+            frames(self.hold),
+        )
+
 
 RAW = AlertRule(1, 1, 0)  # per-frame reporting: no persistence, no hold
+# The frame rate rules are counted at: the stand-in corpus's, on which they are chosen, and
+# HyperKvasir's (347 of its 373 videos; the rest 30 and 20 fps).
+RULE_FPS = 25.0
+MAX_FRAME_RATE = 1000.0
+
+
+def check_frame_rate(fps: float) -> None:
+    """A stream's declared frame rate: more than 0 and at most 1,000 frames a second."""
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FRAME_RATE):
+        raise ConfigError(f"frame rate must be more than 0 and at most {MAX_FRAME_RATE:g} frames a second, got {fps:g}")
 
 
 def rule_for(

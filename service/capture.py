@@ -291,7 +291,8 @@ class VideoSource:
         if not self._cap.isOpened():
             raise SourceError(f"{shown}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if 0 < fps < 1000 else 25.0
+        self.frame_rate = fps if 0 < fps < 1000 else 0.0  # as the source says it; 0: it does not
+        self.fps = self.frame_rate or 25.0  # the pace and timestamps
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
 
@@ -324,6 +325,7 @@ class ImageSequenceSource:
         self.uri = folder
         self.realtime = realtime
         self.fps = fps
+        self.frame_rate = fps  # images have no rate of their own: the one they are paced at
         self.paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise SourceError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")

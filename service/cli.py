@@ -106,7 +106,10 @@ def add_model_flags(g: argparse._ActionsContainer) -> None:
 
 def add_alert_flags(parser: argparse.ArgumentParser) -> None:
     """--alert-min-seen, --alert-window, --alert-hold (see alerts.py)."""
-    alerts = parser.add_argument_group("alerts (a track alerts once seen in N of its last M frames, held H unseen)")
+    alerts = parser.add_argument_group(
+        "alerts (a track alerts once seen in N of its last M frames, held H unseen; frames of 25 fps video, "
+        "scaled to each stream's frame rate)"
+    )
     default = AlertRule()
     for flag, env, fallback, text in (
         ("--alert-min-seen", "ALERT_MIN_SEEN", default.min_seen, "N: frames a track must be seen in"),
@@ -201,7 +204,7 @@ def build_pipeline(config: EngineConfig, registry: CollectorRegistry, *, read_gp
         except GpuError as exc:
             logger.warning("no GPU metrics: %s", exc)
     pipeline = Pipeline(runner, config, Metrics(registry), gpu=gpu)
-    logger.info("model %s from %s; alerts: %s", model_words(runner, gpu), path, pipeline.default_alert_rule)
+    logger.info("model %s from %s; alerts: %s", model_words(runner, gpu), path, pipeline.default_alert_rule.counted())
     return pipeline
 
 
@@ -467,7 +470,7 @@ def start_live_view(address: str, config: ServerConfig, pipeline: Pipeline, sour
         "version": c.version,
         "provider": runner.provider,
         "budget_ms": pipeline.config.budget_ms,
-        "alerts": str(pipeline.default_alert_rule),  # the rule a stream gets unless its options set one
+        "alerts": pipeline.default_alert_rule.counted(),  # scaled to each stream's rate, unless it sets its own
     }
     hub = ViewHub(model, sources, gpu=pipeline.gpu_state)
     try:
@@ -505,7 +508,7 @@ async def _serve(
     if ui_url:
         metrics += f", live view on {ui_url}"
     logger.info("serving polypstream.v1.Segmenter on %s%s", running.address, metrics)
-    model = f"{model_words(pipeline.runner, pipeline.gpu)}; alerts {pipeline.default_alert_rule}"
+    model = f"{model_words(pipeline.runner, pipeline.gpu)}; alerts {pipeline.default_alert_rule.counted()}"
     print(f"polypstream serving on {running.address}{metrics} (model {model})", flush=True)
     await stop.wait()
     logger.info("shutting down: finishing accepted frames (grace %.0f s)", config.grace_s)
@@ -639,7 +642,9 @@ def stream_video(
     allow_view: bool = False,
 ) -> StreamSummary:
     """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay video."""
-    options = FrameOptions(return_overlay=overlay_path is not None, no_drop=no_drop, allow_view=allow_view)
+    options = FrameOptions(
+        return_overlay=overlay_path is not None, no_drop=no_drop, allow_view=allow_view, frame_rate=source.frame_rate
+    )
     originals: dict[int, np.ndarray] = {}  # frames sent, until answered (for the overlay video)
     video = OverlayVideo(overlay_path, source.fps) if overlay_path is not None else None
     stop = threading.Event()
@@ -1008,7 +1013,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 130 if interrupted else 0
     r = report
-    print(f"{r['model']}, alerts {rule}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
+    print(f"{r['model']}, alerts {rule.counted()}: {r['frames']} frames ({r['minutes']} min), {r['polyps']} polyps")
     print(f"  per-polyp sensitivity {r['per_polyp_sensitivity']}, per-frame sensitivity {r['per_frame_sensitivity']}, "
           f"per-frame precision {r['per_frame_precision']}")  # fmt: skip
     print(f"  first detection ms {r['first_detection_ms']}")

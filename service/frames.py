@@ -32,6 +32,8 @@ class FrameOptions:
     alert_window: int | None = None
     alert_hold: int | None = None
     allow_view: bool = False  # the live view (serve --ui) may show this frame
+    # The stream's frames a second (0: not said): the server's alert rule is scaled to it.
+    frame_rate: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -254,10 +254,11 @@ class Pipeline:
             self.view.forget(stream_key)
 
     def alert_rule(self, options: FrameOptions) -> AlertRule:
-        """The alert rule a frame's options ask for, the server's for each part unset.
-        Raises ConfigError for an impossible one."""
+        """The alert rule a frame's options ask for: the server's, scaled to the stream's frame
+        rate if it says it, for each part unset. Raises ConfigError for an impossible one."""
         o = options
-        return rule_for(self.default_alert_rule, o.alert_min_seen, o.alert_window, o.alert_hold, whose="the server")
+        base = self.default_alert_rule.at_rate(o.frame_rate or None)
+        return rule_for(base, o.alert_min_seen, o.alert_window, o.alert_hold, whose="the server")
 
     def _stream(self, frame: Frame) -> _StreamState:
         with self._lock:

@@ -195,7 +195,7 @@ def _replay_video(
             sent += 1
             yield captured
 
-    options = FrameOptions(no_drop=True, return_mask=context.truth is not None)
+    options = FrameOptions(no_drop=True, return_mask=context.truth is not None, frame_rate=source.frame_rate)
     try:
         for answer in client.segment_video(frames(), stream_id, options):
             answered[answer.status] = answered.get(answer.status, 0) + 1

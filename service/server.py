@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from ._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
+from .alerts import RULE_FPS
 from .batcher import BatcherStoppedError, QueueFullError
 from .capture import (
     InvalidFrameError,
@@ -675,7 +676,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             max_batch=self.pipeline.batcher.max_batch,
             budget_ms=self.pipeline.config.budget_ms,
             path=runner.path.name,  # which file, not where the server keeps it
-            alert_rule=pb.AlertRule(min_seen=rule.min_seen, window=rule.window, hold=rule.hold),
+            alert_rule=pb.AlertRule(min_seen=rule.min_seen, window=rule.window, hold=rule.hold, frame_rate=RULE_FPS),
         )
 
     async def ListSources(  # noqa: N802

@@ -132,7 +132,7 @@ class SourceHub:
         if subscription.dropped:
             self._metrics.dropped.labels("slow_subscriber", self.name).inc(subscription.dropped)
 
-    def _wanted_options(self) -> FrameOptions:
+    def _wanted_options(self, frame_rate: float) -> FrameOptions:
         with self._lock:
             subs = list(self._subscribers)
         masks = [s.options for s in subs if s.options.return_mask]
@@ -143,6 +143,7 @@ class SourceHub:
             # the frame's resolution if any subscriber wants that: the model's is then not made
             mask_at_model_resolution=bool(masks) and all(o.mask_at_model_resolution for o in masks),
             allow_view=True,  # the server's own sources are viewable (serve --ui)
+            frame_rate=frame_rate,  # the alert rule is scaled to it
         )
 
     def _publish(self, item: Result | None) -> None:
@@ -213,7 +214,7 @@ class SourceHub:
                     index,
                     captured.image,
                     time.monotonic(),
-                    options=self._wanted_options(),
+                    options=self._wanted_options(source.frame_rate),
                 )
                 with self._order_lock:
                     self._submitted.append(index)

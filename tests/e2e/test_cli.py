@@ -120,13 +120,15 @@ def test_demo_runs_on_the_shipped_default_model(tmp_path: Path) -> None:
 
 def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], str, str], tmp_path: Path) -> None:
     proc, address, metrics_url = server
-    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=50.0)
     done = polypstream("stream", str(clip), "--server", address, "--jsonl", str(tmp_path / "out.jsonl"),
                        "--overlay", str(tmp_path / "overlay.avi"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(12))
     assert all(line["status"] == "OK" and len(line["polyps"]) == 1 for line in lines)
+    # The clip's 50 fps went with it: the server's 2 of 2 frames (of 25 fps video) is 3 of 3 here.
+    assert [line["polyps"][0]["alerting"] for line in lines] == [False, False] + [True] * 10
     assert lines[0]["latency_ms"] > 0 and lines[0]["stream_id"] == "clip"
     assert int(cv2.VideoCapture(str(tmp_path / "overlay.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     assert "ms, mostly queueing: frames were sent as fast as the server took them (server p50" in done.stdout
@@ -587,7 +589,7 @@ def test_eval_video_measures_the_models_own_alert_rule_unless_told_otherwise(tmp
     assert json.loads(own.stdout.splitlines()[-1])["rule"] == {"min_seen": 3, "window": 3, "hold": 1}
     told = polypstream("eval-video", str(clip), "--model", str(model), "--alert-hold", "0")
     assert told.returncode == 0, told.stderr
-    assert ", alerts 3 of 3 frames, held 0: 6 frames" in told.stdout
+    assert ", alerts 3 of 3 frames, held 0, at 25 fps: 6 frames" in told.stdout
     clash = polypstream("eval-video", str(clip), "--model", str(model), "--alert-window", "2")
     assert clash.returncode == 2 and clash.stderr.strip().splitlines()[-1] == (
         "polypstream eval-video: error: alert rule: need 1 <= min_seen (3) <= window (2) <= 64; "
@@ -630,7 +632,7 @@ def test_serve_says_the_alert_rule_in_force_the_models_own_with_a_part_replaced(
     proc, at = start_serve("--model", str(model), "--alert-hold", "0")
     proc.terminate()
     proc.communicate(timeout=60)
-    assert at["line"].endswith(" on CPUExecutionProvider; alerts 3 of 3 frames, held 0)")
+    assert at["line"].endswith(" on CPUExecutionProvider; alerts 3 of 3 frames, held 0, at 25 fps)")
     clash = polypstream(
         "serve", "--model", str(model), "--address", "127.0.0.1:0", "--metrics-address", "", "--alert-window", "2"
     )

@@ -114,10 +114,10 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         model_line = "(state) => { showState(state); return document.getElementById('model').textContent; }"
         state = json.loads(browser.evaluate("fetch('/api/state').then(r => r.text())"))
         assert state["gpu"] is None  # a CPU here: the model line alone
-        assert state["model"]["alerts"] == "2 of 2 frames, held 4"  # the shipped fast model's own rule
+        assert state["model"]["alerts"] == "2 of 2 frames, held 4, at 25 fps"  # the shipped fast model's own rule
         on_cpu = (
             f"model {state['model']['name']} {state['model']['version']} on CPUExecutionProvider"
-            " · alerts 2 of 2 frames, held 4"
+            " · alerts 2 of 2 frames, held 4, at 25 fps"
         )
         assert browser.evaluate(f"({model_line})({json.dumps(state)})") == on_cpu
         (artifacts / "live-view.png").write_bytes(browser.screenshot())  # the page as served, before the made-up GPU

@@ -467,6 +467,43 @@ def test_a_server_alerts_by_its_models_own_rule_and_a_part_set_replaces_that_par
     )
 
 
+def test_a_streams_frame_rate_scales_the_servers_alert_rule_and_its_own_parts_count_its_frames(
+    client: SegmenterClient,
+) -> None:
+    # The server's rule, 2 of 2 frames held 4 (a model without its own), counts 25 fps frames:
+    # 2 of 2 held 2 at 10 fps, 3 of 3 held 8 at 50 fps. A square seen in four frames, then gone in four.
+    def alerting(options: FrameOptions) -> list[tuple[list[bool], int]]:
+        empty = np.zeros((80, 96, 3), np.uint8)
+        images = [square_image(box=SQUARE)] * 4 + [empty] * 4
+        sent = [encode_frame(image, "s", i, options, jpeg_quality=100) for i, image in enumerate(images)]
+        return [([p.alerting for p in a.result.polyps], len(a.result.held)) for a in client.segment(iter(sent))]
+
+    assert alerting(FrameOptions(no_drop=True)) == [([False], 0), *[([True], 0)] * 3, *[([], 1)] * 4]
+    assert alerting(FrameOptions(no_drop=True, frame_rate=10.0)) == [
+        ([False], 0),
+        *[([True], 0)] * 3,
+        *[([], 1)] * 2,
+        ([], 0),
+        ([], 0),
+    ]
+    assert alerting(FrameOptions(no_drop=True, frame_rate=50.0)) == [
+        ([False], 0),
+        ([False], 0),
+        ([True], 0),
+        ([True], 0),
+        *[([], 1)] * 4,
+    ]
+    # N set by the stream counts its own frames; M and H are the server's, scaled: 2 of 3, held 8.
+    assert alerting(FrameOptions(no_drop=True, frame_rate=50.0, alert_min_seen=2))[:2] == [([False], 0), ([True], 0)]
+    rule = client.model_info().alert_rule
+    assert (rule.min_seen, rule.window, rule.hold, rule.frame_rate) == (2, 2, 4, 25.0)
+    (answer,) = client.segment(iter([encode_frame(square_image(box=SQUARE), "t", 0, FrameOptions(frame_rate=-30.0))]))
+    assert answer.status == "INVALID_FRAME"
+    assert (
+        answer.result.error == "frame options: frame rate must be more than 0 and at most 1000 frames a second, got -30"
+    )
+
+
 def test_a_stream_without_alert_options_gets_the_servers_rule_and_a_bad_rule_is_refused(
     client: SegmenterClient,
 ) -> None:

@@ -169,3 +169,48 @@ def test_parts_that_can_be_met_whatever_the_models_are_pass_the_early_check(
     from polypstream.config import check_alert_rule
 
     check_alert_rule(*parts)
+
+
+@pytest.mark.parametrize(
+    ("fps", "fast", "accurate"),
+    [
+        # (N-1) and (M-1) frame intervals and H intervals of 40 ms, in whole frames of the stream's
+        # rate, rounded up: no part shorter than at 25 fps
+        (25.0, (2, 2, 4), (4, 4, 4)),  # the rate rules are counted at: unchanged
+        (50.0, (3, 3, 8), (7, 7, 8)),
+        (60.0, (4, 4, 10), (9, 9, 10)),  # 1 interval = 2.4 frames -> 3; 3 = 7.2 -> 8; hold 9.6 -> 10
+        (30.0, (3, 3, 5), (5, 5, 5)),  # 1.2 -> 2; 3.6 -> 4; hold 4.8 -> 5
+        (20.0, (2, 2, 4), (4, 4, 4)),  # 0.8 -> 1; 2.4 -> 3; hold 3.2 -> 4
+        (10.0, (2, 2, 2), (3, 3, 2)),  # 0.4 -> 1: still two sightings; 1.2 -> 2; hold 1.6 -> 2
+        (5.0, (2, 2, 1), (2, 2, 1)),  # 0.2 and 0.6 -> 1; hold 0.8 -> 1
+        (12.5, (2, 2, 2), (3, 3, 2)),  # 0.5 -> 1; 1.5 -> 2; hold 2 exactly
+    ],
+)
+def test_a_rule_keeps_its_times_at_a_streams_frame_rate(
+    fps: float, fast: tuple[int, int, int], accurate: tuple[int, int, int]
+) -> None:
+    assert AlertRule(2, 2, 4).at_rate(fps) == AlertRule(*fast)
+    assert AlertRule(4, 4, 4).at_rate(fps) == AlertRule(*accurate)
+
+
+def test_a_rules_window_and_needed_sightings_scale_apart_and_stay_within_64_frames() -> None:
+    assert AlertRule(3, 5, 2).at_rate(50.0) == AlertRule(5, 9, 4)
+    assert AlertRule(3, 5, 2).at_rate(5.0) == AlertRule(2, 2, 1)
+    assert AlertRule(26, 26, 25).at_rate(7.0) == AlertRule(8, 8, 7)  # 25 intervals: 7 frames exactly
+    assert AlertRule(4, 4, 4).at_rate(1000.0) == AlertRule(64, 64, 64)  # 121 frames each, capped
+    assert AlertRule(40, 64, 64).at_rate(30.0) == AlertRule(48, 64, 64)
+
+
+def test_raw_reporting_stays_raw_and_an_unknown_rate_keeps_the_rule() -> None:
+    assert RAW.at_rate(60.0) == RAW
+    assert RAW.at_rate(1.0) == RAW
+    assert AlertRule(4, 4, 4).at_rate(None) == AlertRule(4, 4, 4)
+
+
+@pytest.mark.parametrize("fps", [0.0, -25.0, 1000.5, float("nan"), float("inf")])
+def test_a_frame_rate_that_is_not_one_is_refused(fps: float) -> None:
+    from polypstream.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        AlertRule().at_rate(fps)
+    assert str(raised.value) == f"frame rate must be more than 0 and at most 1000 frames a second, got {fps:g}"

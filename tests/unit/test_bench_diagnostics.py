@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks.common import (
+    command_line,
     cores_by_thread,
     cpu_ms_per_frame,
     gil_wait,
@@ -190,3 +191,12 @@ def test_first_light_tries_the_gpu_reader_in_a_process_of_its_own() -> None:
     refused = read_gpu_once("from polypstream.gpu import open_gpu; open_gpu(load=lambda name: 1 / 0)")
     assert refused == {"ok": False, "why": "ZeroDivisionError: division by zero"}
     assert read_gpu_once("import sys; sys.exit(3)") == {"ok": False, "why": "exit status 3"}
+
+
+def test_the_recorded_command_repeats_a_flag_given_more_than_once_and_leaves_out_unset_ones() -> None:
+    import argparse
+
+    args = argparse.Namespace(model="fast", corpus=["/c25", "/c50"], serve_arg=["--memory-limit-mb=512"], out=None)
+    assert command_line("benchmarks.alert_rates", args) == (
+        "python -m benchmarks.alert_rates --model fast --corpus=/c25 --corpus=/c50 --serve-arg=--memory-limit-mb=512"
+    )

@@ -25,6 +25,7 @@ class FlakyFeed:
     """Stands in for VideoSource: fails to open, then plays 3 frames and stops, twice."""
 
     opens = 0
+    frame_rate = 0.0  # not said
 
     def __init__(self, uri: str, *, realtime: bool = False) -> None:
         FlakyFeed.opens += 1
@@ -90,6 +91,8 @@ def test_the_end_of_a_source_reaches_a_subscriber_whose_queue_is_full() -> None:
 class FastLiveFeed:
     """A live feed delivering 40 frames much faster than the pipeline below takes them."""
 
+    frame_rate = 0.0
+
     def __init__(self, uri: str, *, realtime: bool = False) -> None:
         self.uri = uri
 
@@ -130,11 +133,11 @@ def test_a_source_makes_the_frame_resolution_mask_if_any_watcher_wants_it(
     loop = asyncio.new_event_loop()
     try:
         hub.subscribe(loop, FrameOptions(return_mask=True, mask_at_model_resolution=True))
-        assert hub._wanted_options().mask_at_model_resolution
+        assert hub._wanted_options(25.0).mask_at_model_resolution
         hub.subscribe(loop, FrameOptions(return_overlay=True))  # wants no mask: changes nothing
-        assert hub._wanted_options().mask_at_model_resolution
+        assert hub._wanted_options(25.0).mask_at_model_resolution
         hub.subscribe(loop, FrameOptions(return_mask=True))  # wants the frame's resolution
-        wanted = hub._wanted_options()
+        wanted = hub._wanted_options(25.0)
         assert wanted.return_mask and wanted.return_overlay and not wanted.mask_at_model_resolution
     finally:
         loop.close()
@@ -196,6 +199,7 @@ class OneFrameFeed:
 
     opened: list[tuple[str, bool]] = []  # noqa: RUF012
     closed = 0
+    frame_rate = 0.0
 
     def __init__(self, uri: str, *, realtime: bool = False) -> None:
         OneFrameFeed.opened.append((uri, realtime))
@@ -261,6 +265,20 @@ def test_pumping_says_whether_any_frame_came(pipeline: Pipeline) -> None:
     assert hub._pump(EmptyFeed("clip.avi")) is False
 
 
+def test_a_sources_frames_carry_its_frame_rate_for_the_alert_rule(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FiftyFpsFeed(OneFrameFeed):
+        frame_rate = 50.0
+
+    hub = SourceHub("file", "clip.avi", pipeline)
+    submitted: list[float] = []
+    monkeypatch.setattr(pipeline, "submit", lambda frame, *args, **kwargs: submitted.append(frame.options.frame_rate))
+    hub._pump(FiftyFpsFeed("clip.avi"))
+    hub._pump(OneFrameFeed("clip.avi"))
+    assert submitted == [50.0, 0.0]
+
+
 class EmptyFeed(OneFrameFeed):
     def __iter__(self) -> Iterator[CapturedFrame]:
         return iter(())
@@ -270,19 +288,24 @@ def test_the_frames_a_source_asks_for_follow_its_watchers(pipeline: Pipeline) ->
     live = SourceHub("live", "rtsp://camera.invalid/live", pipeline)
     file = SourceHub("file", "clip.avi", pipeline)
     # live: late frames may drop; the server's own sources may be shown by its live view
-    assert live._wanted_options() == FrameOptions(no_drop=False, allow_view=True)
-    assert file._wanted_options() == FrameOptions(no_drop=True, allow_view=True)
+    assert live._wanted_options(25.0) == FrameOptions(no_drop=False, allow_view=True, frame_rate=25.0)
+    assert file._wanted_options(25.0) == FrameOptions(no_drop=True, allow_view=True, frame_rate=25.0)
     loop = asyncio.new_event_loop()
     try:
         file._subscribers = {
             Subscription(loop, FrameOptions(return_mask=True, mask_at_model_resolution=True)),
             Subscription(loop, FrameOptions(return_overlay=True)),
         }
-        assert file._wanted_options() == FrameOptions(
-            return_mask=True, return_overlay=True, no_drop=True, mask_at_model_resolution=True, allow_view=True
+        assert file._wanted_options(25.0) == FrameOptions(
+            return_mask=True,
+            return_overlay=True,
+            no_drop=True,
+            mask_at_model_resolution=True,
+            allow_view=True,
+            frame_rate=25.0,
         )
         file._subscribers.add(Subscription(loop, FrameOptions(return_mask=True)))  # one wants the frame's size
-        assert file._wanted_options().mask_at_model_resolution is False
+        assert file._wanted_options(25.0).mask_at_model_resolution is False
     finally:
         loop.close()
 

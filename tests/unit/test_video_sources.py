@@ -99,12 +99,17 @@ def test_mask_boxes_leave_out_noise() -> None:
 
 
 def test_the_tiny_model_on_a_labelled_clip_scored_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
-    # The tiny model finds the white square in every frame, so with 3 of 5 frames the one polyp
-    # alerts at frame 2 (200 ms at 10 fps) and every shown box is right.
-    report = evaluate_videos([clip_with_sidecar(tmp_path)], Runner(tiny_model, device="cpu"), AlertRule(3, 5, 2))
+    # The tiny model finds the white square in every frame. 3 of 5 frames of 25 fps video is 2 of 3
+    # at the clip's 10 fps, as the server scales it: the one polyp alerts at frame 1 (100 ms) and
+    # every shown box is right. Counted in the clip's own frames, it alerts at frame 2 (200 ms).
+    clip, runner = clip_with_sidecar(tmp_path), Runner(tiny_model, device="cpu")
+    report = evaluate_videos([clip], runner, AlertRule(3, 5, 2))
     assert (report["frames"], report["polyps"], report["per_polyp_sensitivity"]) == (12, 1, 1.0)
-    assert report["first_detection_ms"] == {"median": 200.0, "p90": 200.0, "max": 200.0}
-    assert (report["per_frame_sensitivity"], report["per_frame_precision"]) == (round(10 / 12, 4), 1.0)
+    assert report["first_detection_ms"] == {"median": 100.0, "p90": 100.0, "max": 100.0}
+    assert (report["per_frame_sensitivity"], report["per_frame_precision"]) == (round(11 / 12, 4), 1.0)
+    own_frames = evaluate_videos([clip], runner, AlertRule(3, 5, 2), at_rate=False)
+    assert own_frames["first_detection_ms"] == {"median": 200.0, "p90": 200.0, "max": 200.0}
+    assert own_frames["per_frame_sensitivity"] == round(10 / 12, 4)
     assert (report["activations"], report["fp_activations"]) == (1, 0)
     assert [s["videos"] for s in report["sources"]] == [1]  # type: ignore[union-attr]
     assert (report["videos"], report["interrupted"]) == (1, False)

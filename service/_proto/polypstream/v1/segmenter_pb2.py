@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epolypstream/v1/segmenter.proto\x12\x0epolypstream.v1\"d\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.polypstream.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x86\x02\n\x0c\x46rameOptions\x12\x13\n\x0breturn_mask\x18\x01 \x01(\x08\x12\x16\n\x0ereturn_overlay\x18\x02 \x01(\x08\x12\x0f\n\x07no_drop\x18\x03 \x01(\x08\x12 \n\x18mask_at_model_resolution\x18\x04 \x01(\x08\x12\x1b\n\x0e\x61lert_min_seen\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0c\x61lert_window\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nalert_hold\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x12\n\nallow_view\x18\x08 \x01(\x08\x42\x11\n\x0f_alert_min_seenB\x0f\n\r_alert_windowB\r\n\x0b_alert_hold\"\xb5\x01\n\x05\x46rame\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\x07\x65ncoded\x18\x03 \x01(\x0cH\x00\x12\'\n\x03raw\x18\x04 \x01(\x0b\x32\x18.polypstream.v1.RawImageH\x00\x12\x16\n\x0e\x63lient_time_ns\x18\x05 \x01(\x03\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.polypstream.v1.FrameOptionsB\x07\n\x05image\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"j\n\x05Polyp\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.polypstream.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x03 \x01(\r\x12\x10\n\x08track_id\x18\x04 \x01(\r\x12\x10\n\x08\x61lerting\x18\x05 \x01(\x08\"\x89\x01\n\nAlertEvent\x12\x10\n\x08track_id\x18\x01 \x01(\r\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.polypstream.v1.AlertEvent.Kind\":\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_START\x10\x01\x12\x0c\n\x08KIND_END\x10\x02\"\x82\x01\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x11\n\tserver_ms\x18\x06 \x01(\x01\"\x99\x03\n\x0b\x46rameResult\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.polypstream.v1.FrameStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12%\n\x06polyps\x18\x05 \x03(\x0b\x32\x15.polypstream.v1.Polyp\x12\x10\n\x08mask_png\x18\x06 \x01(\x0c\x12\x14\n\x0coverlay_jpeg\x18\x07 \x01(\x0c\x12&\n\x06timing\x18\x08 \x01(\x0b\x32\x16.polypstream.v1.Timing\x12\r\n\x05width\x18\t \x01(\r\x12\x0e\n\x06height\x18\n \x01(\r\x12\x16\n\x0e\x63lient_time_ns\x18\x0b \x01(\x03\x12\x12\n\nmask_width\x18\x0c \x01(\r\x12\x13\n\x0bmask_height\x18\r \x01(\r\x12#\n\x04held\x18\x0e \x03(\x0b\x32\x15.polypstream.v1.Polyp\x12\x30\n\x0c\x61lert_events\x18\x0f \x03(\x0b\x32\x1a.polypstream.v1.AlertEvent\"M\n\x0cWatchRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.polypstream.v1.FrameOptions\"\x15\n\x13GetModelInfoRequest\"\xdd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binput_width\x18\x03 \x01(\r\x12\x14\n\x0cinput_height\x18\x04 \x01(\r\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x11\n\tbudget_ms\x18\x08 \x01(\x01\x12\x0c\n\x04path\x18\t \x01(\t\x12-\n\nalert_rule\x18\n \x01(\x0b\x32\x19.polypstream.v1.AlertRule\";\n\tAlertRule\x12\x10\n\x08min_seen\x18\x01 \x01(\r\x12\x0e\n\x06window\x18\x02 \x01(\r\x12\x0c\n\x04hold\x18\x03 \x01(\r\"\x14\n\x12ListSourcesRequest\"[\n\nSourceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x04\x12\x13\n\x0bsubscribers\x18\x05 \x01(\r\"B\n\x13ListSourcesResponse\x12+\n\x07sources\x18\x01 \x03(\x0b\x32\x1a.polypstream.v1.SourceInfo*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03*\x98\x01\n\x0b\x46rameStatus\x12\x1c\n\x18\x46RAME_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46RAME_STATUS_OK\x10\x01\x12\x1e\n\x1a\x46RAME_STATUS_INVALID_FRAME\x10\x02\x12\x1d\n\x19\x46RAME_STATUS_DROPPED_LATE\x10\x03\x12\x17\n\x13\x46RAME_STATUS_FAILED\x10\x04\x32\xbc\x02\n\tSegmenter\x12\x41\n\x07Segment\x12\x15.polypstream.v1.Frame\x1a\x1b.polypstream.v1.FrameResult(\x01\x30\x01\x12\x44\n\x05Watch\x12\x1c.polypstream.v1.WatchRequest\x1a\x1b.polypstream.v1.FrameResult0\x01\x12N\n\x0cGetModelInfo\x12#.polypstream.v1.GetModelInfoRequest\x1a\x19.polypstream.v1.ModelInfo\x12V\n\x0bListSources\x12\".polypstream.v1.ListSourcesRequest\x1a#.polypstream.v1.ListSourcesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epolypstream/v1/segmenter.proto\x12\x0epolypstream.v1\"d\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.polypstream.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x9a\x02\n\x0c\x46rameOptions\x12\x13\n\x0breturn_mask\x18\x01 \x01(\x08\x12\x16\n\x0ereturn_overlay\x18\x02 \x01(\x08\x12\x0f\n\x07no_drop\x18\x03 \x01(\x08\x12 \n\x18mask_at_model_resolution\x18\x04 \x01(\x08\x12\x1b\n\x0e\x61lert_min_seen\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0c\x61lert_window\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nalert_hold\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x12\n\nallow_view\x18\x08 \x01(\x08\x12\x12\n\nframe_rate\x18\t \x01(\x01\x42\x11\n\x0f_alert_min_seenB\x0f\n\r_alert_windowB\r\n\x0b_alert_hold\"\xb5\x01\n\x05\x46rame\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\x07\x65ncoded\x18\x03 \x01(\x0cH\x00\x12\'\n\x03raw\x18\x04 \x01(\x0b\x32\x18.polypstream.v1.RawImageH\x00\x12\x16\n\x0e\x63lient_time_ns\x18\x05 \x01(\x03\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.polypstream.v1.FrameOptionsB\x07\n\x05image\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"j\n\x05Polyp\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.polypstream.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x03 \x01(\r\x12\x10\n\x08track_id\x18\x04 \x01(\r\x12\x10\n\x08\x61lerting\x18\x05 \x01(\x08\"\x89\x01\n\nAlertEvent\x12\x10\n\x08track_id\x18\x01 \x01(\r\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.polypstream.v1.AlertEvent.Kind\":\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_START\x10\x01\x12\x0c\n\x08KIND_END\x10\x02\"\x82\x01\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x11\n\tserver_ms\x18\x06 \x01(\x01\"\x99\x03\n\x0b\x46rameResult\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.polypstream.v1.FrameStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12%\n\x06polyps\x18\x05 \x03(\x0b\x32\x15.polypstream.v1.Polyp\x12\x10\n\x08mask_png\x18\x06 \x01(\x0c\x12\x14\n\x0coverlay_jpeg\x18\x07 \x01(\x0c\x12&\n\x06timing\x18\x08 \x01(\x0b\x32\x16.polypstream.v1.Timing\x12\r\n\x05width\x18\t \x01(\r\x12\x0e\n\x06height\x18\n \x01(\r\x12\x16\n\x0e\x63lient_time_ns\x18\x0b \x01(\x03\x12\x12\n\nmask_width\x18\x0c \x01(\r\x12\x13\n\x0bmask_height\x18\r \x01(\r\x12#\n\x04held\x18\x0e \x03(\x0b\x32\x15.polypstream.v1.Polyp\x12\x30\n\x0c\x61lert_events\x18\x0f \x03(\x0b\x32\x1a.polypstream.v1.AlertEvent\"M\n\x0cWatchRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.polypstream.v1.FrameOptions\"\x15\n\x13GetModelInfoRequest\"\xdd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binput_width\x18\x03 \x01(\r\x12\x14\n\x0cinput_height\x18\x04 \x01(\r\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x11\n\tbudget_ms\x18\x08 \x01(\x01\x12\x0c\n\x04path\x18\t \x01(\t\x12-\n\nalert_rule\x18\n \x01(\x0b\x32\x19.polypstream.v1.AlertRule\"O\n\tAlertRule\x12\x10\n\x08min_seen\x18\x01 \x01(\r\x12\x0e\n\x06window\x18\x02 \x01(\r\x12\x0c\n\x04hold\x18\x03 \x01(\r\x12\x12\n\nframe_rate\x18\x04 \x01(\x01\"\x14\n\x12ListSourcesRequest\"[\n\nSourceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x04\x12\x13\n\x0bsubscribers\x18\x05 \x01(\r\"B\n\x13ListSourcesResponse\x12+\n\x07sources\x18\x01 \x03(\x0b\x32\x1a.polypstream.v1.SourceInfo*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03*\x98\x01\n\x0b\x46rameStatus\x12\x1c\n\x18\x46RAME_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46RAME_STATUS_OK\x10\x01\x12\x1e\n\x1a\x46RAME_STATUS_INVALID_FRAME\x10\x02\x12\x1d\n\x19\x46RAME_STATUS_DROPPED_LATE\x10\x03\x12\x17\n\x13\x46RAME_STATUS_FAILED\x10\x04\x32\xbc\x02\n\tSegmenter\x12\x41\n\x07Segment\x12\x15.polypstream.v1.Frame\x1a\x1b.polypstream.v1.FrameResult(\x01\x30\x01\x12\x44\n\x05Watch\x12\x1c.polypstream.v1.WatchRequest\x1a\x1b.polypstream.v1.FrameResult0\x01\x12N\n\x0cGetModelInfo\x12#.polypstream.v1.GetModelInfoRequest\x1a\x19.polypstream.v1.ModelInfo\x12V\n\x0bListSources\x12\".polypstream.v1.ListSourcesRequest\x1a#.polypstream.v1.ListSourcesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'polypstream.v1.segmenter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIXELFORMAT']._serialized_start=2024
-  _globals['_PIXELFORMAT']._serialized_end=2137
-  _globals['_FRAMESTATUS']._serialized_start=2140
-  _globals['_FRAMESTATUS']._serialized_end=2292
+  _globals['_PIXELFORMAT']._serialized_start=2064
+  _globals['_PIXELFORMAT']._serialized_end=2177
+  _globals['_FRAMESTATUS']._serialized_start=2180
+  _globals['_FRAMESTATUS']._serialized_end=2332
   _globals['_RAWIMAGE']._serialized_start=50
   _globals['_RAWIMAGE']._serialized_end=150
   _globals['_FRAMEOPTIONS']._serialized_start=153
-  _globals['_FRAMEOPTIONS']._serialized_end=415
-  _globals['_FRAME']._serialized_start=418
-  _globals['_FRAME']._serialized_end=599
-  _globals['_BOX']._serialized_start=601
-  _globals['_BOX']._serialized_end=659
-  _globals['_POLYP']._serialized_start=661
-  _globals['_POLYP']._serialized_end=767
-  _globals['_ALERTEVENT']._serialized_start=770
-  _globals['_ALERTEVENT']._serialized_end=907
-  _globals['_ALERTEVENT_KIND']._serialized_start=849
-  _globals['_ALERTEVENT_KIND']._serialized_end=907
-  _globals['_TIMING']._serialized_start=910
-  _globals['_TIMING']._serialized_end=1040
-  _globals['_FRAMERESULT']._serialized_start=1043
-  _globals['_FRAMERESULT']._serialized_end=1452
-  _globals['_WATCHREQUEST']._serialized_start=1454
-  _globals['_WATCHREQUEST']._serialized_end=1531
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1533
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1554
-  _globals['_MODELINFO']._serialized_start=1557
-  _globals['_MODELINFO']._serialized_end=1778
-  _globals['_ALERTRULE']._serialized_start=1780
-  _globals['_ALERTRULE']._serialized_end=1839
-  _globals['_LISTSOURCESREQUEST']._serialized_start=1841
-  _globals['_LISTSOURCESREQUEST']._serialized_end=1861
-  _globals['_SOURCEINFO']._serialized_start=1863
-  _globals['_SOURCEINFO']._serialized_end=1954
-  _globals['_LISTSOURCESRESPONSE']._serialized_start=1956
-  _globals['_LISTSOURCESRESPONSE']._serialized_end=2022
-  _globals['_SEGMENTER']._serialized_start=2295
-  _globals['_SEGMENTER']._serialized_end=2611
+  _globals['_FRAMEOPTIONS']._serialized_end=435
+  _globals['_FRAME']._serialized_start=438
+  _globals['_FRAME']._serialized_end=619
+  _globals['_BOX']._serialized_start=621
+  _globals['_BOX']._serialized_end=679
+  _globals['_POLYP']._serialized_start=681
+  _globals['_POLYP']._serialized_end=787
+  _globals['_ALERTEVENT']._serialized_start=790
+  _globals['_ALERTEVENT']._serialized_end=927
+  _globals['_ALERTEVENT_KIND']._serialized_start=869
+  _globals['_ALERTEVENT_KIND']._serialized_end=927
+  _globals['_TIMING']._serialized_start=930
+  _globals['_TIMING']._serialized_end=1060
+  _globals['_FRAMERESULT']._serialized_start=1063
+  _globals['_FRAMERESULT']._serialized_end=1472
+  _globals['_WATCHREQUEST']._serialized_start=1474
+  _globals['_WATCHREQUEST']._serialized_end=1551
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1553
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1574
+  _globals['_MODELINFO']._serialized_start=1577
+  _globals['_MODELINFO']._serialized_end=1798
+  _globals['_ALERTRULE']._serialized_start=1800
+  _globals['_ALERTRULE']._serialized_end=1879
+  _globals['_LISTSOURCESREQUEST']._serialized_start=1881
+  _globals['_LISTSOURCESREQUEST']._serialized_end=1901
+  _globals['_SOURCEINFO']._serialized_start=1903
+  _globals['_SOURCEINFO']._serialized_end=1994
+  _globals['_LISTSOURCESRESPONSE']._serialized_start=1996
+  _globals['_LISTSOURCESRESPONSE']._serialized_end=2062
+  _globals['_SEGMENTER']._serialized_start=2335
+  _globals['_SEGMENTER']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

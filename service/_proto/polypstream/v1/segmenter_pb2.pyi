@@ -44,7 +44,7 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FrameOptions(_message.Message):
-    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution", "alert_min_seen", "alert_window", "alert_hold", "allow_view")
+    __slots__ = ("return_mask", "return_overlay", "no_drop", "mask_at_model_resolution", "alert_min_seen", "alert_window", "alert_hold", "allow_view", "frame_rate")
     RETURN_MASK_FIELD_NUMBER: _ClassVar[int]
     RETURN_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     NO_DROP_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class FrameOptions(_message.Message):
     ALERT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     ALERT_HOLD_FIELD_NUMBER: _ClassVar[int]
     ALLOW_VIEW_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     return_mask: bool
     return_overlay: bool
     no_drop: bool
@@ -61,7 +62,8 @@ class FrameOptions(_message.Message):
     alert_window: int
     alert_hold: int
     allow_view: bool
-    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ..., alert_min_seen: _Optional[int] = ..., alert_window: _Optional[int] = ..., alert_hold: _Optional[int] = ..., allow_view: _Optional[bool] = ...) -> None: ...
+    frame_rate: float
+    def __init__(self, return_mask: _Optional[bool] = ..., return_overlay: _Optional[bool] = ..., no_drop: _Optional[bool] = ..., mask_at_model_resolution: _Optional[bool] = ..., alert_min_seen: _Optional[int] = ..., alert_window: _Optional[int] = ..., alert_hold: _Optional[int] = ..., allow_view: _Optional[bool] = ..., frame_rate: _Optional[float] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "index", "encoded", "raw", "client_time_ns", "options")
@@ -208,14 +210,16 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., provider: _Optional[str] = ..., threshold: _Optional[float] = ..., max_batch: _Optional[int] = ..., budget_ms: _Optional[float] = ..., path: _Optional[str] = ..., alert_rule: _Optional[_Union[AlertRule, _Mapping]] = ...) -> None: ...
 
 class AlertRule(_message.Message):
-    __slots__ = ("min_seen", "window", "hold")
+    __slots__ = ("min_seen", "window", "hold", "frame_rate")
     MIN_SEEN_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     min_seen: int
     window: int
     hold: int
-    def __init__(self, min_seen: _Optional[int] = ..., window: _Optional[int] = ..., hold: _Optional[int] = ...) -> None: ...
+    frame_rate: float
+    def __init__(self, min_seen: _Optional[int] = ..., window: _Optional[int] = ..., hold: _Optional[int] = ..., frame_rate: _Optional[float] = ...) -> None: ...
 
 class ListSourcesRequest(_message.Message):
     __slots__ = ()
