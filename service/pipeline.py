@@ -45,6 +45,7 @@ VIEW_MIN_SIZE = (640, 360)  # and a viewed client JPEG is decoded at least this 
 class _StreamState:
     tracker: IouTracker
     alerts: Alerts | None = None  # made with the stream's first frame (its options choose the rule)
+    alert_words: str | None = None  # that rule as the live view shows it, with the stream's rate
 
 
 class Pipeline:
@@ -200,7 +201,13 @@ class Pipeline:
         def finish(result: Result) -> None:
             self.record(result, origin)
             if self.view is not None:
-                self.view.observe(frame.stream_key, frame.stream_id, result, frame.options.allow_view)
+                self.view.observe(
+                    frame.stream_key,
+                    frame.stream_id,
+                    result,
+                    frame.options.allow_view,
+                    alerts=self._alert_words(frame.stream_key),
+                )
             on_done(result)
 
         def finish_rendered(result: Result) -> None:
@@ -266,7 +273,14 @@ class Pipeline:
             state = self._streams.get(frame.stream_key) or _StreamState(IouTracker())
         if state.alerts is None:  # the stream's first frame sets its alert rule
             state.alerts = Alerts(self.alert_rule(frame.options))
+            rate = frame.options.frame_rate
+            state.alert_words = f"{state.alerts.rule}, " + (f"at {rate:g} fps" if rate else "frame rate not said")
         return state
+
+    def _alert_words(self, stream_key: str) -> str | None:
+        with self._lock:
+            state = self._streams.get(stream_key)
+            return state.alert_words if state is not None else None
 
     def _process(self, batch: list[Queued], launched_at: float) -> list[Result]:
         start = time.perf_counter()

@@ -40,6 +40,7 @@ class _Stream:
     last: dict[str, object] | None = None  # the newest served frame: index, size, polyps
     picture: Picture | None = None
     drawing: bool = False  # a picture of it is being drawn (claimed, not yet published)
+    alerts: str | None = None  # its alert rule, at its frame rate
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,10 @@ class ViewHub:
         now = self.clock()
         return any(v.busy_since is None or now - v.busy_since < BUSY_S for v in self._viewers)
 
-    def observe(self, key: str, stream_id: str, result: Result, viewable: bool) -> None:
-        """Count a stream's result. A result of a frame that may not be viewed takes a client
-        stream off the view at once (its overlay and statistics are forgotten)."""
+    def observe(self, key: str, stream_id: str, result: Result, viewable: bool, *, alerts: str | None = None) -> None:
+        """Count a stream's result; `alerts`: the stream's alert rule in words, at its frame rate
+        (the server's scaled to it, or its own). A result of a frame that may not be viewed takes a
+        client stream off the view at once (its overlay and statistics are forgotten)."""
         if not viewable and key not in self.sources:
             self.forget(key)
             return
@@ -154,6 +156,7 @@ class ViewHub:
                 name = stream_id if len(stream_id) <= MAX_NAME_CHARS else stream_id[:MAX_NAME_CHARS] + "…"
                 stream = self._streams[key] = _Stream(key, name, now)
             stream.frames += 1
+            stream.alerts = alerts or stream.alerts
             served = result.status is Status.OK
             if result.status in (Status.DROPPED_LATE, Status.FAILED):
                 stream.dropped += 1
@@ -239,8 +242,8 @@ class ViewHub:
             self._changed.notify_all()
 
     def snapshot(self) -> dict[str, object]:
-        """The page's state: the model and, per viewable stream, its rate, latency, drops and
-        the polyps of its newest served frame."""
+        """The page's state: the model and, per viewable stream, its rate, latency, drops, alert
+        rule and the polyps of its newest served frame."""
         now = self.clock()
         with self._changed:
             streams = [self._describe(stream, now) for stream in self._streams.values()]
@@ -270,6 +273,7 @@ class ViewHub:
             "dropped": stream.dropped,
             "dropped_recent": sum(not served for _, _, served in stream.recent),
             "last": stream.last,
+            "alerts": stream.alerts,
         }
 
     def _trim(self, stream: _Stream, now: float) -> None:

@@ -47,6 +47,7 @@ function showState(state) {
     tile.querySelector(".latency").textContent = `${ms(stream.p50_ms)} / ${ms(stream.p99_ms)}`;
     tile.querySelector(".dropped").textContent =
       `${stream.dropped} of ${stream.frames} (${stream.dropped_recent} in the last ${state.window_s} s)`;
+    tile.querySelector(".alerts").textContent = stream.alerts ?? "–";
   }
   empty.hidden = tiles.size > 0;
 }

@@ -111,6 +111,9 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         jpeg = base64.b64decode(shown["src"].split(",", 1)[1])
         assert yellow_on_border(jpeg, box) > 0.5  # type: ignore[arg-type]
         browser.wait_for("document.querySelector('.stream .fps').textContent !== '–'", what="the frame rate")
+        # the rule the clip's stream has: the model's 2 of 2 frames held 4 (at 25 fps) at the clip's 10 fps
+        alerts = browser.evaluate("document.querySelector('.stream .alerts').textContent")
+        assert alerts == "2 of 2 frames, held 2, at 10 fps"
         model_line = "(state) => { showState(state); return document.getElementById('model').textContent; }"
         state = json.loads(browser.evaluate("fetch('/api/state').then(r => r.text())"))
         assert state["gpu"] is None  # a CPU here: the model line alone

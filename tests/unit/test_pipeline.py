@@ -181,6 +181,21 @@ def test_no_view_picture_is_drawn_while_nobody_watches(pipeline: Pipeline, monke
     assert pipeline.metrics.registry.get_sample_value("polypstream_view_pictures_total") == 0
 
 
+def test_the_view_shows_each_streams_alert_rule_at_its_frame_rate(pipeline: Pipeline) -> None:
+    # The server's rule here: 2 of 2 frames held 4, counted at 25 fps (a model without its own).
+    pipeline.view = ViewHub({})
+    for key, rate in (("k50", 50.0), ("k0", 0.0)):
+        pipeline.open_stream(key)
+        frame = pipeline.make_frame(
+            key, key, 0, square_image(), 0.0, options=FrameOptions(allow_view=True, frame_rate=rate)
+        )
+        done = threading.Event()
+        pipeline.submit(frame, lambda result, done=done: done.set())
+        assert done.wait(10)
+    shown = {s["id"]: s["alerts"] for s in pipeline.view.snapshot()["streams"]}  # type: ignore[attr-defined]
+    assert shown == {"k50": "3 of 3 frames, held 8, at 50 fps", "k0": "2 of 2 frames, held 4, frame rate not said"}
+
+
 def test_while_a_view_picture_is_drawn_no_other_of_that_stream_is_asked_for(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,6 +77,7 @@ def test_sources_are_listed_before_they_play_and_start_when_a_viewer_joins() -> 
         "dropped": 0,
         "dropped_recent": 0,
         "last": None,
+        "alerts": None,
     }
     assert stream_state(hub, "k1")["kind"] == "client"
     hub.join()
