@@ -27,7 +27,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture, workers
-from .alerts import AlertRule, rule_for
+from .alerts import AlertRule, check_frame_rate, rule_for
 from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
@@ -123,6 +123,29 @@ def add_alert_flags(parser: argparse.ArgumentParser) -> None:
             default=int(value) if value else None,
             help=f"{text} (default: the model's own rule, else {fallback})",
         )
+
+
+def frame_rate_flag(text: str) -> float:
+    """--frame-rate: frames a second, 0 to say none."""
+    try:
+        fps = float(text)
+        if fps != 0:
+            check_frame_rate(fps)
+    except ValueError as exc:  # ConfigError among them
+        raise argparse.ArgumentTypeError(
+            str(exc) if isinstance(exc, ConfigError) else f"not a number: {text!r}"
+        ) from None
+    return fps
+
+
+def add_frame_rate_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--frame-rate",
+        type=frame_rate_flag,
+        metavar="FPS",
+        help="the source's frames a second, sent so that the server's alert rule is scaled to it "
+        "(default: what the source says, e.g. a video file's rate; 0: say none, for a device that reports a wrong one)",
+    )
 
 
 def alert_rule(args: argparse.Namespace, runner: Runner) -> AlertRule:
@@ -765,6 +788,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.overlay is not None:
         check_overlay_output("--overlay", args.overlay)
     source = open_source(args.source, realtime=args.realtime)
+    if args.frame_rate is not None:
+        source.frame_rate = args.frame_rate
     no_drop = not (args.live or is_live(args.source))
     with connect(args) as client:
         wait_for_server(client, args.server, args.connect_timeout, tls=uses_tls(args))
@@ -791,6 +816,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_output("--out", args.out, folder=True)
     source_uri = str(args.source or SAMPLE_CLIP)
     source = open_source(source_uri, realtime=not args.fast)
+    if args.frame_rate is not None:
+        source.frame_rate = args.frame_rate
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry)
     pipeline.start()
@@ -1157,6 +1184,7 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--allow-view", action="store_true", help="let the server's live view (serve --ui) show this stream"
     )
     stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    add_frame_rate_flag(stream)
     stream.set_defaults(func=cmd_stream)
 
 
@@ -1170,6 +1198,7 @@ def _add_demo(sub: argparse._SubParsersAction[CommandParser]) -> None:
         action="store_true",
         help="send frames as fast as the server takes them (default: at the clip's frame rate, as a live feed)",
     )
+    add_frame_rate_flag(demo)
     add_engine_flags(demo)
     demo.set_defaults(func=cmd_demo)
 

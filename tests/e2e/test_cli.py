@@ -144,6 +144,31 @@ def test_serve_stream_metrics_and_sigterm(server: tuple[subprocess.Popen[str], s
     assert proc.wait(timeout=20) == 0
 
 
+def test_frame_rate_says_the_rate_for_the_alert_rule_where_the_source_does_not(
+    server: tuple[subprocess.Popen[str], str, str], tmp_path: Path
+) -> None:
+    # A 10 fps clip said to be 50 fps (a capture card that reports a wrong rate): the server's
+    # 2 of 2 frames is 3 of 3; said to be none (0): 2 of 2 as it is.
+    _, address, _ = server
+    clip = write_clip(tmp_path / "clip.avi", frames=6, fps=10.0)
+
+    def alerting(rate: str) -> list[bool]:
+        out = tmp_path / f"{rate}.jsonl"
+        done = polypstream("stream", str(clip), "--server", address, "--jsonl", str(out), "--frame-rate", rate)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["polyps"][0]["alerting"] for line in out.read_text().splitlines()]
+
+    assert alerting("50") == [False, False, True, True, True, True]
+    assert alerting("0") == [False, True, True, True, True, True]
+    bad = polypstream(
+        "stream", str(clip), "--server", address, "--jsonl", str(tmp_path / "x.jsonl"), "--frame-rate", "-5"
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "polypstream stream: error: argument --frame-rate: "
+        "frame rate must be more than 0 and at most 1000 frames a second, got -5"
+    )
+
+
 def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     server: tuple[subprocess.Popen[str], str, str], tmp_path: Path
 ) -> None:
