@@ -5,8 +5,9 @@ was chosen for at 25 fps: its sensitivity, its first-detection delay, its false 
 Each corpus is a stand-in corpus at one frame rate, made from the same images with the same
 seed, so its videos show the same camera moves over the same seconds, sampled more or less
 often (`polypstream corpus OUT --from VAL --videos 100 --seconds 4 --fps F --seed 13`). The
-model is scored on each under every rule of the sweep twice: scaled to the corpus's rate, and
-counted in the corpus's own frames (as every stream was before rules were scaled).
+model runs once per video and is scored under every rule of the sweep twice: scaled to the
+corpus's rate, and counted in the corpus's own frames (as every stream was before rules were
+scaled).
 
     python -m benchmarks.alert_rates --model fast --corpus C25 --corpus C50 --corpus C10
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +24,45 @@ from benchmarks.common import command_line, device_name, slug, write_result
 from polypstream.alerts import RULE_FPS, AlertRule
 from polypstream.cli import resolve_model
 from polypstream.runner import Runner
-from polypstream.video_sources import evaluate_videos
+from polypstream.video_eval import VideoTally, choose_rule, score_video, sweep_rules
+from polypstream.video_sources import open_labelled, predict
 
 KEYS = ("per_polyp_sensitivity", "per_frame_sensitivity", "per_frame_precision", "fp_activations", "fp_per_minute")
+MODES = {"scaled": True, "own_frames": False}  # each rule scaled to the corpus's rate, or in its own frames
 
 
-def summary(row: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a rule is chosen by, of one report or sweep row."""
-    return {
-        "rule": row["rule"],
-        **{key: row[key] for key in KEYS},
-        "median_first_detection_ms": row["first_detection_ms"]["median"],
-    }
+def summary(rule: AlertRule, tally: VideoTally) -> dict[str, Any]:
+    """The numbers a rule is chosen by."""
+    row = tally.report()
+    first = row["first_detection_ms"]
+    assert isinstance(first, dict)
+    return {"rule": asdict(rule), **{key: row[key] for key in KEYS}, "median_first_detection_ms": first["median"]}
 
 
-def scored(report: dict[str, Any], model_rule: AlertRule) -> dict[str, Any]:
-    """The model's own rule, the chosen rule and every rule of one sweep, in brief."""
-    rows = {AlertRule(**row["rule"]): row for row in report["sweep"]}
-    chosen = AlertRule(**report["chosen_rule"])
-    return {
-        "model_rule": summary(rows[model_rule]),
-        "chosen_rule": summary(rows[chosen]),
-        "sweep": [summary(row) for row in report["sweep"]],
-    }
+def score_corpus(corpus: Path, runner: Runner, model_rule: AlertRule) -> dict[str, Any]:
+    """The model run once per video of `corpus`; every sweep rule scored both ways (`MODES`)."""
+    rules = sweep_rules()
+    tallies = {mode: {rule: VideoTally() for rule in rules} for mode in MODES}
+    rates = []
+    for video in open_labelled(corpus):
+        tracked = predict(video, runner)
+        rates.append(video.fps)
+        for mode, scaled in MODES.items():
+            for rule in rules:
+                applied = rule.at_rate(video.fps if scaled else None)
+                tallies[mode][rule].merge(score_video(tracked, video.truth, video.fps, applied))
+    fps = sorted(set(rates))
+    out: dict[str, Any] = {"fps": fps[0] if len(fps) == 1 else fps, "videos": len(rates)}
+    for mode, by_rule in tallies.items():
+        chosen = choose_rule([(rule, by_rule[rule]) for rule in rules])
+        out[mode] = {
+            "model_rule": summary(model_rule, by_rule[model_rule]),
+            "chosen_rule": summary(chosen, by_rule[chosen]),
+            "sweep": [summary(rule, by_rule[rule]) for rule in rules],
+        }
+    raw = tallies["scaled"][rules[0]]
+    out.update(frames=raw.frames, minutes=round(raw.seconds / 60, 3))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     rule = runner.contract.alert_rule or AlertRule()
     corpora = []
     for corpus in args.corpus:
-        entry: dict[str, Any] = {"corpus": corpus}
-        for at_rate in (True, False):
-            started = time.monotonic()
-            report = evaluate_videos([Path(corpus)], runner, rule, sweep=True, at_rate=at_rate)
-            fps = round(report["frames"] / (report["minutes"] * 60), 1)
-            entry.update(fps=fps, frames=report["frames"], minutes=report["minutes"], videos=report["videos"])
-            entry["scaled" if at_rate else "own_frames"] = scored(report, rule)
-            print(f"{corpus}: {fps} fps, {'scaled' if at_rate else 'own frames'}, {time.monotonic() - started:.0f} s")
-            if fps == RULE_FPS:  # the two are the same rules at the rules' own rate
-                break
+        started = time.monotonic()
+        entry = {"corpus": corpus, **score_corpus(Path(corpus), runner, rule)}
         corpora.append(entry)
+        print(
+            f"{corpus}: {entry['videos']} videos at {entry['fps']} fps, {time.monotonic() - started:.0f} s", flush=True
+        )
     payload = {
         "benchmark": "alert_rates",
         "device": device_name(),
