@@ -188,14 +188,12 @@ def evaluate_videos(
     *,
     fps: float = 25.0,
     sweep: bool = False,
-    at_rate: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """The video evaluation report: the totals under `rule` at the top level, one entry per
     source, and with `sweep` every rule of `sweep_rules()` and the one `choose_rule` picks.
     The model runs once per video; the rules are applied to its tracked polyps, each scaled to
-    the video's frame rate as the server scales it (`AlertRule.at_rate`), unless `at_rate` is
-    false (then counted in the video's own frames: benchmarks/alert_rates.py compares the two).
+    the video's frame rate as the server scales it (`AlertRule.at_rate`).
 
     Interrupted (Ctrl-C), it reports the videos done so far, `interrupted` true and no rule
     chosen (a sweep over part of the videos is not the one the rule was fixed for)."""
@@ -209,8 +207,9 @@ def evaluate_videos(
             opened += 1
             for video in videos:
                 tracked = predict(video, runner)
-                rate = video.fps if at_rate else None
-                done.append((index, {r: score_video(tracked, video.truth, video.fps, r.at_rate(rate)) for r in rules}))
+                done.append(
+                    (index, {r: score_video(tracked, video.truth, video.fps, r.at_rate(video.fps)) for r in rules})
+                )
                 if progress is not None:
                     progress(f"{source.name}: {video.name}, {len(tracked)} frames")
     except KeyboardInterrupt:  # the videos done so far are still a result
@@ -230,8 +229,7 @@ def evaluate_videos(
     report: dict[str, object] = {
         **per_rule[rule].report(),
         "rule": asdict(rule),
-        # The rules count frames of 25 fps video, scaled to each video's rate (None: its own frames).
-        "rule_fps": RULE_FPS if at_rate else None,
+        "rule_fps": RULE_FPS,  # the rules count frames of 25 fps video, scaled to each video's rate
         "sources": entries,
         "videos": len(done),
         "interrupted": interrupted,
