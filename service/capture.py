@@ -41,6 +41,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         raise InvalidFrameError(f"image {width}x{height} exceeds the limit of {max_pixels} pixels")
 
 
+DEFAULT_FPS = 25.0  # the pace of a video that says no frame rate of its own
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: carries the image size
 _UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -292,7 +293,7 @@ class VideoSource:
             raise SourceError(f"{shown}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.frame_rate = fps if 0 < fps < 1000 else 0.0  # as the source says it; 0: it does not
-        self.fps = self.frame_rate or 25.0  # the pace and timestamps
+        self.fps = self.frame_rate or DEFAULT_FPS  # the pace and timestamps
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
 
@@ -318,7 +319,7 @@ class ImageSequenceSource:
     used when present: the Kvasir-SEG layout). Images may differ in size, as frames of
     different videos do; `fps` sets the pace in realtime mode and the timestamps."""
 
-    def __init__(self, folder: str, *, realtime: bool = False, fps: float = 25.0) -> None:
+    def __init__(self, folder: str, *, realtime: bool = False, fps: float = DEFAULT_FPS) -> None:
         root = Path(folder)
         if (root / "images").is_dir():
             root = root / "images"

@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture, workers
 from .alerts import AlertRule, check_frame_rate, rule_for
-from .capture import CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from .client import Answer, SegmenterClient
+from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
+from .client import Answer, SegmenterClient, Watched
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
@@ -574,14 +574,22 @@ class StreamSummary:
     interrupted: bool = False  # Ctrl-C: no more frames were sent; those sent were answered
     sent: int = 0  # frames handed to the call
     ended_early: str = ""  # the call's status when it ended before every frame sent was answered
+    source: str = ""  # `watch`: the server-side source watched (no frame sent: no round trip)
+    missed: int = 0  # `watch`: frames of the source between its first and last result without one
+    last_index: int | None = None
 
-    def add(self, answer: Answer) -> None:
-        """Count one answer."""
+    def add(self, answer: Watched) -> None:
+        """Count one answer (or, for `watch`, one result of the source)."""
         self.frames += 1
         self.statuses[answer.status] = self.statuses.get(answer.status, 0) + 1
+        index = answer.result.index
+        if self.source and self.last_index is not None and index > self.last_index + 1:
+            self.missed += index - self.last_index - 1
+        self.last_index = index
         if answer.status == "OK":
             r = answer.result
-            self.latencies_ms.append(answer.latency_s * 1e3)
+            if isinstance(answer, Answer):
+                self.latencies_ms.append(answer.latency_s * 1e3)
             self.server_ms.append(r.timing.server_ms)
             self.detections += len(r.polyps)
             self.frames_with_polyps += bool(r.polyps)
@@ -590,7 +598,8 @@ class StreamSummary:
             self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        watched = {"source": self.source, "missed": self.missed} if self.source else {}
+        return watched | {
             "frames": self.frames,
             "statuses": self.statuses,
             "frames_with_polyps": self.frames_with_polyps,
@@ -621,10 +630,23 @@ class StreamSummary:
         # Sent flat out, a frame waits behind the ones before it: that is the client's queue, not service time.
         queueing = ", mostly queueing: frames were sent as fast as the server took them" if self.flat_out else ""
         interrupted = "interrupted: " if self.interrupted else ""
+        found = (
+            f"polyps in {self.frames_with_polyps} frames, {self.detections} detections, {len(self.tracks)} tracks, "
+            f"{self.alerts} alerts (shown in {self.frames_alerting} frames)"
+        )
+        if self.source:  # no round trip: the server's time from reading the frame to its result
+            missed = (
+                f"; {self.missed} frames of the source between them have no result here (skipped by a live "
+                "source under load, or lost while this watcher read too slowly)"
+                if self.missed
+                else ""
+            )
+            return (
+                f"{interrupted}{self.frames} frames of source '{self.source}' ({statuses}); {found}; "
+                f"server p50 {srv['p50']} ms, p99 {srv['p99']} ms; {d['fps']} frames/s{missed}"
+            )
         return (
-            f"{interrupted}{self.frames} frames ({statuses}); polyps in {self.frames_with_polyps} frames, "
-            f"{self.detections} detections, {len(self.tracks)} tracks, {self.alerts} alerts "
-            f"(shown in {self.frames_alerting} frames); latency p50 {lat['p50']} ms, "
+            f"{interrupted}{self.frames} frames ({statuses}); {found}; latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
         )
 
@@ -807,6 +829,112 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"polypstream stream: error: {summary.ended_early_line(args.jsonl)}", file=sys.stderr)
         return 1
     return 130 if summary.interrupted else 0
+
+
+# --- watch -------------------------------------------------------------------------------
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.source is None:
+        return list_sources(args)
+    if args.jsonl is None:
+        raise CliError(f"--jsonl is needed to watch source '{args.source}': the file its results go to")
+    check_output("--jsonl", args.jsonl)
+    if args.overlay is not None:
+        check_overlay_output("--overlay", args.overlay)
+    if args.seconds is not None and not args.seconds > 0:
+        raise CliError(f"--seconds must be more than 0, got {args.seconds:g}")
+    with connect(args) as client:
+        wait_for_server(client, args.server, args.connect_timeout, tls=uses_tls(args))
+        info = find_source(client, args.source, args.server)
+        summary = watch_source(client, info, args.jsonl, args.overlay, seconds=args.seconds)
+    print(summary.line())
+    if summary.ended_early:
+        print(
+            f"polypstream watch: error: the watch ended early ({summary.ended_early}); the {summary.frames} results "
+            f"received are in {args.jsonl}",
+            file=sys.stderr,
+        )
+        return 1
+    return 130 if summary.interrupted else 0
+
+
+def list_sources(args: argparse.Namespace) -> int:
+    """`watch` without a source: the server's sources, one line each."""
+    with connect(args) as client:
+        wait_for_server(client, args.server, args.connect_timeout, tls=uses_tls(args))
+        infos = client.sources(timeout=args.connect_timeout)
+    if not infos:
+        print(f"the server at {args.server} reads no sources of its own (`serve --source NAME=URI` gives it one)")
+        return 0
+    rows = [("SOURCE", "STATE", "FRAMES", "WATCHERS", "FPS", "URI")] + [
+        (i.name, i.state, str(i.frames), str(i.subscribers), f"{i.frame_rate:g}" if i.frame_rate else "-", i.uri)
+        for i in infos
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def find_source(client: SegmenterClient, name: str, address: str) -> Any:
+    """The server's SourceInfo of `name`; CliError (one line) when it has none by that name or
+    the source has already played to its end."""
+    infos = client.sources()
+    info = next((i for i in infos if i.name == name), None)
+    if info is None:
+        has = f"its sources: {', '.join(i.name for i in infos)}" if infos else "it reads no sources of its own"
+        raise CliError(f"the server at {address} has no source named '{name}' ({has})")
+    if info.state == "ended":
+        raise CliError(
+            f"source '{name}' has ended: a file source plays once, from its first watcher to its end "
+            f"({info.frames} frames); restart the server to play it again"
+        )
+    return info
+
+
+def watch_source(
+    client: SegmenterClient, info: Any, jsonl_path: Path, overlay_path: Path | None, *, seconds: float | None
+) -> StreamSummary:
+    """Write one JSON line per result of a server-side source and, if asked, the overlay video,
+    until the source ends, `seconds` pass, or Ctrl-C."""
+    call = client.watch(info.name, FrameOptions(return_overlay=overlay_path is not None))
+    video = OverlayVideo(overlay_path, info.frame_rate or DEFAULT_FPS) if overlay_path is not None else None
+    summary = StreamSummary(source=info.name)
+    stop, done = threading.Event(), threading.Event()
+    deadline = None if seconds is None else time.monotonic() + seconds
+
+    def cancel_when_told() -> None:  # Ctrl-C or --seconds: a call blocked on its next result ends now
+        while not done.wait(0.05):
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                call.cancel()
+                return
+
+    started = time.perf_counter()
+    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+    canceller = threading.Thread(target=cancel_when_told, name="polypstream-watch-cancel", daemon=True)
+    try:
+        with jsonl_path.open("w") as out, ctrl_c_sets(stop):
+            canceller.start()
+            for answer in call:
+                out.write(json.dumps(answer.to_json()) + "\n")
+                summary.add(answer)
+                if video is not None:  # frames the server did not segment have no overlay: none is written
+                    video.write(answer.result.overlay_jpeg, None)
+    except grpc.RpcError as exc:
+        code, details = rpc_status(exc)
+        told = stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+        if not (code == grpc.StatusCode.CANCELLED and told):
+            if not summary.frames and code != grpc.StatusCode.UNAVAILABLE:
+                raise  # refused (a token, say), nothing received: the status alone says it
+            summary.ended_early = f"{code.name if code is not None else 'error'}: {details}"
+    finally:
+        done.set()
+        if video is not None:
+            video.close()
+    summary.wall_s = time.perf_counter() - started
+    summary.interrupted = stop.is_set()
+    return summary
 
 
 # --- demo --------------------------------------------------------------------------------
@@ -1188,6 +1316,20 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
     stream.set_defaults(func=cmd_stream)
 
 
+def _add_watch(sub: argparse._SubParsersAction[CommandParser]) -> None:
+    """watch: a server-side source's results, recorded."""
+    watch = sub.add_parser(
+        "watch", help="record the results of a source the server reads itself (serve --source); alone, list them"
+    )
+    watch.add_argument("source", nargs="?", help="the source's name (default: list the server's sources)")
+    add_client_flags(watch)
+    watch.add_argument("--jsonl", type=Path, help="one JSON line per result (needed with a source)")
+    watch.add_argument("--overlay", type=Path, help="write a video of the overlays (mask and boxes drawn)")
+    watch.add_argument("--seconds", type=float, help="stop after this many seconds (default: when the source ends)")
+    watch.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    watch.set_defaults(func=cmd_watch)
+
+
 def _add_demo(sub: argparse._SubParsersAction[CommandParser]) -> None:
     """demo: the bundled clip through an in-process server."""
     demo = sub.add_parser("demo", help="serve and stream the bundled sample clip in one process")
@@ -1277,7 +1419,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
-    for add in (_add_serve, _add_stream, _add_demo, _add_replay, _add_corpus, _add_health, _add_eval, _add_eval_video):
+    for add in (
+        _add_serve,
+        _add_stream,
+        _add_watch,
+        _add_demo,
+        _add_replay,
+        _add_corpus,
+        _add_health,
+        _add_eval,
+        _add_eval_video,
+    ):
         add(sub)
     return parser
 

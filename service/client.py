@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import grpc
@@ -24,11 +25,10 @@ STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.
 
 
 @dataclass(frozen=True)
-class Answer:
-    """One FrameResult with the client-side round trip (send → receive) in seconds."""
+class Watched:
+    """One FrameResult of a server-side source (`Watch`): no frame was sent, so no round trip."""
 
     result: pb.FrameResult
-    latency_s: float
 
     @property
     def status(self) -> str:
@@ -40,34 +40,66 @@ class Answer:
 
     def to_json(self) -> dict[str, object]:
         """The JSONL line the CLI writes: FrameResult in snake_case, boxes as [x, y, w, h]."""
-        r = self.result
-        line: dict[str, object] = {
-            "stream_id": r.stream_id,
-            "index": r.index,
-            "status": self.status,
-            "polyps": [_polyp_json(p) for p in r.polyps],
-            "latency_ms": round(self.latency_s * 1e3, 3),
-            "timing_ms": {
-                "decode": round(r.timing.decode_ms, 3),
-                "queue": round(r.timing.queue_ms, 3),
-                "inference": round(r.timing.inference_ms, 3),
-                "postprocess": round(r.timing.postprocess_ms, 3),
-                "server": round(r.timing.server_ms, 3),
-            },
-            "batch_size": r.timing.batch_size,
-            "width": r.width,
-            "height": r.height,
-        }
-        if r.held:
-            line["held"] = [_polyp_json(p) for p in r.held]
-        if r.alert_events:
-            line["alert_events"] = [
-                {"track_id": e.track_id, "kind": pb.AlertEvent.Kind.Name(e.kind).removeprefix("KIND_").lower()}
-                for e in r.alert_events
-            ]
-        if r.error:
-            line["error"] = r.error
-        return line
+        return _result_json(self.result, self.status, None)
+
+
+@dataclass(frozen=True)
+class Answer(Watched):
+    """One FrameResult of a `Segment` stream with the client-side round trip (send → receive) in seconds."""
+
+    latency_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return _result_json(self.result, self.status, self.latency_s)
+
+
+def _result_json(r: pb.FrameResult, status: str, latency_s: float | None) -> dict[str, object]:
+    line: dict[str, object] = {
+        "stream_id": r.stream_id,
+        "index": r.index,
+        "status": status,
+        "polyps": [_polyp_json(p) for p in r.polyps],
+    }
+    if latency_s is not None:
+        line["latency_ms"] = round(latency_s * 1e3, 3)
+    line |= {
+        "timing_ms": {
+            "decode": round(r.timing.decode_ms, 3),
+            "queue": round(r.timing.queue_ms, 3),
+            "inference": round(r.timing.inference_ms, 3),
+            "postprocess": round(r.timing.postprocess_ms, 3),
+            "server": round(r.timing.server_ms, 3),
+        },
+        "batch_size": r.timing.batch_size,
+        "width": r.width,
+        "height": r.height,
+    }
+    if r.held:
+        line["held"] = [_polyp_json(p) for p in r.held]
+    if r.alert_events:
+        line["alert_events"] = [
+            {"track_id": e.track_id, "kind": pb.AlertEvent.Kind.Name(e.kind).removeprefix("KIND_").lower()}
+            for e in r.alert_events
+        ]
+    if r.error:
+        line["error"] = r.error
+    return line
+
+
+class Watch:
+    """A `Watch` call: iterating it yields the source's results in order until the source ends
+    (or raises grpc.RpcError: the source failed, the server shut down, the call was cancelled).
+    `cancel()` ends it from any thread, or from a signal handler."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[Watched]:
+        for result in self._call:
+            yield Watched(result)
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 def _polyp_json(p: pb.Polyp) -> dict[str, object]:
@@ -137,6 +169,15 @@ class SegmenterClient:
 
     def model_info(self) -> pb.ModelInfo:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
+
+    def sources(self, timeout: float | None = None) -> list[pb.SourceInfo]:
+        """The server's own sources (`serve --source`), which `watch` subscribes to."""
+        return list(self.stub.ListSources(pb.ListSourcesRequest(), metadata=self.metadata, timeout=timeout).sources)
+
+    def watch(self, source: str, options: FrameOptions | None = None) -> Watch:
+        """Subscribe to a server-side source's results: masks and overlays as `options` ask."""
+        request = pb.WatchRequest(source=source, options=options_to_proto(options or FrameOptions()))
+        return Watch(self.stub.Watch(request, metadata=self.metadata))
 
     def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
         """Send decoded frames (JPEG-encoded here) on one stream; yield answers in order."""

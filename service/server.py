@@ -504,13 +504,17 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
 
     def start_draining(self) -> None:
         """Refuse new streams and stop reading open ones; frames already read are still answered.
-        Once: a second call would cancel a read that has not yet seen the first cancellation."""
+        The server's sources read no more frames either: their watchers get the results of the
+        frames read, then UNAVAILABLE. Once: a second call would cancel a read that has not yet
+        seen the first cancellation."""
         if self.draining:
             return
         self.draining = True
         for task in self._awaiting_frames:
             self._drain_interrupted.add(task)
             task.cancel()
+        for hub in self.sources.values():
+            hub.stop_reading()
 
     def answer_invalid(self, message: pb.Frame, error: str, answer: asyncio.Future[_Answer]) -> None:
         result = invalid_result(_cut(message.stream_id), message.index, error, time.monotonic(), message.client_time_ns)
@@ -645,6 +649,8 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         if hub is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
             return
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         wanted = options_from_proto(request.options)
         subscription = hub.subscribe(asyncio.get_running_loop(), wanted)
         try:
@@ -659,6 +665,11 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             hub.unsubscribe(subscription)
         if hub.state == "failed":
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"source '{hub.name}' failed: {hub.error}")
+        if hub.stopped and self.draining:  # the source did not end: the server stopped it
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"server shutting down: source '{hub.name}' reads no more frames; those it read were sent",
+            )
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -685,7 +696,12 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         return pb.ListSourcesResponse(
             sources=[
                 pb.SourceInfo(
-                    name=h.name, uri=h.shown_uri, state=h.state, frames=h.frames, subscribers=h.subscriber_count
+                    name=h.name,
+                    uri=h.shown_uri,
+                    state=h.state,
+                    frames=h.frames,
+                    subscribers=h.subscriber_count,
+                    frame_rate=h.frame_rate,
                 )
                 for h in self.sources.values()
             ]

@@ -62,6 +62,7 @@ class SourceHub:
         self.skipped = 0
         self.reconnects = 0
         self.error = ""
+        self.frame_rate = 0.0  # the source's own, once opened; 0: it reports none
         self.backoff_s = 0.5
         self.max_backoff_s = 10.0
         self.inflight = inflight
@@ -89,6 +90,7 @@ class SourceHub:
 
         Raises SourceError."""
         source = self._open_new()
+        self.frame_rate = source.frame_rate
         with self._lock:
             previous, self._opened = self._opened, source
         if previous is not None:
@@ -101,6 +103,16 @@ class SourceHub:
             self.state = "starting"
             self._thread = threading.Thread(target=self._run, name=f"polypstream-source-{self.name}", daemon=True)
             self._thread.start()
+
+    def stop_reading(self) -> None:
+        """Read no more frames, without waiting: those in the pipeline are still answered and
+        published, then the subscribers' streams end (the server is shutting down)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Told to stop (not ended by itself)."""
+        return self._stop.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -171,6 +183,7 @@ class SourceHub:
                 logger.warning("source %s: %s; retrying in %.1f s", self.name, self.error, backoff)
             else:
                 self.state = "running"
+                self.frame_rate = source.frame_rate
                 if self._pump(source):
                     backoff = self.backoff_s  # it delivered frames: start the backoff afresh
                 if not self.live:

@@ -221,6 +221,99 @@ def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
     assert summary.startswith(f"interrupted: {len(lines)} frames (OK {len(lines)})")
 
 
+def wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
+    """Until `path` holds `n` whole lines (a command writing results as they come)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().count("\n") >= n):
+        assert time.monotonic() < deadline, f"{path} did not reach {n} lines within {timeout:g} s"
+        time.sleep(0.05)
+
+
+def test_watch_lists_the_servers_sources_and_records_one_to_its_end(tmp_path: Path, tiny_model: Path) -> None:
+    short = write_clip(tmp_path / "short.avi", frames=12, fps=50.0)
+    long = write_clip(tmp_path / "long.avi", frames=400, fps=20.0)
+    sources = ["--source", f"short={short}", "--source", f"long={long}"]
+    proc, address, _ = start_server_process("--model", str(tiny_model), *sources)
+    SPAWNED.append(proc)
+    listed = polypstream("watch", "--server", address)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split() for line in listed.stdout.splitlines()] == [
+        ["SOURCE", "STATE", "FRAMES", "WATCHERS", "FPS", "URI"],
+        ["short", "idle", "0", "0", "50", str(short)],  # files play from their first watcher
+        ["long", "idle", "0", "0", "20", str(long)],
+    ]
+    out, overlay = tmp_path / "short.jsonl", tmp_path / "short-overlay.avi"
+    done = polypstream("watch", "short", "--server", address, "--jsonl", str(out), "--overlay", str(overlay))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["stream_id"], line["index"], line["status"]) for line in lines] == [
+        ("short", i, "OK") for i in range(12)
+    ]
+    assert all(len(line["polyps"]) == 1 and "latency_ms" not in line for line in lines)  # no frame sent, no round trip
+    video = cv2.VideoCapture(str(overlay))
+    assert (int(video.get(cv2.CAP_PROP_FRAME_COUNT)), video.get(cv2.CAP_PROP_FPS)) == (12, 50.0)
+    assert done.stdout.startswith("12 frames of source 'short' (OK 12); polyps in 12 frames, 12 detections, 1 tracks")
+    assert "have no result" not in done.stdout
+    again = polypstream("watch", "short", "--server", address, "--jsonl", str(tmp_path / "again.jsonl"))
+    assert (again.returncode, again.stderr) == (
+        2,
+        "polypstream watch: error: source 'short' has ended: a file source plays once, from its first watcher to its "
+        "end (12 frames); restart the server to play it again\n",
+    )
+    unknown = polypstream("watch", "nope", "--server", address, "--jsonl", str(tmp_path / "x.jsonl"))
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        f"polypstream watch: error: the server at {address} has no source named 'nope' (its sources: short, long)\n",
+    )
+    nowhere = polypstream("watch", "long", "--server", address)
+    assert (nowhere.returncode, nowhere.stderr) == (
+        2,
+        "polypstream watch: error: --jsonl is needed to watch source 'long': the file its results go to\n",
+    )
+    assert not (tmp_path / "x.jsonl").exists()
+    proc.terminate()
+    proc.communicate(timeout=30)
+
+
+def test_watch_ends_on_ctrl_c_after_its_seconds_and_when_the_server_shuts_down(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    long = write_clip(tmp_path / "long.avi", frames=400, fps=20.0)  # 20 s at its own pace
+    proc, address, _ = start_server_process("--model", str(tiny_model), "--source", f"long={long}", "--grace", "30")
+    SPAWNED.append(proc)
+    first = tmp_path / "first.jsonl"
+    watcher = spawn("watch", "long", "--server", address, "--jsonl", str(first))
+    wait_for_lines(first, 5)
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 130, err
+    indices = [json.loads(line)["index"] for line in first.read_text().splitlines()]
+    assert indices == list(range(len(indices)))
+    assert out.startswith(f"interrupted: {len(indices)} frames of source 'long' (OK {len(indices)})")
+
+    timed = tmp_path / "timed.jsonl"
+    done = polypstream("watch", "long", "--server", address, "--jsonl", str(timed), "--seconds", "0.5")
+    assert done.returncode == 0, done.stderr
+    indices = [json.loads(line)["index"] for line in timed.read_text().splitlines()]
+    assert indices[0] > 0 and indices == list(range(indices[0], indices[0] + len(indices)))  # it played on meanwhile
+    assert done.stdout.startswith(f"{len(indices)} frames of source 'long'") and len(indices) < 400
+
+    last = tmp_path / "last.jsonl"
+    watcher = spawn("watch", "long", "--server", address, "--jsonl", str(last))
+    wait_for_lines(last, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = watcher.communicate(timeout=30)  # before: the grace (30 s) or the file's end, whichever came first
+    assert watcher.returncode == 1, err
+    indices = [json.loads(line)["index"] for line in last.read_text().splitlines()]
+    assert err == (
+        "polypstream watch: error: the watch ended early (UNAVAILABLE: server shutting down: source 'long' reads no "
+        f"more frames; those it read were sent); the {len(indices)} results received are in {last}\n"
+    )
+    proc.communicate(timeout=30)  # reaps it and closes its pipes
+    assert proc.returncode == 0
+    assert indices == list(range(indices[0], indices[0] + len(indices))) and indices[-1] < 399
+
+
 def test_ctrl_c_on_demo_stops_sending_and_writes_what_was_answered(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "demo"
     demo = spawn("demo", "--out", str(out), "--model", str(tiny_model))  # 64 frames at 10 fps: 6.4 s

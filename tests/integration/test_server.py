@@ -259,16 +259,46 @@ def test_an_inference_error_fails_only_its_batch(
 def test_watch_shares_a_file_source_and_ends_with_it(pipeline: Pipeline, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.avi", frames=10)
     hub = SourceHub("scope1", str(clip), pipeline, realtime=False)
+    hub.open()  # as `serve` does at start
     config = ServerConfig(address="127.0.0.1:0", metrics_address="")
     with serve_in_thread(pipeline, config, {"scope1": hub}) as running, SegmenterClient(running.address) as client:
-        (info,) = client.stub.ListSources(pb.ListSourcesRequest()).sources
-        assert (info.name, info.state) == ("scope1", "idle")
+        (info,) = client.sources()
+        assert (info.name, info.state, info.frame_rate) == ("scope1", "idle", 10.0)  # write_clip's rate
         watched = list(client.stub.Watch(pb.WatchRequest(source="scope1", options=pb.FrameOptions(return_mask=True))))
         assert [r.index for r in watched] == list(range(10))  # a file source never skips
         assert all(r.status == pb.FRAME_STATUS_OK and len(r.polyps) == 1 and r.mask_png for r in watched)
         (info,) = client.stub.ListSources(pb.ListSourcesRequest()).sources
         assert (info.state, info.frames, info.subscribers) == ("ended", 10, 0)
         assert list(client.stub.Watch(pb.WatchRequest(source="scope1"))) == []  # ended: the stream ends at once
+
+
+def test_a_watch_ends_with_the_results_of_the_frames_read_when_the_server_starts_draining(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    clip = write_clip(tmp_path / "long.avi", frames=250, fps=25.0)  # 10 s at its own pace
+    hub = SourceHub("scope", str(clip), pipeline, realtime=True)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as client:
+        received: list[int] = []
+        with pytest.raises(grpc.RpcError) as err:
+            for watched in client.watch("scope"):
+                received.append(watched.result.index)
+                if len(received) == 3:
+                    assert running.loop is not None
+                    running.loop.call_soon_threadsafe(running.servicer.start_draining)
+        # Before, the watch went on to the file's end (or, for a live source, until the grace ran out).
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (
+            err.value.details() == "server shutting down: source 'scope' reads no more frames; those it read were sent"
+        )
+        assert received == list(range(hub.frames)) and hub.frames < 250  # every frame read was sent, in order
+        assert hub.state == "ended"
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.watch("scope"))
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "server is shutting down",
+        )
 
 
 def test_watch_of_a_source_that_cannot_open_is_unavailable(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -226,18 +226,20 @@ class ListSourcesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SourceInfo(_message.Message):
-    __slots__ = ("name", "uri", "state", "frames", "subscribers")
+    __slots__ = ("name", "uri", "state", "frames", "subscribers", "frame_rate")
     NAME_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     uri: str
     state: str
     frames: int
     subscribers: int
-    def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ..., state: _Optional[str] = ..., frames: _Optional[int] = ..., subscribers: _Optional[int] = ...) -> None: ...
+    frame_rate: float
+    def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ..., state: _Optional[str] = ..., frames: _Optional[int] = ..., subscribers: _Optional[int] = ..., frame_rate: _Optional[float] = ...) -> None: ...
 
 class ListSourcesResponse(_message.Message):
     __slots__ = ("sources",)

@@ -69,7 +69,9 @@ class SegmenterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Results of a server-side source (named at `polypstream serve --source NAME=URI`).
+        """Results of a server-side source (named at `polypstream serve --source NAME=URI`), from the
+        frame being read when the call starts; the stream ends with a file source, with UNAVAILABLE
+        when the source fails or the server shuts down (after the results of the frames it read).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,49 @@
+"""What `watch` writes and says of a server-side source's results (no frame was sent)."""
+
+from __future__ import annotations
+
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.cli import StreamSummary
+from polypstream.client import Answer, Watched
+
+
+def result(index: int, server_ms: float = 10.0, polyps: int = 0) -> pb.FrameResult:
+    found = [pb.Polyp(box=pb.Box(x=1, y=2, width=3, height=4), score=0.5, area=12, track_id=1)] * polyps
+    return pb.FrameResult(
+        stream_id="scope", index=index, status=pb.FRAME_STATUS_OK, polyps=found, timing=pb.Timing(server_ms=server_ms)
+    )
+
+
+def test_a_watch_counts_the_frames_of_the_source_that_have_no_result_between_its_first_and_last() -> None:
+    summary = StreamSummary(source="scope")
+    for index, server_ms in ((7, 10.0), (8, 20.0), (11, 30.0), (12, 40.0), (20, 50.0)):
+        summary.add(Watched(result(index, server_ms)))
+    summary.wall_s = 2.0
+    assert summary.missed == 2 + 7  # 9 and 10, then 13 to 19; none before the first (the watch began there)
+    assert summary.line() == (
+        "5 frames of source 'scope' (OK 5); polyps in 0 frames, 0 detections, 0 tracks, 0 alerts (shown in 0 "
+        "frames); server p50 30.0 ms, p99 49.6 ms; 2.5 frames/s; 9 frames of the source between them have no "
+        "result here (skipped by a live source under load, or lost while this watcher read too slowly)"
+    )
+    assert summary.as_dict()["missed"] == 9 and summary.as_dict()["source"] == "scope"
+
+
+def test_a_watch_with_every_frame_says_nothing_missed_and_a_stream_never_counts_gaps() -> None:
+    watched, streamed = StreamSummary(source="scope"), StreamSummary()
+    for index in (3, 4, 5):
+        watched.add(Watched(result(index, polyps=1)))
+    for index in (0, 5, 9):  # a client numbers its own frames as it likes
+        streamed.add(Answer(result(index), 0.02))
+    assert watched.missed == 0 and "have no result" not in watched.line()
+    assert watched.line().startswith("3 frames of source 'scope' (OK 3); polyps in 3 frames, 3 detections, 1 tracks")
+    assert streamed.missed == 0 and "missed" not in streamed.as_dict()
+    assert streamed.line().startswith("3 frames (OK 3);") and "latency p50 20.0 ms" in streamed.line()
+
+
+def test_a_watched_result_has_no_round_trip_in_its_json_line() -> None:
+    r = result(4, polyps=1)
+    streamed, watched = Answer(r, 0.0123).to_json(), Watched(r).to_json()
+    assert streamed["latency_ms"] == 12.3
+    assert "latency_ms" not in watched
+    assert {k: v for k, v in streamed.items() if k != "latency_ms"} == watched
+    assert list(streamed)[:5] == ["stream_id", "index", "status", "polyps", "latency_ms"]  # the README's order
