@@ -342,6 +342,7 @@ def server_settings(args: argparse.Namespace) -> ServerConfig:
         address=args.address,
         metrics_address=args.metrics_address,
         max_streams=args.max_streams,
+        max_watchers=args.max_watchers,
         inflight_per_stream=args.inflight_per_stream,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace,
@@ -1221,6 +1222,12 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
         type=int,
         default=int(env_default("MAX_STREAMS", str(ServerConfig.max_streams))),
         help="concurrent Segment streams; more are refused (RESOURCE_EXHAUSTED)",
+    )
+    serve.add_argument(
+        "--max-watchers",
+        type=int,
+        default=int(env_default("MAX_WATCHERS", str(ServerConfig.max_watchers))),
+        help="concurrent Watch calls of the server's sources; more are refused (RESOURCE_EXHAUSTED)",
     )
     serve.add_argument(
         "--source",

@@ -99,6 +99,7 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     metrics_address: str = "127.0.0.1:8000"  # empty: no metrics endpoint
     max_streams: int = 64
+    max_watchers: int = 64  # concurrent Watch calls, all sources together
     inflight_per_stream: int = 16
     max_message_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -117,8 +118,8 @@ class ServerConfig:
         return f"ServerConfig(address={self.address!r}, tls={self.tls!r}, token={'***' if self.token else None})"
 
     def __post_init__(self) -> None:
-        if self.max_streams < 1 or self.inflight_per_stream < 1:
-            raise ConfigError("max_streams and inflight_per_stream must be at least 1")
+        if min(self.max_streams, self.max_watchers, self.inflight_per_stream) < 1:
+            raise ConfigError("max_streams, max_watchers and inflight_per_stream must be at least 1")
         if not 1 <= self.stream_memory_limit_bytes <= self.memory_limit_bytes:
             raise ConfigError(
                 f"the per-stream memory limit ({self.stream_memory_limit_bytes / MIB:g} MiB) must be positive "

@@ -32,7 +32,7 @@ STAGES = (*FRAME_STAGES, "send", "end_to_end")  # and the gRPC side of each answ
 # stream_closed: queued when its client hung up, so never run.
 DROP_REASONS = ("late", "live_skip", "slow_subscriber", "stream_closed")
 STATUSES = ("OK", "INVALID_FRAME", "DROPPED_LATE", "FAILED")
-REFUSAL_REASONS = ("limit", "shutting_down")
+REFUSAL_REASONS = ("limit", "watch_limit", "shutting_down")
 
 
 class Metrics:
@@ -78,7 +78,8 @@ class Metrics:
         )
         self.streams_refused = Counter(
             "polypstream_streams_refused",
-            "Segment streams refused at their start, by reason (limit: --max-streams open; shutting_down).",
+            "Segment streams and Watch calls refused at their start, by reason (limit: --max-streams open; "
+            "watch_limit: --max-watchers open; shutting_down).",
             ["reason"],
             registry=registry,
         )

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -452,11 +453,16 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.config = config
         self.sources = sources or {}
         self.active_streams = 0
+        self.active_watchers = 0  # Watch calls, all sources together
         self.draining = False
         self.memory = MemoryBudget(config.memory_limit_bytes, config.stream_memory_limit_bytes)
         pipeline.metrics.track_frame_memory(lambda: self.memory.held, self.memory.limit)
         self._awaiting_frames: set[asyncio.Task[object]] = set()  # streams' readers waiting for a frame
         self._drain_interrupted: set[asyncio.Task[object]] = set()  # those start_draining cancelled
+        # Sources' results being or been encoded for their watchers, by the parts they carry.
+        self._encoded: weakref.WeakKeyDictionary[Result, dict[tuple[bool, bool], asyncio.Future[pb.FrameResult]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def Segment(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
@@ -650,18 +656,22 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
             return
         if self.draining:
+            self.pipeline.metrics.streams_refused.labels("shutting_down").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.active_watchers >= self.config.max_watchers:
+            self.pipeline.metrics.streams_refused.labels("watch_limit").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent Watch calls (limit {self.config.max_watchers})",
+            )
         wanted = options_from_proto(request.options)
         subscription = hub.subscribe(asyncio.get_running_loop(), wanted)
+        self.active_watchers += 1
         try:
             while (result := await subscription.queue.get()) is not None:
-                trimmed = replace(
-                    result,
-                    mask=result.mask if wanted.return_mask else None,
-                    overlay=result.overlay if wanted.return_overlay else None,
-                )
-                yield await self._to_proto(trimmed)
+                yield await self._shared_proto(result, wanted.return_mask, wanted.return_overlay)
         finally:
+            self.active_watchers -= 1
             hub.unsubscribe(subscription)
         if hub.state == "failed":
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"source '{hub.name}' failed: {hub.error}")
@@ -670,6 +680,19 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"server shutting down: source '{hub.name}' reads no more frames; those it read were sent",
             )
+
+    async def _shared_proto(self, result: Result, mask: bool, overlay: bool) -> pb.FrameResult:
+        """A source's result as protobuf, its mask and overlay encoded once for all the watchers
+        that want the same parts (not once per watcher: eight watchers of a 1080p source's overlays
+        took the CPU that live streams needed); forgotten with the result."""
+        parts = (mask and result.mask is not None, overlay and result.overlay is not None)
+        encoded = self._encoded.setdefault(result, {})
+        future = encoded.get(parts)
+        if future is None:
+            mask_part, overlay_part = (result.mask if parts[0] else None), (result.overlay if parts[1] else None)
+            trimmed = replace(result, mask=mask_part, overlay=overlay_part)
+            future = encoded[parts] = asyncio.ensure_future(self._to_proto(trimmed))
+        return await asyncio.shield(future)  # a watcher that leaves does not cancel the others' encoding
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

@@ -19,12 +19,12 @@ from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import SegmenterClient, encode_frame
 from polypstream.config import ServerConfig
 from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
-from polypstream.frames import FrameOptions
+from polypstream.frames import FrameOptions, Result
 from polypstream.pipeline import Pipeline
 from polypstream.replay import Tally, replay
 from polypstream.server import RunningServer, serve_in_thread
 from polypstream.sources import SourceHub
-from tests.conftest import drawn_dataset, square_image, write_clip
+from tests.conftest import drawn_dataset, square_image, wait_for, write_clip
 
 SQUARE = (16, 24, 32, 24)
 
@@ -299,6 +299,67 @@ def test_a_watch_ends_with_the_results_of_the_frames_read_when_the_server_starts
             grpc.StatusCode.UNAVAILABLE,
             "server is shutting down",
         )
+
+
+def test_watchers_of_one_source_share_each_results_encoding_and_get_only_the_parts_they_asked_for(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polypstream.server as server_module
+
+    encoded: list[tuple[int, bool, bool]] = []
+    real = server_module.result_to_proto
+
+    def counting(result: Result) -> pb.FrameResult:
+        encoded.append((result.index, result.mask is not None, result.overlay is not None))
+        return real(result)
+
+    monkeypatch.setattr(server_module, "result_to_proto", counting)
+    clip = write_clip(tmp_path / "clip.avi", frames=20, fps=20.0)
+    hub = SourceHub("scope", str(clip), pipeline, realtime=True)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as client:
+        wanted = {"a": FrameOptions(return_overlay=True), "b": FrameOptions(return_overlay=True),
+                  "c": FrameOptions(return_mask=True)}  # fmt: skip
+        got: dict[str, dict[int, pb.FrameResult]] = {}
+
+        def watch(name: str) -> None:
+            got[name] = {w.result.index: w.result for w in client.watch("scope", wanted[name])}
+
+        threads = [threading.Thread(target=watch, args=(name,)) for name in wanted]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    both = set(got["a"]) & set(got["b"])
+    assert len(both) >= 10  # the three joined within the clip's first frames (it plays at 20 fps)
+    assert all(got["a"][i].overlay_jpeg == got["b"][i].overlay_jpeg != b"" for i in both)
+    assert all(not r.mask_png for name in "ab" for r in got[name].values())
+    assert all(r.mask_png and not r.overlay_jpeg for r in got["c"].values())
+    overlays = [index for index, _, overlay in encoded if overlay]
+    assert sorted(overlays) == sorted(set(overlays))  # once per frame, not once per watcher
+    assert set(overlays) == set(got["a"]) | set(got["b"])
+
+
+def test_watch_calls_past_the_limit_are_refused_and_a_freed_place_is_taken_again(
+    pipeline: Pipeline, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    clip = write_clip(tmp_path / "long.avi", frames=250, fps=25.0)
+    hub = SourceHub("scope", str(clip), pipeline, realtime=True)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_watchers=1)
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running, SegmenterClient(running.address) as client:
+        first = client.watch("scope")
+        results = iter(first)
+        next(results)  # watching
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.watch("scope"))
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "too many concurrent Watch calls (limit 1)",
+        )
+        assert registry.get_sample_value("polypstream_streams_refused_total", {"reason": "watch_limit"}) == 1
+        first.cancel()
+        wait_for(lambda: running.servicer.active_watchers == 0, what="the cancelled watch's place freed")
+        assert next(iter(client.watch("scope"))).result.status == pb.FRAME_STATUS_OK
 
 
 def test_watch_of_a_source_that_cannot_open_is_unavailable(pipeline: Pipeline, tmp_path: Path) -> None:

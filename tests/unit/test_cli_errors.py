@@ -41,21 +41,23 @@ def test_a_bug_is_not_reported_as_the_users_mistake(monkeypatch: pytest.MonkeyPa
 def test_every_engine_and_limit_setting_has_a_flag_and_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = ["serve", "--decode-workers", "3", "--min-area-fraction", "0.01", "--inflight-per-stream", "4",
              "--max-message-mb", "8", "--max-pixels", "1000000", "--gil-switch-ms", "2",
-             "--offline-decode-workers", "7"]  # fmt: skip
+             "--offline-decode-workers", "7", "--max-watchers", "3"]  # fmt: skip
     args = cli.build_parser().parse_args(flags)
     engine, server = cli.engine_config(args), cli.server_settings(args)
     assert (engine.decode_workers, engine.min_area_fraction, engine.gil_switch_ms) == (3, 0.01, 2.0)
     assert engine.offline_decode_workers == 7
     assert (server.inflight_per_stream, server.max_message_bytes, server.max_pixels) == (4, 8 * 1024 * 1024, 1_000_000)
+    assert server.max_watchers == 3
     for name, value in (("DECODE_WORKERS", "5"), ("MIN_AREA_FRACTION", "0.02"), ("INFLIGHT_PER_STREAM", "6"),
                         ("MAX_MESSAGE_MB", "2"), ("MAX_PIXELS", "4096"), ("GIL_SWITCH_MS", "1"),
-                        ("OFFLINE_DECODE_WORKERS", "9")):  # fmt: skip
+                        ("OFFLINE_DECODE_WORKERS", "9"), ("MAX_WATCHERS", "11")):  # fmt: skip
         monkeypatch.setenv(f"POLYPSTREAM_{name}", value)
     args = cli.build_parser().parse_args(["serve"])
     engine, server = cli.engine_config(args), cli.server_settings(args)
     assert (engine.decode_workers, engine.min_area_fraction, engine.gil_switch_ms) == (5, 0.02, 1.0)
     assert engine.offline_decode_workers == 9
     assert (server.inflight_per_stream, server.max_message_bytes, server.max_pixels) == (6, 2 * 1024 * 1024, 4096)
+    assert server.max_watchers == 11
 
 
 def test_an_output_that_cannot_be_written_is_one_line_before_any_work(
