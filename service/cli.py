@@ -384,10 +384,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(f"--ui {args.ui}: the live view needs HOST:PORT (e.g. 127.0.0.1:8080)")
         warn_if_exposed(args.ui, server_config)
     named = parse_sources(args.source)
+    rates = parse_source_rates(args.source_frame_rate, named)
     release_freed_memory_promptly()
     registry = CollectorRegistry()
     pipeline = build_pipeline(engine_config(args), registry, read_gpu=workers.reports_gpu())
-    sources = open_sources(named, pipeline, realtime=args.source_pacing == "realtime")
+    sources = open_sources(named, pipeline, realtime=args.source_pacing == "realtime", rates=rates)
     pipeline.start()
     for hub in sources.values():
         if hub.live:
@@ -426,7 +427,7 @@ def serve_workers(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     config = server_settings(args)  # the addresses, TLS files and token checked once, here
-    if args.source:
+    if args.source or args.source_frame_rate:
         raise CliError("--workers: a --source is read by one process; serve sources from a `serve` without --workers")
     if args.ui:
         raise CliError("--workers: the live view (--ui) shows one process's streams; serve it without --workers")
@@ -469,12 +470,33 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
     return sources
 
 
-def open_sources(named: dict[str, str], pipeline: Pipeline, *, realtime: bool) -> dict[str, SourceHub]:
+def parse_source_rates(specs: list[str], named: dict[str, str]) -> dict[str, float]:
+    """--source-frame-rate NAME=FPS pairs, each naming a --source."""
+    rates: dict[str, float] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or not name or not text:
+            raise CliError(f"--source-frame-rate expects NAME=FPS, got '{spec}'")
+        if name not in named:
+            raise CliError(f"--source-frame-rate {spec}: no --source is named '{name}'")
+        if name in rates:
+            raise CliError(f"--source-frame-rate: source '{name}' given twice")
+        try:
+            rates[name] = frame_rate_flag(text)
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"--source-frame-rate {spec}: {exc}") from None
+    return rates
+
+
+def open_sources(
+    named: dict[str, str], pipeline: Pipeline, *, realtime: bool, rates: dict[str, float] | None = None
+) -> dict[str, SourceHub]:
     """A SourceHub per NAME=URI, each source opened now: one that cannot be opened stops
-    `serve` at start, naming it (the hubs keep what they opened for their capture threads)."""
+    `serve` at start, naming it (the hubs keep what they opened for their capture threads).
+    `rates`: frame rates the operator states, by source name."""
     hubs: dict[str, SourceHub] = {}
     for name, uri in named.items():
-        hub = SourceHub(name, uri, pipeline, realtime=realtime)
+        hub = SourceHub(name, uri, pipeline, realtime=realtime, frame_rate=(rates or {}).get(name))
         try:
             hub.open()
         except SourceError as exc:
@@ -1235,6 +1257,14 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
         default=[],
         metavar="NAME=URI",
         help="a video file, URL or device to Watch; repeatable",
+    )
+    serve.add_argument(
+        "--source-frame-rate",
+        action="append",
+        default=[],
+        metavar="NAME=FPS",
+        help="source NAME's frames a second, for the alert rule and ListSources, where the source reports "
+        "none or a wrong one (0: none); not its pace; repeatable",
     )
     serve.add_argument(
         "--ui",

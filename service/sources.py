@@ -49,7 +49,18 @@ class Subscription:
 class SourceHub:
     """One server-side source: its capture thread and its subscribers."""
 
-    def __init__(self, name: str, uri: str, pipeline: Pipeline, *, realtime: bool = True, inflight: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        pipeline: Pipeline,
+        *,
+        realtime: bool = True,
+        inflight: int = 4,
+        frame_rate: float | None = None,
+    ) -> None:
+        """`frame_rate`: the source's rate as the operator says it (0: none), for a device that
+        reports a wrong one; None: what the source says."""
         self.name = name
         self.uri = uri
         self.shown_uri = redact_uri(uri)  # what logs and ListSources show: no credentials
@@ -62,7 +73,8 @@ class SourceHub:
         self.skipped = 0
         self.reconnects = 0
         self.error = ""
-        self.frame_rate = 0.0  # the source's own, once opened; 0: it reports none
+        self.stated_frame_rate = frame_rate
+        self.frame_rate = frame_rate or 0.0  # the stated one, else the source's own once opened; 0: none
         self.backoff_s = 0.5
         self.max_backoff_s = 10.0
         self.inflight = inflight
@@ -90,7 +102,7 @@ class SourceHub:
 
         Raises SourceError."""
         source = self._open_new()
-        self.frame_rate = source.frame_rate
+        self._take_rate(source)
         with self._lock:
             previous, self._opened = self._opened, source
         if previous is not None:
@@ -183,7 +195,6 @@ class SourceHub:
                 logger.warning("source %s: %s; retrying in %.1f s", self.name, self.error, backoff)
             else:
                 self.state = "running"
-                self.frame_rate = source.frame_rate
                 if self._pump(source):
                     backoff = self.backoff_s  # it delivered frames: start the backoff afresh
                 if not self.live:
@@ -201,6 +212,9 @@ class SourceHub:
         self.state = "ended"
         self._finish()
 
+    def _take_rate(self, source: FrameSource) -> None:
+        self.frame_rate = source.frame_rate if self.stated_frame_rate is None else self.stated_frame_rate
+
     def _open_new(self) -> FrameSource:
         return open_source(self.uri, realtime=self.realtime and not self.live)
 
@@ -212,6 +226,7 @@ class SourceHub:
     def _pump(self, source: FrameSource) -> bool:
         """Submit the source's frames until it ends or the hub stops; True if any frame came."""
         delivered = False
+        self._take_rate(source)  # a reopened device may say another
         try:
             for captured in source:
                 delivered = True
@@ -227,7 +242,7 @@ class SourceHub:
                     index,
                     captured.image,
                     time.monotonic(),
-                    options=self._wanted_options(source.frame_rate),
+                    options=self._wanted_options(self.frame_rate),
                 )
                 with self._order_lock:
                     self._submitted.append(index)

@@ -275,6 +275,34 @@ def test_watch_lists_the_servers_sources_and_records_one_to_its_end(tmp_path: Pa
     proc.communicate(timeout=30)
 
 
+def test_a_stated_source_frame_rate_scales_its_alert_rule_and_is_listed(tmp_path: Path, tiny_model: Path) -> None:
+    # One 10 fps clip served twice: as it is, and said to be 50 fps (a capture card that reports
+    # a wrong rate). The server's 2 of 2 frames at 25 fps stays 2 of 2 at 10 fps, 3 of 3 at 50.
+    clip = write_clip(tmp_path / "clip.avi", frames=6, fps=10.0)
+    sources = ["--source", f"own={clip}", "--source", f"said={clip}", "--source-frame-rate", "said=50"]
+    proc, address, _ = start_server_process("--model", str(tiny_model), *sources)
+    SPAWNED.append(proc)
+    listed = polypstream("watch", "--server", address)
+    assert [line.split()[4] for line in listed.stdout.splitlines()] == ["FPS", "10", "50"]
+
+    def alerting(name: str) -> list[bool]:
+        out = tmp_path / f"{name}.jsonl"
+        done = polypstream("watch", name, "--server", address, "--jsonl", str(out))
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["polyps"][0]["alerting"] for line in out.read_text().splitlines()]
+
+    assert alerting("own") == [False, True, True, True, True, True]
+    assert alerting("said") == [False, False, True, True, True, True]
+    proc.terminate()
+    proc.communicate(timeout=30)
+    unnamed = [*sources[:2], "--source-frame-rate", "said=50", "--address", "127.0.0.1:0", "--metrics-address", ""]
+    refused = polypstream("serve", "--model", str(tiny_model), *unnamed)
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        "polypstream serve: error: --source-frame-rate said=50: no --source is named 'said'\n",
+    )
+
+
 def test_watch_ends_on_ctrl_c_after_its_seconds_and_when_the_server_shuts_down(
     tmp_path: Path, tiny_model: Path
 ) -> None:

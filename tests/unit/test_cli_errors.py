@@ -23,6 +23,25 @@ def test_a_setting_out_of_range_is_one_line_and_exit_2(capsys: pytest.CaptureFix
     assert capsys.readouterr().err == "polypstream demo: error: gil_switch_ms must be above 0 and at most 1000, got 0\n"
 
 
+def test_a_stated_source_frame_rate_must_name_a_source_and_be_a_rate() -> None:
+    named = {"scope": "rtsp://scope/live", "file": "clip.avi"}
+    assert cli.parse_source_rates(["scope=50", "file=0"], named) == {"scope": 50.0, "file": 0.0}
+    for specs, why in (
+        (["scope"], "--source-frame-rate expects NAME=FPS, got 'scope'"),
+        (["=50"], "--source-frame-rate expects NAME=FPS, got '=50'"),
+        (["scop=50"], "--source-frame-rate scop=50: no --source is named 'scop'"),
+        (["scope=50", "scope=25"], "--source-frame-rate: source 'scope' given twice"),
+        (["scope=fast"], "--source-frame-rate scope=fast: not a number: 'fast'"),
+        (
+            ["scope=-5"],
+            "--source-frame-rate scope=-5: frame rate must be more than 0 and at most 1000 frames a second, got -5",
+        ),
+    ):
+        with pytest.raises(cli.CliError) as err:
+            cli.parse_source_rates(specs, named)
+        assert str(err.value) == why
+
+
 def test_a_negative_number_of_decoding_threads_is_refused() -> None:
     for field in ("decode_workers", "offline_decode_workers"):
         with pytest.raises(ConfigError, match="must not be negative"):

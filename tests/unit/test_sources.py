@@ -277,6 +277,14 @@ def test_a_sources_frames_carry_its_frame_rate_for_the_alert_rule(
     hub._pump(FiftyFpsFeed("clip.avi"))
     hub._pump(OneFrameFeed("clip.avi"))
     assert submitted == [50.0, 0.0]
+    # The operator's word wins (`serve --source-frame-rate`): a card that says 50, or none, at 25.
+    said = SourceHub("card", "clip.avi", pipeline, frame_rate=25.0)
+    said._pump(FiftyFpsFeed("clip.avi"))
+    said._pump(OneFrameFeed("clip.avi"))
+    none = SourceHub("card", "clip.avi", pipeline, frame_rate=0.0)
+    none._pump(FiftyFpsFeed("clip.avi"))
+    assert submitted[2:] == [25.0, 25.0, 0.0]
+    assert (said.frame_rate, none.frame_rate) == (25.0, 0.0)  # what ListSources says
 
 
 class EmptyFeed(OneFrameFeed):
