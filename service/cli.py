@@ -1291,7 +1291,7 @@ def _add_serve(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--send-timeout",
         type=float,
         default=float(env_default("SEND_TIMEOUT_S", str(ServerConfig.send_timeout_s))),
-        help="a client that reads no result for this many seconds loses its stream",
+        help="a client that reads no result for this many seconds loses its stream or Watch call",
     )
     _add_limit_flags(serve)
     _add_security_flags(serve)

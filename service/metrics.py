@@ -72,7 +72,8 @@ class Metrics:
         )
         self.stream_aborts = Counter(
             "polypstream_stream_aborts",
-            "Segment streams the server ended early, by reason (slow_client: it stopped reading results).",
+            "Segment streams and Watch calls the server ended early, by reason (slow_client: a stream's client "
+            "stopped reading results; slow_watcher: a watcher did).",
             ["reason"],
             registry=registry,
         )

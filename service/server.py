@@ -4,7 +4,9 @@ It holds no model logic; everything between a decoded frame and its Result is th
 Pipeline's. Every frame received on a Segment stream is answered exactly once, in order,
 while the client reads its answers: a stream whose answers cannot be delivered for
 `send_timeout_s` is ended (RESOURCE_EXHAUSTED) with its remaining answers unsent, and one
-the client cancels gets no more.
+the client cancels gets no more. A Watch call gets its source's results from the frame being
+read as it starts, each encoded once for every watcher that wants the same parts; one that
+reads nothing for `send_timeout_s` is ended the same way.
 """
 
 from __future__ import annotations
@@ -362,31 +364,42 @@ class SegmentCall:
         # Its status cannot overtake the results it has not read, so it may never be
         # delivered: free what the stream holds first, whatever the client does next.
         self.release()
-        try:
-            await asyncio.wait_for(
-                self.context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"results could not be delivered for {self.config.send_timeout_s:g} s (the client is not reading "
-                    "them); stream closed",
-                ),
-                ABORT_WAIT_S,
-            )
-        except asyncio.TimeoutError:
-            pass  # the status waits behind the unread results; the call ends when the client goes
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            if not await self._client_gone():  # it hung up meanwhile: the status has nobody to reach
-                raise
+        await abort_unread(self.context, self.config.send_timeout_s, "stream")
 
     async def _client_gone(self) -> bool:
-        """Whether the call is over on the client's side. A write fails as soon as the client
-        has hung up; grpc tells the event loop a moment later (or cancels this task)."""
-        for _ in range(20):
-            if self.context.cancelled() or self.context.done():
-                return True
-            await asyncio.sleep(0.005)
-        return False
+        return await client_gone(self.context)
+
+
+async def client_gone(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call is over on the client's side. A write fails as soon as the client
+    has hung up; grpc tells the event loop a moment later (or cancels this task)."""
+    for _ in range(20):
+        if context.cancelled() or context.done():
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def abort_unread(context: grpc.aio.ServicerContext, send_timeout_s: float, what: str) -> None:
+    """End a call whose client has read nothing for `send_timeout_s` with RESOURCE_EXHAUSTED. The
+    status cannot overtake the results it has not read, so it may never arrive: the call then
+    ends when the client goes."""
+    try:
+        await asyncio.wait_for(
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"results could not be delivered for {send_timeout_s:g} s (the client is not reading them); "
+                f"{what} closed",
+            ),
+            ABORT_WAIT_S,
+        )
+    except asyncio.TimeoutError:
+        pass  # the status waits behind the unread results
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        if not await client_gone(context):  # it hung up meanwhile: the status has nobody to reach
+            raise
 
 
 class InOrder:
@@ -645,7 +658,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
 
     async def Watch(  # noqa: N802
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> None:
         if len(request.source) > MAX_ID_CHARS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -669,7 +682,19 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self.active_watchers += 1
         try:
             while (result := await subscription.queue.get()) is not None:
-                yield await self._shared_proto(result, wanted.return_mask, wanted.return_overlay)
+                message = await self._shared_proto(result, wanted.return_mask, wanted.return_overlay)
+                try:
+                    # A watcher that reads nothing (gone without hanging up, or stopped) would hold
+                    # its place among --max-watchers for as long as the source runs.
+                    await within(context.write(message), self.config.send_timeout_s)
+                except asyncio.TimeoutError:
+                    self.pipeline.metrics.stream_aborts.labels("slow_watcher").inc()
+                    await abort_unread(context, self.config.send_timeout_s, "watch")
+                    return
+                except Exception:
+                    if await client_gone(context):  # it hung up as this was written
+                        return
+                    raise
         finally:
             self.active_watchers -= 1
             hub.unsubscribe(subscription)

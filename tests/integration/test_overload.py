@@ -7,7 +7,9 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from polypstream.config import ServerConfig
 from polypstream.frames import FrameOptions
 from polypstream.pipeline import Pipeline
 from polypstream.server import serve_in_thread
+from polypstream.sources import SourceHub
 from tests.conftest import square_image, wait_for
 
 BIG = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # noisy: large JPEG overlays
@@ -71,6 +74,32 @@ def test_a_client_that_never_reads_frees_its_slot_when_the_server_gives_up_on_it
             good = [encode_frame(square_image(), "good", i, FrameOptions(no_drop=True)) for i in range(3)]
             assert [a.status for a in other.segment(iter(good))] == ["OK"] * 3
         responses.cancel()
+        channel.close()
+
+
+def test_a_watcher_that_never_reads_loses_its_place_after_the_send_timeout(
+    pipeline: Pipeline, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    # Given a server with room for one watcher, and a source of noisy frames (large overlays)
+    clip = tmp_path / "noisy.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (640, 480))
+    for _ in range(250):  # 10 s at its own pace
+        writer.write(BIG)
+    writer.release()
+    hub = SourceHub("scope", str(clip), pipeline, realtime=True)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="", max_watchers=1, send_timeout_s=1.0)
+    with serve_in_thread(pipeline, config, {"scope": hub}) as running:
+        # When a watcher asks for overlays and never reads them (nor hangs up)
+        channel = grpc.insecure_channel(running.address)
+        request = pb.WatchRequest(source="scope", options=pb.FrameOptions(return_overlay=True))
+        stalled = pb_grpc.SegmenterStub(channel).Watch(request)
+        # Then the server gives up on it, and its place is another's while the source plays on
+        wait_for(lambda: registry.get_sample_value("polypstream_stream_aborts_total", {"reason": "slow_watcher"}) == 1)
+        wait_for(lambda: running.servicer.active_watchers == 0)
+        with SegmenterClient(running.address) as other:
+            assert next(iter(other.watch("scope"))).result.status == pb.FRAME_STATUS_OK
+        assert hub.state == "running"
+        stalled.cancel()
         channel.close()
 
 
