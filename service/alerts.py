@@ -160,6 +160,11 @@ class Alerts:
             events=tuple(events),
         )
 
+    def showing(self) -> tuple[Polyp, ...]:
+        """The alerting tracks at their last box, as held, without advancing a frame: what a
+        frame the model did not look at (answered DROPPED_LATE) still shows."""
+        return tuple(replace(t.last, alerting=True) for _, t in sorted(self._tracks.items()) if t.alerting)
+
     def close(self) -> tuple[AlertEvent, ...]:
         """End every alert (the stream ended)."""
         ended = tuple(AlertEvent(track_id, "end") for track_id, t in sorted(self._tracks.items()) if t.alerting)

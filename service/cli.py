@@ -27,6 +27,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__, capture, workers
+from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule, check_frame_rate, rule_for
 from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
 from .client import Answer, SegmenterClient, Watched
@@ -34,12 +35,13 @@ from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerCon
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
-from .frames import FrameOptions
+from .frames import FrameOptions, Polyp
 from .gpu import GpuError, Nvml, open_gpu
 from .memory import release_freed_memory_promptly
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .plots import PlotUnavailableError, plot_alert_sweep, plot_replay
+from .postprocess import draw_overlay
 from .replay import Tally, replay
 from .runner import ModelError, Runner, resolve_model
 from .scores import SplitScores
@@ -676,16 +678,22 @@ class StreamSummary:
 
 class OverlayVideo:
     """The overlay video `stream` writes: each answer's overlay, or the frame sent when the
-    answer has none (a dropped or invalid frame); opened at the first picture's size."""
+    answer has none (a dropped or invalid frame), with the boxes of the alerts it says are on
+    (`held`: a frame dropped late does not blink an alert off); opened at the first picture's size."""
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps = path, fps
         self._writer: cv2.VideoWriter | None = None
 
-    def write(self, overlay_jpeg: bytes, original: np.ndarray | None) -> None:
+    def write(self, overlay_jpeg: bytes, original: np.ndarray | None, held: Sequence[pb.Polyp] = ()) -> None:
         picture = cv2.imdecode(np.frombuffer(overlay_jpeg, np.uint8), cv2.IMREAD_COLOR) if overlay_jpeg else original
         if picture is None:
             return
+        if not overlay_jpeg and held:
+            boxes = [
+                Polyp((p.box.x, p.box.y, p.box.width, p.box.height), p.score, p.area, p.track_id, True) for p in held
+            ]
+            picture = draw_overlay(picture, None, boxes)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter.fourcc(*OVERLAY_CODECS.get(self.path.suffix.lower(), "mp4v"))
@@ -735,7 +743,8 @@ def stream_video(
                 out.write(json.dumps(answer.to_json()) + "\n")
                 summary.add(answer)
                 if video is not None:
-                    video.write(answer.result.overlay_jpeg, originals.pop(answer.result.index, None))
+                    r = answer.result
+                    video.write(r.overlay_jpeg, originals.pop(r.index, None), r.held)
     except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it

@@ -214,6 +214,8 @@ class Pipeline:
             finish(self._rendered(result))
 
         def done(result: Result) -> None:  # on the batcher's thread
+            if result.status is Status.DROPPED_LATE:  # the alerts on stay on screen, not advanced
+                result = replace(result, held=self._showing(frame.stream_key))
             if result.render is None:
                 finish(result)
                 return
@@ -276,6 +278,13 @@ class Pipeline:
             rate = frame.options.frame_rate
             state.alert_words = f"{state.alerts.rule}, " + (f"at {rate:g} fps" if rate else "frame rate not said")
         return state
+
+    def _showing(self, stream_key: str) -> tuple[Polyp, ...]:
+        """The stream's alerting tracks at their last box (on the batcher's thread, the only one
+        that changes alert state)."""
+        with self._lock:
+            state = self._streams.get(stream_key)
+        return state.alerts.showing() if state is not None and state.alerts is not None else ()
 
     def _alert_words(self, stream_key: str) -> str | None:
         with self._lock:

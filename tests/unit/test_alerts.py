@@ -48,6 +48,23 @@ def test_one_missed_frame_holds_the_alert_and_its_last_box() -> None:
     assert back.events == () and [p.alerting for p in back.polyps] == [True] and back.held == ()
 
 
+def test_what_an_unseen_frame_shows_is_every_alert_on_at_its_last_box_and_nothing_advances() -> None:
+    alerts = Alerts(AlertRule(2, 2, 2))
+    assert alerts.showing() == ()
+    alerts.update(seen(1, 2))
+    assert alerts.showing() == ()  # seen once: confirming, not alerting
+    alerts.update([Polyp(box=(15, 5, 10, 10), score=0.8, area=90, track_id=1), *seen(2)])
+    alerts.update(seen(2))  # 1 unseen for one frame: held
+    for _ in range(3):  # frames nobody looked at: the same, and no step towards the end of 1's hold
+        shown = [(p.track_id, p.box, p.alerting) for p in alerts.showing()]
+        assert shown == [(1, (15, 5, 10, 10), True), (2, (20, 0, 10, 10), True)]
+    still = alerts.update(seen(2))  # 1 unseen for two frames: its hold (2) not yet outlasted
+    assert still.events == () and [p.track_id for p in still.held] == [1]
+    ended = alerts.update(seen(2))
+    assert [(e.track_id, e.kind) for e in ended.events] == [(1, "end")]
+    assert [p.track_id for p in alerts.showing()] == [2]
+
+
 def test_an_alert_ends_when_its_track_is_unseen_longer_than_the_hold() -> None:
     steps = run(AlertRule(1, 1, 2), [seen(1), [], [], [], []])
     assert [events for _, _, events in steps] == [[(1, "start")], [], [], [(1, "end")], []]

@@ -46,6 +46,62 @@ def run_one(pipeline: Pipeline, options: FrameOptions, image: np.ndarray | None 
     return got[0]
 
 
+def test_a_frame_dropped_late_shows_the_alerts_on_without_advancing_them(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model's rule here: 2 of 2 frames, held 4. A late frame is answered, not looked at.
+    results: dict[tuple[str, int], Result] = {}
+    answered = threading.Condition()
+
+    def on_done(result: Result) -> None:
+        with answered:
+            results[result.stream_id, result.index] = result
+            answered.notify_all()
+
+    def submit(stream: str, index: int, image: np.ndarray, received_at: float) -> None:
+        pipeline.submit(pipeline.make_frame(stream, stream, index, image, received_at), on_done)
+
+    def send(index: int, image: np.ndarray) -> Result:
+        submit("k", index, image, time.monotonic())
+        with answered:
+            assert answered.wait_for(lambda: ("k", index) in results, 10)
+        return results["k", index]
+
+    square, blank = square_image(), np.zeros_like(square_image())
+    pipeline.open_stream("k")
+    pipeline.open_stream("other")
+    assert send(0, square).polyps[0].alerting is False  # seen once: confirming
+    started = send(1, square)
+    assert [(p.track_id, p.alerting) for p in started.polyps] == [(1, True)] and len(started.alert_events) == 1
+
+    # While the model runs another stream's frame, frame 2 (long past its 40 ms budget) and frame 3
+    # queue up: the freshest is served, frame 2 is dropped.
+    running, go_on = threading.Event(), threading.Event()
+    real_run = pipeline.runner.run
+
+    def held_up(tensors: list[np.ndarray]) -> np.ndarray:
+        running.set()
+        assert go_on.wait(10)
+        return real_run(tensors)
+
+    monkeypatch.setattr(pipeline.runner, "run", held_up)
+    submit("other", 0, square, time.monotonic())
+    assert running.wait(10)
+    monkeypatch.setattr(pipeline.runner, "run", real_run)
+    submit("k", 2, square, time.monotonic() - 10.0)
+    submit("k", 3, blank, time.monotonic())
+    go_on.set()
+    with answered:
+        assert answered.wait_for(lambda: ("k", 3) in results, 10)
+    dropped, after = results["k", 2], results["k", 3]
+    assert (dropped.status, dropped.polyps, dropped.alert_events) == (Status.DROPPED_LATE, (), ())
+    assert [(p.track_id, p.box, p.alerting) for p in dropped.held] == [(1, started.polyps[0].box, True)]
+    assert after.status is Status.OK and [p.track_id for p in after.held] == [1]  # unseen 1
+    for index in range(4, 7):  # unseen 2 to 4: held; the dropped frame did not count as unseen
+        assert [p.track_id for p in send(index, blank).held] == [1]
+    assert [e.kind for e in send(7, blank).alert_events] == ["end"]
+
+
 def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn_on: list[str] = []
     real: Callable[..., np.ndarray] = pipeline_module.draw_overlay

@@ -1,9 +1,14 @@
-"""What `watch` writes and says of a server-side source's results (no frame was sent)."""
+"""What `stream` and `watch` write and say: summaries, JSON lines, the overlay video."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
+import numpy as np
+
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
-from polypstream.cli import StreamSummary
+from polypstream.cli import OverlayVideo, StreamSummary
 from polypstream.client import Answer, Watched
 
 
@@ -47,3 +52,17 @@ def test_a_watched_result_has_no_round_trip_in_its_json_line() -> None:
     assert "latency_ms" not in watched
     assert {k: v for k, v in streamed.items() if k != "latency_ms"} == watched
     assert list(streamed)[:5] == ["stream_id", "index", "status", "polyps", "latency_ms"]  # the README's order
+
+
+def test_the_overlay_video_draws_the_alerts_a_dropped_frame_says_are_on(tmp_path: Path) -> None:
+    frame = np.zeros((80, 96, 3), np.uint8)
+    video = OverlayVideo(tmp_path / "o.avi", 25.0)  # Motion JPEG: close to what was written
+    held = [pb.Polyp(box=pb.Box(x=20, y=10, width=40, height=30), score=0.9, area=1200, track_id=3, alerting=True)]
+    video.write(b"", frame)  # dropped, nothing on: the frame as sent
+    video.write(b"", frame, held)  # dropped during an alert: the frame with the alert's box
+    video.close()
+    capture = cv2.VideoCapture(str(tmp_path / "o.avi"))
+    pictures = [capture.read()[1] for _ in range(2)]
+    assert pictures[0].max() < 30  # black, give or take JPEG
+    edge = pictures[1][10:40, 20].max(axis=1)  # the box's left edge, top to bottom
+    assert (edge > 100).mean() > 0.9 and pictures[1][45:80, 70:96].max() < 30  # drawn there, nowhere else
