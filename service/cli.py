@@ -909,7 +909,7 @@ def list_sources(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_source(client: SegmenterClient, name: str, address: str) -> Any:
+def find_source(client: SegmenterClient, name: str, address: str) -> pb.SourceInfo:
     """The server's SourceInfo of `name`; CliError (one line) when it has none by that name or
     the source has already played to its end."""
     infos = client.sources()
@@ -926,7 +926,12 @@ def find_source(client: SegmenterClient, name: str, address: str) -> Any:
 
 
 def watch_source(
-    client: SegmenterClient, info: Any, jsonl_path: Path, overlay_path: Path | None, *, seconds: float | None
+    client: SegmenterClient,
+    info: pb.SourceInfo,
+    jsonl_path: Path,
+    overlay_path: Path | None,
+    *,
+    seconds: float | None,
 ) -> StreamSummary:
     """Write one JSON line per result of a server-side source and, if asked, the overlay video,
     until the source ends, `seconds` pass, or Ctrl-C."""
