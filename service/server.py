@@ -480,15 +480,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def Segment(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
     ) -> None:
-        if self.draining:
-            self.pipeline.metrics.streams_refused.labels("shutting_down").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if self.active_streams >= self.config.max_streams:
-            self.pipeline.metrics.streams_refused.labels("limit").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many concurrent streams (limit {self.config.max_streams})",
-            )
+        await self._admit(context, self.active_streams, self.config.max_streams, "limit", "streams")
         self.active_streams += 1
         self.pipeline.metrics.active_streams.inc()
         call = SegmentCall(self, request_iterator, context)
@@ -497,6 +489,18 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         finally:
             call.release()  # before any await: a cancellation cannot skip it
             await call.stop_reading()
+
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, open_now: int, limit: int, refused_as: str, what: str
+    ) -> None:
+        """Refuse a new call (counted) while draining (UNAVAILABLE) or with `limit` calls of its
+        kind open (RESOURCE_EXHAUSTED)."""
+        if self.draining:
+            self.pipeline.metrics.streams_refused.labels("shutting_down").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if open_now >= limit:
+            self.pipeline.metrics.streams_refused.labels(refused_as).inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many concurrent {what} (limit {limit})")
 
     async def until_draining(self, requests: AsyncIterator[pb.Frame]) -> AsyncIterator[pb.Frame]:
         """The stream's frames, until it ends or the server starts draining (then no more are read).
@@ -668,15 +672,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         if hub is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no source named '{request.source}' (see ListSources)")
             return
-        if self.draining:
-            self.pipeline.metrics.streams_refused.labels("shutting_down").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if self.active_watchers >= self.config.max_watchers:
-            self.pipeline.metrics.streams_refused.labels("watch_limit").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many concurrent Watch calls (limit {self.config.max_watchers})",
-            )
+        await self._admit(context, self.active_watchers, self.config.max_watchers, "watch_limit", "Watch calls")
         wanted = options_from_proto(request.options)
         subscription = hub.subscribe(asyncio.get_running_loop(), wanted)
         self.active_watchers += 1
