@@ -423,3 +423,12 @@ def test_a_source_thread_does_not_keep_the_process_alive(pipeline: Pipeline, mon
     hub.start()
     assert hub._thread is not None and hub._thread.daemon
     hub.stop()
+
+
+def test_a_hub_says_its_stated_rate_before_its_source_opens_and_whether_it_was_told_to_stop(pipeline: Pipeline) -> None:
+    stated = SourceHub("card", "rtsp://camera.invalid/live", pipeline, frame_rate=50.0)
+    unstated = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    assert (stated.frame_rate, unstated.frame_rate) == (50.0, 0.0)  # what ListSources says meanwhile
+    assert unstated.stopped is False
+    unstated.stop_reading()  # the server draining: returns at once, nothing was started
+    assert unstated.stopped is True and unstated.state == "idle"
