@@ -197,7 +197,7 @@ class SourceHub:
                 self.state = "running"
                 if self._pump(source):
                     backoff = self.backoff_s  # it delivered frames: start the backoff afresh
-                if not self.live:
+                if not self.live or self._stop.is_set():  # a file's end, or the server stopping it
                     break
                 logger.warning("source %s stopped; reconnecting in %.1f s", self.name, backoff)
             if self._stop.wait(backoff):

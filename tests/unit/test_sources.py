@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,29 @@ def test_a_live_source_that_fails_or_stops_is_reopened_with_backoff(
     assert hub.reconnects >= 2
     assert registry.get_sample_value("polypstream_source_reconnects_total", {"source": "scope"}) == hub.reconnects
     assert hub.state == "ended"
+
+
+def test_a_live_source_stopped_by_the_server_ends_without_a_reconnect_or_a_warning(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class EndlessFeed(FlakyFeed):
+        def __init__(self, uri: str, *, realtime: bool = False) -> None:
+            pass
+
+        def __iter__(self) -> Iterator[CapturedFrame]:
+            for i in range(100_000):
+                yield CapturedFrame(i, np.zeros((32, 32, 3), np.uint8), i / 25)
+                time.sleep(0.01)
+
+    monkeypatch.setattr(sources_module, "open_source", EndlessFeed)
+    hub = SourceHub("scope", "rtsp://camera.invalid/live", pipeline)
+    hub.start()
+    wait_for(lambda: hub.frames >= 3)
+    with caplog.at_level(logging.WARNING, logger="polypstream.sources"):
+        hub.stop_reading()  # the server shutting down
+        wait_for(lambda: hub.state == "ended")
+    assert hub.reconnects == 0 and caplog.records == []  # before: "source scope stopped; reconnecting in 0.5 s"
+    hub.stop()
 
 
 def test_a_file_source_that_cannot_open_fails_once(pipeline: Pipeline, tmp_path: Path) -> None:
