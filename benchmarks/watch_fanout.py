@@ -19,8 +19,10 @@ import threading
 import time
 from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
+import grpc
 
 from benchmarks.common import (
     StealMeter,
@@ -49,9 +51,17 @@ def write_source_clip(path: Path, seconds: float, size: tuple[int, int] = (1920,
     return path
 
 
-def watcher(address: str, overlay: bool, seconds: float, results: Queue[dict[str, int]]) -> None:
-    """One Watch call of source "hd" for `seconds`: how many results, how many frames missed, bytes."""
-    received, missed, payload, last = 0, 0, 0, None
+class WatcherReport(TypedDict):
+    received: int
+    missed: int
+    overlay_bytes: int
+    ended: str  # how the call ended: CANCELLED at the end of its time, as asked
+
+
+def watcher(address: str, overlay: bool, seconds: float, results: Queue[WatcherReport]) -> None:
+    """One Watch call of source "hd" for `seconds`: how many results, how many frames missed,
+    bytes, and how the call ended (CANCELLED: at the end of its time, as asked)."""
+    received, missed, payload, last, ended = 0, 0, 0, None, "source ended"
     with SegmenterClient(address) as client:
         call = client.watch("hd", FrameOptions(return_overlay=overlay))
         threading.Timer(seconds, call.cancel).start()
@@ -62,15 +72,15 @@ def watcher(address: str, overlay: bool, seconds: float, results: Queue[dict[str
                 missed += 0 if last is None else index - last - 1
                 payload += len(watched.result.overlay_jpeg)
                 last = index
-        except Exception:  # cancelled at the end of its time, as asked
-            pass
-    results.put({"received": received, "missed": missed, "overlay_bytes": payload})
+        except grpc.RpcError as exc:
+            ended = exc.code().name if hasattr(exc, "code") else str(exc)
+    results.put(WatcherReport(received=received, missed=missed, overlay_bytes=payload, ended=ended))
 
 
 def run_once(clip: Path, model: str, watchers: int, overlay: bool, seconds: float) -> dict[str, object]:
     proc, at = start_serve("--model", model, "--source", f"hd={clip}")
     context = multiprocessing.get_context("spawn")
-    results: Queue[dict[str, int]] = context.Queue()
+    results: Queue[WatcherReport] = context.Queue()
     try:
         before, steal, scraped = scrape(at["metrics"]), StealMeter(), time.perf_counter()
         workers = [
@@ -95,6 +105,7 @@ def run_once(clip: Path, model: str, watchers: int, overlay: bool, seconds: floa
         "watchers": watchers,
         "live": side([live], wall, 40.0),
         "watched": {
+            "ended": sorted({w["ended"] for w in watched}),
             "received": sorted(w["received"] for w in watched),
             "missed": sorted(w["missed"] for w in watched),
             "overlay_mb_each": [round(w["overlay_bytes"] / 2**20, 1) for w in watched],
