@@ -591,7 +591,7 @@ class StreamSummary:
     detections: int = 0
     tracks: set[int] = field(default_factory=set)
     alerts: int = 0  # alerts started
-    frames_alerting: int = 0  # frames showing an alert (a detected or a held polyp)
+    frames_alerting: int = 0  # frames showing an alert (a detected or a held polyp; a dropped frame's held ones)
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
@@ -611,8 +611,9 @@ class StreamSummary:
         if self.source and self.last_index is not None and index > self.last_index + 1:
             self.missed += index - self.last_index - 1
         self.last_index = index
+        r = answer.result
+        self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
         if answer.status == "OK":
-            r = answer.result
             if isinstance(answer, Answer):
                 self.latencies_ms.append(answer.latency_s * 1e3)
             self.server_ms.append(r.timing.server_ms)
@@ -620,7 +621,6 @@ class StreamSummary:
             self.frames_with_polyps += bool(r.polyps)
             self.tracks.update(p.track_id for p in r.polyps)
             self.alerts += answer.alerts_started
-            self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
 
     def as_dict(self) -> dict[str, object]:
         watched = {"source": self.source, "missed": self.missed} if self.source else {}

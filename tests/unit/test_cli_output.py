@@ -45,6 +45,16 @@ def test_a_watch_with_every_frame_says_nothing_missed_and_a_stream_never_counts_
     assert streamed.line().startswith("3 frames (OK 3);") and "latency p50 20.0 ms" in streamed.line()
 
 
+def test_a_frame_dropped_during_an_alert_counts_as_one_showing_it() -> None:
+    summary = StreamSummary()
+    alerting = pb.Polyp(box=pb.Box(x=1, y=2, width=3, height=4), score=0.9, area=12, track_id=1, alerting=True)
+    summary.add(Answer(pb.FrameResult(index=0, status=pb.FRAME_STATUS_OK, polyps=[alerting]), 0.01))
+    summary.add(Answer(pb.FrameResult(index=1, status=pb.FRAME_STATUS_DROPPED_LATE, held=[alerting]), 0.01))
+    summary.add(Answer(pb.FrameResult(index=2, status=pb.FRAME_STATUS_DROPPED_LATE), 0.01))
+    assert (summary.frames_alerting, summary.frames_with_polyps, summary.detections) == (2, 1, 1)
+    assert "(DROPPED_LATE 2, OK 1)" in summary.line() and "(shown in 2 frames)" in summary.line()
+
+
 def test_a_watched_result_has_no_round_trip_in_its_json_line() -> None:
     r = result(4, polyps=1)
     streamed, watched = Answer(r, 0.0123).to_json(), Watched(r).to_json()
