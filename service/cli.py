@@ -35,7 +35,7 @@ from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerCon
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
 from .evaluate import evaluate
-from .frames import FrameOptions, Polyp
+from .frames import FrameOptions
 from .gpu import GpuError, Nvml, open_gpu
 from .memory import release_freed_memory_promptly
 from .metrics import Metrics
@@ -53,6 +53,7 @@ from .threads import opencv_on_the_calling_thread
 from .ui import LiveView
 from .video_sources import evaluate_videos
 from .view import ViewHub
+from .wire import polyp_from_proto
 
 logger = logging.getLogger("polypstream")
 SAMPLE_CLIP = Path(__file__).resolve().parent / "data" / "sample.mp4"
@@ -607,11 +608,10 @@ class StreamSummary:
         """Count one answer (or, for `watch`, one result of the source)."""
         self.frames += 1
         self.statuses[answer.status] = self.statuses.get(answer.status, 0) + 1
-        index = answer.result.index
-        if self.source and self.last_index is not None and index > self.last_index + 1:
-            self.missed += index - self.last_index - 1
-        self.last_index = index
         r = answer.result
+        if self.source and self.last_index is not None and r.index > self.last_index + 1:
+            self.missed += r.index - self.last_index - 1
+        self.last_index = r.index
         self.frames_alerting += any(p.alerting for p in r.polyps) or bool(r.held)
         if answer.status == "OK":
             if isinstance(answer, Answer):
@@ -690,10 +690,7 @@ class OverlayVideo:
         if picture is None:
             return
         if not overlay_jpeg and held:
-            boxes = [
-                Polyp((p.box.x, p.box.y, p.box.width, p.box.height), p.score, p.area, p.track_id, True) for p in held
-            ]
-            picture = draw_overlay(picture, None, boxes)
+            picture = draw_overlay(picture, None, [polyp_from_proto(p) for p in held])
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter.fourcc(*OVERLAY_CODECS.get(self.path.suffix.lower(), "mp4v"))

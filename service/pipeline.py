@@ -279,17 +279,19 @@ class Pipeline:
             state.alert_words = f"{state.alerts.rule}, " + (f"at {rate:g} fps" if rate else "frame rate not said")
         return state
 
+    def _state_of(self, stream_key: str) -> _StreamState | None:
+        with self._lock:
+            return self._streams.get(stream_key)
+
     def _showing(self, stream_key: str) -> tuple[Polyp, ...]:
         """The stream's alerting tracks at their last box (on the batcher's thread, the only one
         that changes alert state)."""
-        with self._lock:
-            state = self._streams.get(stream_key)
+        state = self._state_of(stream_key)
         return state.alerts.showing() if state is not None and state.alerts is not None else ()
 
     def _alert_words(self, stream_key: str) -> str | None:
-        with self._lock:
-            state = self._streams.get(stream_key)
-            return state.alert_words if state is not None else None
+        state = self._state_of(stream_key)
+        return state.alert_words if state is not None else None
 
     def _process(self, batch: list[Queued], launched_at: float) -> list[Result]:
         start = time.perf_counter()

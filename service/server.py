@@ -352,7 +352,7 @@ class SegmentCall:
                 await self._give_up_on_slow_client()
                 return False
             except Exception:
-                if await self._client_gone():  # it hung up as this was written: nobody to answer
+                if await client_gone(self.context):  # it hung up as this was written: nobody to answer
                     return False
                 raise
             self.servicer.memory.release(self.key, pending.reserved)
@@ -365,9 +365,6 @@ class SegmentCall:
         # delivered: free what the stream holds first, whatever the client does next.
         self.release()
         await abort_unread(self.context, self.config.send_timeout_s, "stream")
-
-    async def _client_gone(self) -> bool:
-        return await client_gone(self.context)
 
 
 async def client_gone(context: grpc.aio.ServicerContext) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
-from .frames import FrameOptions
+from .frames import FrameOptions, Polyp
 
 _OPTIONAL = {f.name for f in pb.FrameOptions.DESCRIPTOR.fields if f.has_presence}
 
@@ -23,3 +23,7 @@ def options_from_proto(options: pb.FrameOptions) -> FrameOptions:
 
 def options_to_proto(options: FrameOptions) -> pb.FrameOptions:
     return pb.FrameOptions(**{name: value for name, value in asdict(options).items() if value is not None})
+
+
+def polyp_from_proto(p: pb.Polyp) -> Polyp:
+    return Polyp((p.box.x, p.box.y, p.box.width, p.box.height), p.score, p.area, p.track_id, p.alerting)

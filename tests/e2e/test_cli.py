@@ -22,7 +22,7 @@ from benchmarks.common import scrape, start_serve, start_server_process
 from benchmarks.service_latency import run_streams
 from polypstream.cli import build_parser
 from polypstream.runner import cuda_available
-from tests.conftest import KVASIR_FIXTURES, write_clip
+from tests.conftest import KVASIR_FIXTURES, wait_for, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,12 +221,9 @@ def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(
     assert summary.startswith(f"interrupted: {len(lines)} frames (OK {len(lines)})")
 
 
-def wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
+def wait_for_lines(path: Path, n: int) -> None:
     """Until `path` holds `n` whole lines (a command writing results as they come)."""
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().count("\n") >= n):
-        assert time.monotonic() < deadline, f"{path} did not reach {n} lines within {timeout:g} s"
-        time.sleep(0.05)
+    wait_for(lambda: path.exists() and path.read_text().count("\n") >= n, 60, f"{path} holding {n} lines")
 
 
 def test_watch_lists_the_servers_sources_and_records_one_to_its_end(tmp_path: Path, tiny_model: Path) -> None:
