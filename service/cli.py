@@ -30,7 +30,7 @@ from . import __version__, capture, workers
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule, check_frame_rate, rule_for
 from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from .client import Answer, SegmenterClient, Watched
+from .client import Answer, SegmenterClient, Stream, Watched
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
@@ -602,6 +602,9 @@ class StreamSummary:
     ended_early: str = ""  # the call's status when it ended before every frame sent was answered
     source: str = ""  # `watch`: the server-side source watched (no frame sent: no round trip)
     missed: int = 0  # `watch`: frames of the source between its first and last result without one
+    reconnects: int = 0  # `stream`: new calls after the server went away (client.Stream)
+    lost: int = 0  # `stream`, live: frames sent on a call that ended before answering them
+    unsent: int = 0  # `stream`, live: frames read while no server answered, not sent
     last_index: int | None = None
 
     def add(self, answer: Watched) -> None:
@@ -624,21 +627,28 @@ class StreamSummary:
 
     def as_dict(self) -> dict[str, object]:
         watched = {"source": self.source, "missed": self.missed} if self.source else {}
-        return watched | {
-            "frames": self.frames,
-            "statuses": self.statuses,
-            "frames_with_polyps": self.frames_with_polyps,
-            "polyp_detections": self.detections,
-            "tracks": len(self.tracks),
-            "alerts": self.alerts,
-            "frames_alerting": self.frames_alerting,
-            "latency_ms": {"p50": percentile(self.latencies_ms, 50, 2), "p99": percentile(self.latencies_ms, 99, 2)},
-            "server_ms": {"p50": percentile(self.server_ms, 50, 2), "p99": percentile(self.server_ms, 99, 2)},
-            "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
-            "interrupted": self.interrupted,
-            "sent": self.sent,
-            "ended_early": self.ended_early or None,
-        }
+        return (
+            watched
+            | {
+                "frames": self.frames,
+                "statuses": self.statuses,
+                "frames_with_polyps": self.frames_with_polyps,
+                "polyp_detections": self.detections,
+                "tracks": len(self.tracks),
+                "alerts": self.alerts,
+                "frames_alerting": self.frames_alerting,
+                "latency_ms": {
+                    "p50": percentile(self.latencies_ms, 50, 2),
+                    "p99": percentile(self.latencies_ms, 99, 2),
+                },
+                "server_ms": {"p50": percentile(self.server_ms, 50, 2), "p99": percentile(self.server_ms, 99, 2)},
+                "fps": round(self.frames / self.wall_s, 1) if self.wall_s else None,
+                "interrupted": self.interrupted,
+                "sent": self.sent,
+                "ended_early": self.ended_early or None,
+            }
+            | ({} if self.source else {"reconnects": self.reconnects, "lost": self.lost, "unsent": self.unsent})
+        )
 
     def ended_early_line(self, written_to: Path) -> str:
         """What a stream that ended early leaves the user: why, and what was answered and kept."""
@@ -673,7 +683,20 @@ class StreamSummary:
         return (
             f"{interrupted}{self.frames} frames ({statuses}); {found}; latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
+            f"{self.reconnect_words()}"
         )
+
+    def reconnect_words(self) -> str:
+        """What the server going away cost a stream (nothing, for a file: its frames were sent again)."""
+        if not (self.reconnects or self.lost or self.unsent):
+            return ""
+        words = f"; reconnected {self.reconnects} time{'s' * (self.reconnects != 1)}"
+        if self.lost or self.unsent:
+            words += (
+                f", {self.lost + self.unsent} frames of the source have no result ({self.lost} sent and not "
+                f"answered when the server went away, {self.unsent} read while none answered)"
+            )
+        return words
 
 
 class OverlayVideo:
@@ -713,12 +736,13 @@ def stream_video(
     stream_id: str,
     no_drop: bool,
     allow_view: bool = False,
+    reconnect_s: float = 0.0,
 ) -> StreamSummary:
-    """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay video."""
+    """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay
+    video; a server that goes away is sought again for up to `reconnect_s` (client.Stream)."""
     options = FrameOptions(
         return_overlay=overlay_path is not None, no_drop=no_drop, allow_view=allow_view, frame_rate=source.frame_rate
     )
-    originals: dict[int, np.ndarray] = {}  # frames sent, until answered (for the overlay video)
     video = OverlayVideo(overlay_path, source.fps) if overlay_path is not None else None
     stop = threading.Event()
 
@@ -726,30 +750,37 @@ def stream_video(
         for captured in source:
             if stop.is_set():  # Ctrl-C: send no more; what was sent is still answered and written
                 return
-            if video is not None:
-                originals[captured.index] = captured.image
-            summary.sent += 1
             yield captured
 
+    def report(words: str) -> None:
+        print(f"polypstream stream: {words}", file=sys.stderr, flush=True)
+
     summary = StreamSummary(flat_out=not source.realtime)
+    stream = Stream(client, frames(), stream_id, options, reconnect_s=reconnect_s, stop=stop, report=report)
     started = time.perf_counter()
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with jsonl_path.open("w") as out, ctrl_c_sets(stop):
-            for answer in client.segment_video(frames(), stream_id, options):
+            for frame, answer in stream:
                 out.write(json.dumps(answer.to_json()) + "\n")
                 summary.add(answer)
                 if video is not None:
-                    r = answer.result
-                    video.write(r.overlay_jpeg, originals.pop(r.index, None), r.held)
+                    video.write(answer.result.overlay_jpeg, frame.image, answer.result.held)
     except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it
         code, details = rpc_status(exc)
-        summary.ended_early = f"{code.name if code is not None else 'error'}: {details}"
+        gave_up = (
+            f"; no server answered within {reconnect_s:g} s"
+            if code == grpc.StatusCode.UNAVAILABLE and reconnect_s > 0
+            else ""
+        )
+        summary.ended_early = f"{code.name if code is not None else 'error'}: {details}{gave_up}"
     finally:
         if video is not None:
             video.close()
+        summary.sent, summary.reconnects = stream.sent, stream.reconnects
+        summary.lost, summary.unsent = stream.lost, stream.unsent
     summary.wall_s = time.perf_counter() - started
     summary.interrupted = stop.is_set()
     return summary
@@ -838,6 +869,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     check_output("--jsonl", args.jsonl)
     if args.overlay is not None:
         check_overlay_output("--overlay", args.overlay)
+    if not args.reconnect >= 0:
+        raise CliError(f"--reconnect must be 0 or more seconds, got {args.reconnect:g}")
     source = open_source(args.source, realtime=args.realtime)
     if args.frame_rate is not None:
         source.frame_rate = args.frame_rate
@@ -852,6 +885,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             stream_id=args.stream_id or Path(redact_uri(args.source)).stem,
             no_drop=no_drop,
             allow_view=args.allow_view,
+            reconnect_s=args.reconnect,
         )
     print(summary.line())
     if summary.ended_early:
@@ -1360,6 +1394,15 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--allow-view", action="store_true", help="let the server's live view (serve --ui) show this stream"
     )
     stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    stream.add_argument(
+        "--reconnect",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the server goes away mid-stream (a restart, a rolling update), how long to seek it again "
+        "before ending; a file's unanswered frames are sent again, a live stream goes on from its newest "
+        "frame; 0: end at once",
+    )
     add_frame_rate_flag(stream)
     stream.set_defaults(func=cmd_stream)
 

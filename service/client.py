@@ -5,9 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import grpc
@@ -21,6 +22,8 @@ from .frames import FrameOptions
 from .wire import options_to_proto
 
 FINISH_FRAME_S = 5.0  # how long a call that is over waits for the frame being made (see segment)
+RETRY_PAUSE_S = 0.5  # between calls refused at once (a draining server still takes connections)
+MAX_RECONNECT_BACKOFF_MS = 2000  # gRPC's own is 120 s: a restarted server would wait that long to be found
 STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
 
 
@@ -149,6 +152,8 @@ class SegmenterClient:
             # connection among the channels of a process to the same address, and the kernel
             # spreads connections, not streams, over the workers of `serve --workers`.
             ("grpc.use_local_subchannel_pool", 1),
+            # A server that went away is tried again at least every 2 s, not after minutes.
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         if credentials is not None:
             self.channel = grpc.secure_channel(address, credentials, options=options)
@@ -159,6 +164,10 @@ class SegmenterClient:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def connected(self) -> Connecting:
+        """A future done once the channel is connected (connecting now if it is not)."""
+        return grpc.channel_ready_future(self.channel)
 
     def health(self, service: str = "polypstream.v1.Segmenter", timeout: float = 5.0) -> str:
         """The grpc.health.v1 status name of `service` (SERVING, NOT_SERVING, ...)."""
@@ -230,3 +239,146 @@ class SegmenterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Connecting(Protocol):
+    """What `SegmenterClient.connected` returns (a grpc.Future)."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
+class Stream:
+    """The frames of one video sent on `Segment` calls, carried over a server that goes away.
+
+    A call that ends UNAVAILABLE (the server drained on SIGTERM or a rolling update, restarted,
+    or the connection broke) is followed by a new call with the same stream_id on the same
+    channel (the restarted server, or another replica behind a dns:/// name), tried for up to
+    `reconnect_s` seconds until one answers; past that, or with `reconnect_s` 0, the call's
+    error is raised. What becomes of the frames of the gap depends on the stream:
+    - no_drop (a file): the frames sent but not answered are sent again, first: nothing is lost;
+    - live: late frames are worthless, so those sent but not answered are `lost`, and those the
+      source delivers while no call is open are read at its pace and not sent (`unsent`).
+    Iterating yields (frame, answer) pairs, one per frame answered, in the source's order. Each
+    call starts the server's alert state anew: a polyp in view earns its alert again.
+    `stop` (Ctrl-C) ends a wait for the server at once; `report` is told, in words, when a call
+    ends and a new one is sought, and when one answers again."""
+
+    def __init__(
+        self,
+        client: SegmenterClient,
+        frames: Iterable[CapturedFrame],
+        stream_id: str,
+        options: FrameOptions,
+        *,
+        reconnect_s: float = 0.0,
+        stop: threading.Event | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        self._client, self._source = client, iter(frames)
+        self._stream_id, self._options = stream_id, options
+        self._reconnect_s, self._stop = reconnect_s, stop or threading.Event()
+        self._report = report or (lambda words: None)
+        self._lock = threading.Lock()  # the source is read by one call's gRPC thread, or while waiting
+        self._resend: deque[CapturedFrame] = deque()
+        self._source_ended = False
+        self.sent = 0  # frames of the source handed to a call (a frame sent again counts once)
+        self.reconnects = 0  # calls that answered after one had ended UNAVAILABLE
+        self.lost = 0  # live: frames sent on a call that ended before answering them
+        self.unsent = 0  # live: frames the source delivered while no call was open
+        self.resent = 0  # no_drop: frames sent again on a new call
+
+    def __iter__(self) -> Iterator[tuple[CapturedFrame, Answer]]:
+        outage_since: float | None = None  # while a server is sought: since when
+        while True:
+            pending: deque[CapturedFrame] = deque()  # handed to this call, not answered yet
+            closed = threading.Event()
+            try:
+                for answer in self._client.segment_video(self._feed(pending, closed), self._stream_id, self._options):
+                    frame = pending.popleft()
+                    while frame.index != answer.result.index and pending:  # never, answers come in order
+                        frame = pending.popleft()
+                    if outage_since is not None:
+                        self.reconnects += 1
+                        self._report(f"reconnected after {time.monotonic() - outage_since:.1f} s; the stream goes on")
+                        outage_since = None
+                    yield frame, answer
+                return
+            except grpc.RpcError as exc:
+                with self._lock:  # the call's thread makes no frame after this
+                    closed.set()
+                    unanswered = list(pending)
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or self._reconnect_s <= 0 or self._stop.is_set():
+                    raise
+                if self._options.no_drop:
+                    self._resend.extendleft(reversed(unanswered))
+                    if self._source_ended and not self._resend:
+                        return  # every frame was answered: the call ended after the last one
+                else:
+                    self.lost += len(unanswered)
+                refused_at_once = outage_since is not None  # a call of this outage that answered nothing
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    self._report(self._outage_words(exc, len(unanswered)))
+                deadline = outage_since + self._reconnect_s
+                if not self._wait_for_server(deadline, pause=RETRY_PAUSE_S if refused_at_once else 0.0):
+                    if self._stop.is_set() or self._source_ended:
+                        return  # Ctrl-C, or a live source that ended while no server answered
+                    raise
+
+    def _feed(self, pending: deque[CapturedFrame], closed: threading.Event) -> Iterator[CapturedFrame]:
+        """One call's frames: those to send again, then the source's; each noted as pending."""
+        while True:
+            with self._lock:
+                if closed.is_set():
+                    return
+                if self._resend:
+                    frame = self._resend.popleft()
+                    self.resent += 1
+                else:
+                    fresh = next(self._source, None)
+                    if fresh is None:
+                        self._source_ended = True
+                        return
+                    frame = fresh
+                    self.sent += 1
+                pending.append(frame)
+            yield frame
+
+    def _wait_for_server(self, deadline: float, *, pause: float) -> bool:
+        """Until the channel is connected (and `pause` has passed) or `deadline`: True when a new
+        call may start. A live source is read meanwhile, its frames not sent."""
+        connecting = self._client.connected()
+        not_before = time.monotonic() + pause
+        try:
+            while time.monotonic() < deadline:
+                connected = connecting.done() and time.monotonic() >= not_before
+                if self._stop.is_set():
+                    return False
+                if connected:
+                    return True
+                if self._options.no_drop:
+                    self._stop.wait(0.05)
+                    continue
+                with self._lock:
+                    frame = next(self._source, None)
+                if frame is None:
+                    self._source_ended = True
+                    return False
+                self.unsent += 1
+            return False
+        finally:
+            connecting.cancel()
+
+    def _outage_words(self, exc: grpc.RpcError, unanswered: int) -> str:
+        frames = f"{unanswered} frame{'s' * (unanswered != 1)} sent and not answered"
+        what = (
+            f"the {frames} will be sent again"
+            if self._options.no_drop
+            else f"{frames}; frames read meanwhile are not sent"
+        )
+        return (
+            f"the stream's call ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
+            f"{self._reconnect_s:g} s; {what}"
+        )

@@ -175,7 +175,7 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     proc, address, _ = server
     clip = write_clip(tmp_path / "clip.avi", frames=200, fps=20)  # 10 s at its own rate
     out = tmp_path / "out.jsonl"
-    command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out)]
+    command = ["stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out), "--reconnect", "1"]
     stream = spawn(*command)
     deadline = time.monotonic() + 30
     while (not out.exists() or len(out.read_text().splitlines()) < 10) and time.monotonic() < deadline:
@@ -185,10 +185,14 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     assert proc.returncode == 0
     client_out, client_err = stream.communicate(timeout=30)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    # one line saying why, how many of the frames sent were answered, and where they are
+    # no server came back within --reconnect: one line saying so and why, how many of the frames
+    # sent were answered, and where they are
+    ended = r"UNAVAILABLE: server shutting down: every frame it read was answered; send the rest elsewhere"
     said = re.fullmatch(
-        r"polypstream stream: error: the stream ended early \(UNAVAILABLE: server shutting down: every frame it "
-        r"read was answered; send the rest elsewhere\): (\d+) of the (\d+) frames sent were answered, and no more "
+        rf"polypstream stream: the stream's call ended \({ended}\); trying the server again for up to 1 s; the \d+ "
+        r"frames? sent and not answered will be sent again\n"
+        rf"polypstream stream: error: the stream ended early \({ended}; no server answered within 1 s\): (\d+) of "
+        r"the (\d+) frames sent were answered, and no more "
         rf"were sent; their results are in {re.escape(str(out))}\n",
         client_err,
     )
@@ -198,6 +202,32 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     answered = int(re.search(r"stopped: (\d+) frames answered", server_out).group(1))  # type: ignore[union-attr]
     assert 10 <= len(lines) == answered < 200  # every frame the server read reached the client
     assert [line["index"] for line in lines] == list(range(len(lines)))
+
+
+def test_a_stream_goes_on_when_its_server_restarts_and_every_frame_is_answered_once(
+    server: tuple[subprocess.Popen[str], str, str], tmp_path: Path, tiny_model: Path
+) -> None:
+    proc, address, _ = server
+    clip = write_clip(tmp_path / "clip.avi", frames=100, fps=20)  # 5 s at its own rate
+    out = tmp_path / "out.jsonl"
+    stream = spawn("stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out))
+    wait_for_lines(out, 10)
+    proc.send_signal(signal.SIGTERM)  # a restart: drained, then a new server at the same address
+    proc.communicate(timeout=30)
+    restarted, _ = start_serve("--model", str(tiny_model), "--address", address)
+    try:
+        client_out, client_err = stream.communicate(timeout=60)
+    finally:
+        restarted.terminate()
+        restarted.communicate(timeout=30)
+    assert stream.returncode == 0, client_err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(100)) and {line["status"] for line in lines} == {"OK"}
+    told = client_err.splitlines()
+    assert len(told) == 2, client_err
+    assert told[0].startswith("polypstream stream: the stream's call ended (UNAVAILABLE: server shutting down")
+    assert re.fullmatch(r"polypstream stream: reconnected after \d+\.\d s; the stream goes on", told[1])
+    assert client_out.startswith("100 frames (OK 100)") and client_out.rstrip().endswith("; reconnected 1 time")
 
 
 def test_ctrl_c_on_stream_sends_no_more_and_summarises_what_was_answered(

@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
-from polypstream.client import SegmenterClient, encode_frame
+from polypstream.capture import CapturedFrame
+from polypstream.client import SegmenterClient, Stream, encode_frame
 from polypstream.config import ServerConfig
 from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
 from polypstream.frames import FrameOptions, Result
@@ -617,3 +618,35 @@ def test_a_stream_without_alert_options_gets_the_servers_rule_and_a_bad_rule_is_
         "frame options: alert rule: need 1 <= min_seen (4) <= window (2) <= 64; "
         "the parts not set are the server's, 2 of 2 frames, held 4"
     )
+
+
+def test_a_stream_goes_on_through_a_server_restart_and_every_frame_is_answered_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A file stream whose server drains (SIGTERM, a rolling update) after frame 4 while the
+    client makes frame 5; a new server comes up at the same address; the stream carries on."""
+    config = ServerConfig(address=f"unix:{tmp_path / 'grpc.sock'}", metrics_address="")
+    first = contextlib.ExitStack()
+    running = first.enter_context(serve_in_thread(pipeline, config))
+    go_on = threading.Event()
+
+    def video() -> Iterator[CapturedFrame]:
+        for i in range(12):
+            if i == 5:
+                assert go_on.wait(30)
+            yield CapturedFrame(i, square_image(box=SQUARE), i / 25)
+
+    said: list[str] = []
+    with contextlib.ExitStack() as second, SegmenterClient(running.address) as client:
+        stream = Stream(client, video(), "s", FrameOptions(no_drop=True), reconnect_s=30, report=said.append)
+        answered: list[int] = []
+        for frame, answer in stream:
+            assert frame.index == answer.result.index and answer.status == "OK"
+            answered.append(answer.result.index)
+            if answer.result.index == 4:
+                first.close()  # drains: every frame read was answered; then it stops
+                second.enter_context(serve_in_thread(pipeline, config))
+                go_on.set()
+        assert answered == list(range(12))
+        assert (stream.sent, stream.resent, stream.reconnects) == (12, 1, 1)  # frame 5 again, on the new server
+        assert said[0].startswith("the stream's call ended (UNAVAILABLE: server shutting down: every frame it read")

@@ -1,0 +1,205 @@
+"""client.Stream: a stream carried over a server that goes away, against a scripted client.
+
+Each call of the fake client takes some frames from the stream, answers some of them, then
+ends as told (UNAVAILABLE, another status, or normally once the frames run out), as a real
+call does; `connected()` becomes done after a set number of looks. Every count is exact."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import pytest
+
+import polypstream.client as client_module
+from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
+from polypstream.capture import CapturedFrame
+from polypstream.client import Answer, Stream
+from polypstream.frames import FrameOptions
+
+NO_DROP, LIVE = FrameOptions(no_drop=True), FrameOptions(no_drop=False)
+
+
+class Ended(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "server shutting down") -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@dataclass
+class Call:
+    """One scripted call: take `takes` frames, answer the first `answers` of them, then raise
+    `ends` (None: take every frame and answer each, ending normally)."""
+
+    takes: int = 0
+    answers: int = 0
+    ends: grpc.StatusCode | None = None
+
+
+class Looks:
+    """A `connected()` future done from its `after`-th look on."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.looked, self.cancelled = after, 0, False
+
+    def done(self) -> bool:
+        self.looked += 1
+        return self.looked >= self.after
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+@dataclass
+class ScriptedClient:
+    calls: list[Call]
+    looks_until_connected: int = 1
+    sent: list[list[int]] = field(default_factory=list)  # the frame indices each call took
+    futures: list[Looks] = field(default_factory=list)
+
+    def connected(self) -> Looks:
+        self.futures.append(Looks(self.looks_until_connected))
+        return self.futures[-1]
+
+    def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
+        call = self.calls.pop(0)
+        iterator = iter(frames)
+        taken = [f for f in (next(iterator, None) for _ in range(call.takes)) if f is not None]
+        if call.ends is None:
+            taken += list(iterator)
+        self.sent.append([f.index for f in taken])
+        for f in taken[: len(taken) if call.ends is None else call.answers]:
+            yield Answer(pb.FrameResult(stream_id=stream_id, index=f.index), latency_s=0.001)
+        if call.ends is not None:
+            raise Ended(call.ends)
+
+
+def frames(n: int, taken: list[int] | None = None) -> Iterator[CapturedFrame]:
+    for i in range(n):
+        if taken is not None:
+            taken.append(i)
+        yield CapturedFrame(i, np.zeros((2, 2, 3), np.uint8), i / 25)
+
+
+def run(stream: Stream) -> list[int]:
+    """The indices answered, each paired with the frame it answers."""
+    pairs = [(frame.index, answer.result.index) for frame, answer in stream]
+    assert all(sent == answered for sent, answered in pairs)
+    return [answered for _, answered in pairs]
+
+
+def test_a_file_stream_sends_its_unanswered_frames_again_and_loses_none() -> None:
+    client = ScriptedClient([Call(takes=5, answers=3, ends=grpc.StatusCode.UNAVAILABLE), Call()])
+    said: list[str] = []
+    stream = Stream(client, frames(10), "s", NO_DROP, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    assert run(stream) == list(range(10))
+    assert client.sent == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7, 8, 9]]
+    assert (stream.sent, stream.resent, stream.reconnects, stream.lost, stream.unsent) == (10, 2, 1, 0, 0)
+    assert said[0] == (
+        "the stream's call ended (UNAVAILABLE: server shutting down); trying the server again for up to 30 s; "
+        "the 2 frames sent and not answered will be sent again"
+    )
+    assert said[1].startswith("reconnected after ") and said[1].endswith(" s; the stream goes on")
+    assert all(f.cancelled for f in client.futures)
+
+
+def test_a_live_stream_goes_on_from_its_newest_frame_and_counts_the_frames_without_a_result() -> None:
+    # The first call takes 0–3 and answers 0–1; while the channel is not connected (two looks)
+    # the source is read at its pace and 4, 5 are not sent; the next call gets 6–9.
+    client = ScriptedClient([Call(takes=4, answers=2, ends=grpc.StatusCode.UNAVAILABLE), Call()], 3)
+    said: list[str] = []
+    stream = Stream(client, frames(10), "s", LIVE, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    assert run(stream) == [0, 1, 6, 7, 8, 9]
+    assert client.sent == [[0, 1, 2, 3], [6, 7, 8, 9]]
+    assert (stream.sent, stream.resent, stream.reconnects, stream.lost, stream.unsent) == (8, 0, 1, 2, 2)
+    assert said[0].endswith("2 frames sent and not answered; frames read meanwhile are not sent")
+
+
+def test_calls_refused_at_once_are_retried_after_a_pause_within_one_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "RETRY_PAUSE_S", 0.2)
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    # A draining server: connected all along, the call after the first one refused at once.
+    calls = [Call(takes=2, answers=2, ends=unavailable), Call(takes=1, ends=unavailable), Call()]
+    client = ScriptedClient(calls)
+    said: list[str] = []
+    stream = Stream(client, frames(5), "s", NO_DROP, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    assert run(stream) == list(range(5))
+    assert client.sent == [[0, 1], [2], [2, 3, 4]]
+    assert (stream.sent, stream.reconnects, stream.resent) == (5, 1, 1)
+    assert len(said) == 2  # one outage: its start and its end told once each
+    first, second = client.futures
+    assert first.looked == 1 and second.looked > 1  # the first new call at once, the next after the pause
+
+
+@pytest.mark.parametrize(
+    ("code", "reconnect_s"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 30.0),
+        (grpc.StatusCode.UNAUTHENTICATED, 30.0),
+        (grpc.StatusCode.UNAVAILABLE, 0.0),
+    ],
+)
+def test_other_endings_and_no_reconnect_are_raised_at_once(code: grpc.StatusCode, reconnect_s: float) -> None:
+    client = ScriptedClient([Call(takes=3, answers=1, ends=code), Call()])
+    stream = Stream(client, frames(6), "s", NO_DROP, reconnect_s=reconnect_s)  # type: ignore[arg-type]
+    answered: list[int] = []
+    with pytest.raises(Ended) as ended:
+        for _, answer in stream:
+            answered.append(answer.result.index)
+    assert ended.value.code() == code and answered == [0]
+    assert len(client.calls) == 1 and client.futures == []  # no second call, no wait
+
+
+def test_a_server_that_does_not_come_back_in_time_ends_the_stream_with_the_calls_error() -> None:
+    client = ScriptedClient([Call(takes=3, answers=1, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
+    stream = Stream(client, frames(6), "s", NO_DROP, reconnect_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(Ended) as ended:
+        list(stream)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert client.futures[0].cancelled and client.calls == []
+
+
+def test_a_live_source_that_ends_while_no_server_answers_ends_the_stream_with_its_counts() -> None:
+    client = ScriptedClient([Call(takes=4, answers=3, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
+    stream = Stream(client, frames(9), "s", LIVE, reconnect_s=30)  # type: ignore[arg-type]
+    assert run(stream) == [0, 1, 2]
+    assert (stream.sent, stream.lost, stream.unsent, stream.reconnects) == (4, 1, 5, 0)
+
+
+def test_a_file_stream_whose_every_frame_was_answered_before_the_call_ended_needs_no_new_call() -> None:
+    client = ScriptedClient([Call(takes=4, answers=3, ends=grpc.StatusCode.UNAVAILABLE)])
+    stream = Stream(client, frames(3), "s", NO_DROP, reconnect_s=30)  # type: ignore[arg-type]
+    assert run(stream) == [0, 1, 2]
+    assert client.futures == []
+
+
+def test_stop_ends_a_wait_for_the_server_at_once_without_an_error() -> None:
+    stop = threading.Event()
+    stop.set()  # Ctrl-C came while the call was failing
+    client = ScriptedClient([Call(takes=2, answers=1, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
+    taken: list[int] = []
+    stream = Stream(client, frames(9, taken), "s", LIVE, reconnect_s=30, stop=stop)  # type: ignore[arg-type]
+    with pytest.raises(Ended):  # stop set before the call ended: nothing is sought, the ending is raised
+        list(stream)
+    stop.clear()
+
+    class StopOnFirstLook(Looks):
+        def done(self) -> bool:
+            stop.set()
+            return False
+
+    client = ScriptedClient([Call(takes=2, answers=1, ends=grpc.StatusCode.UNAVAILABLE)])
+    client.connected = lambda: StopOnFirstLook(1)  # type: ignore[method-assign]
+    taken.clear()
+    stream = Stream(client, frames(9, taken), "s", LIVE, reconnect_s=30, stop=stop)  # type: ignore[arg-type]
+    assert run(stream) == [0]
+    assert taken == [0, 1] and stream.unsent == 0  # Ctrl-C while waiting: no frame read after it
