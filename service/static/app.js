@@ -5,6 +5,31 @@ const tiles = new Map(); // stream id -> its <section>
 const main = document.getElementById("streams");
 const empty = document.getElementById("empty");
 const connection = document.getElementById("connection");
+// A picture shown longer than this (or three of its stream's frame intervals, where longer)
+// is marked stale: a frozen frame must not pass for a live one, nor its alerts for current ones.
+const STALE_MS = 1000;
+let connected = false;
+
+// Why a tile's picture is stale, in words ("" while it is fresh): shown `ageMs` ago, of a
+// stream at `fps` (null: not known yet) in `state`, over a connection that is up or not.
+function staleWords(ageMs, fps, state, isConnected) {
+  const age = `${(ageMs / 1000).toFixed(1)} s`;
+  if (!isConnected) return `server unreachable: this picture is ${age} old`;
+  if (ageMs <= Math.max(STALE_MS, fps ? 3000 / fps : 0)) return "";
+  const why = { ended: "the source has ended", failed: "the source failed", reconnecting: "the source is reconnecting" };
+  return `no new frame for ${age}` + (why[state] ? `: ${why[state]}` : "");
+}
+
+function markStale() {
+  const now = performance.now();
+  for (const tile of tiles.values()) {
+    if (tile.shownAt === undefined) continue; // no picture yet
+    const fps = tile.dataset.fps ? Number(tile.dataset.fps) : null;
+    const words = staleWords(now - tile.shownAt, fps, tile.dataset.state, connected);
+    tile.classList.toggle("stale", words !== "");
+    tile.querySelector(".stale-words").textContent = words;
+  }
+}
 
 function tileFor(stream) {
   let tile = tiles.get(stream.id);
@@ -43,6 +68,8 @@ function showState(state) {
   for (const stream of state.streams) {
     const tile = tileFor(stream);
     tile.querySelector(".state").textContent = stream.state;
+    tile.dataset.state = stream.state;
+    tile.dataset.fps = stream.fps ?? "";
     tile.querySelector(".fps").textContent = stream.fps === null ? "–" : stream.fps.toFixed(1);
     tile.querySelector(".latency").textContent = `${ms(stream.p50_ms)} / ${ms(stream.p99_ms)}`;
     tile.querySelector(".dropped").textContent =
@@ -75,6 +102,7 @@ function showPicture(picture) {
     () => {
       if (tile.dataset.pending !== String(picture.index)) return;
       tile.querySelector("img").replaceWith(image);
+      tile.shownAt = performance.now();
       tile.dataset.index = picture.index;
       tile.querySelector(".index").textContent = picture.index;
       const items = picture.polyps.map((p) => polypItem(p, false)).concat(picture.held.map((p) => polypItem(p, true)));
@@ -88,13 +116,17 @@ const events = new EventSource("/events");
 events.addEventListener("state", (e) => showState(JSON.parse(e.data)));
 events.addEventListener("picture", (e) => showPicture(JSON.parse(e.data)));
 events.onopen = () => {
+  connected = true;
   connection.textContent = "live";
   connection.className = "up";
 };
 events.onerror = () => {
+  connected = false;
+  markStale();
   connection.textContent = "reconnecting…";
   connection.className = "down";
   if (events.readyState === EventSource.CLOSED) {
     setTimeout(() => location.reload(), 2000); // refused (signed out, or the server restarted with a new token)
   }
 };
+setInterval(markStale, 250);

@@ -134,6 +134,31 @@ def test_the_page_shows_the_clip_live_with_boxes_track_ids_and_refuses_a_wrong_t
         assert metrics["polypstream_view_viewers"] == 1  # this page
         assert metrics["polypstream_view_pictures_total"] >= 2  # the two seen above, at least
 
+        # A picture that no newer frame has replaced is greyed and says for how long and why: the
+        # rule, on made-up ages (ms), frame rates, states and connections...
+        cases = [
+            ((500, 25, "running", True), ""),
+            ((1500, 25, "running", True), "no new frame for 1.5 s"),
+            ((2900, 1, "running", True), ""),  # at 1 fps: three frame intervals before it is late
+            ((3100, 1, "streaming", True), "no new frame for 3.1 s"),
+            ((2000, None, "ended", True), "no new frame for 2.0 s: the source has ended"),
+            ((1200, 10, "failed", True), "no new frame for 1.2 s: the source failed"),
+            ((1200, 10, "reconnecting", True), "no new frame for 1.2 s: the source is reconnecting"),
+            ((200, 25, "running", False), "server unreachable: this picture is 0.2 s old"),
+        ]
+        for args, words in cases:
+            assert browser.evaluate(f"staleWords(...{json.dumps(args)})") == words, args
+        # ... and on the page: the clip plays once; its last picture is marked when it has ended
+        stale_words = (
+            "(() => { const t = document.querySelector('.stream.stale .stale-words'); return t && t.textContent; })()"
+        )
+        ended = browser.wait_for(f"(w => w && w.endsWith('ended') && w)({stale_words})", what="the ended clip marked")
+        assert re.fullmatch(r"no new frame for \d+\.\d s: the source has ended", ended), ended
+        assert browser.evaluate("getComputedStyle(document.querySelector('.stream.stale img')).filter") != "none"
+
         # Stopping the server with the page open: it ends, promptly and cleanly
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        # the page says its picture is not live: the server is gone
+        gone = browser.wait_for(f"(w => w && w.startsWith('server') && w)({stale_words})", what="the server gone")
+        assert re.fullmatch(r"server unreachable: this picture is \d+\.\d s old", gone), gone
