@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from . import __version__, capture, workers
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule, check_frame_rate, rule_for
 from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from .client import Answer, SegmenterClient, Stream, Watched
+from .client import SERVER_GONE, Answer, SegmenterClient, Stream, Watched
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
@@ -289,6 +290,25 @@ def add_client_flags(parser: argparse.ArgumentParser, *, several: bool = False) 
     g.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     g.add_argument("--tls-key", type=Path, help="client key (mTLS)")
     g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
+
+
+def add_wait_flags(parser: argparse.ArgumentParser) -> None:
+    """--connect-timeout and --reconnect: how long a client command waits for its server(s)."""
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    parser.add_argument(
+        "--reconnect",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the server goes away mid-stream (a restart, a rolling update), how long to seek it again "
+        "before ending; a file's unanswered frames are sent again, a live stream goes on from its newest "
+        "frame; 0: end at once",
+    )
+
+
+def check_reconnect(seconds: float) -> None:
+    if not seconds >= 0:
+        raise CliError(f"--reconnect must be 0 or more seconds, got {seconds:g}")
 
 
 def uses_tls(args: argparse.Namespace) -> bool:
@@ -770,11 +790,7 @@ def stream_video(
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it
         code, details = rpc_status(exc)
-        gave_up = (
-            f"; no server answered within {reconnect_s:g} s"
-            if code == grpc.StatusCode.UNAVAILABLE and reconnect_s > 0
-            else ""
-        )
+        gave_up = f"; no server answered within {reconnect_s:g} s" if code in SERVER_GONE and reconnect_s > 0 else ""
         summary.ended_early = f"{code.name if code is not None else 'error'}: {details}{gave_up}"
     finally:
         if video is not None:
@@ -869,8 +885,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     check_output("--jsonl", args.jsonl)
     if args.overlay is not None:
         check_overlay_output("--overlay", args.overlay)
-    if not args.reconnect >= 0:
-        raise CliError(f"--reconnect must be 0 or more seconds, got {args.reconnect:g}")
+    check_reconnect(args.reconnect)
     source = open_source(args.source, realtime=args.realtime)
     if args.frame_rate is not None:
         source.frame_rate = args.frame_rate
@@ -1050,18 +1065,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
             check_output(flag, path)
+    check_reconnect(args.reconnect)
     started = time.monotonic()
 
     def progress(tally: Tally, total: int) -> None:
         show_progress(f"{tally.videos}/{total} videos, {tally.sent} frames", tally.videos, total, started)
 
     try:
-        if args.server:
-            report = replay(
-                args.corpus, args.server, streams=args.streams, connect=lambda a: connect(args, a), progress=progress
-            )
-        else:
-            report = _replay_in_process(args, progress)
+        report = _replay_on_servers(args, progress) if args.server else _replay_in_process(args, progress)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
     end_progress()
@@ -1096,9 +1107,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
         messages = report["error_messages"]
         assert isinstance(messages, list)
         print(f"{report['failed_videos']} videos failed, e.g. {messages[0]}", file=sys.stderr)
+    if report["videos_not_replayed"]:
+        lost = report["servers_lost"]
+        assert isinstance(lost, list)
+        print(
+            f"{report['videos_not_replayed']} videos not replayed: no server answered within {args.reconnect:g} s "
+            f"(--reconnect) at {', '.join(lost)}",
+            file=sys.stderr,
+        )
     if report["interrupted"]:
         return 130
-    return 0 if accounting["all_accounted"] and not report["errors"] and not report["failed_videos"] else 1
+    complete = accounting["all_accounted"] and not report["videos_not_replayed"]
+    return 0 if complete and not report["errors"] and not report["failed_videos"] else 1
+
+
+def _replay_on_servers(args: argparse.Namespace, progress: Callable[[Tally, int], None]) -> dict[str, object]:
+    """`replay --server ...`: each server must answer before the first video is sent."""
+    for address in args.server:
+        with connect(args, address) as client:
+            wait_for_server(client, address, args.connect_timeout, tls=uses_tls(args))
+    connect_to = functools.partial(connect, args)
+
+    def tell(words: str) -> None:
+        end_progress()
+        print(f"polypstream replay: {words}", file=sys.stderr, flush=True)
+
+    return replay(
+        args.corpus,
+        args.server,
+        streams=args.streams,
+        connect=connect_to,
+        progress=progress,
+        reconnect_s=args.reconnect,
+        tell=tell,
+    )
 
 
 def _replay_in_process(args: argparse.Namespace, progress: Callable[[Tally, int], None]) -> dict[str, object]:
@@ -1393,16 +1435,7 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
     stream.add_argument(
         "--allow-view", action="store_true", help="let the server's live view (serve --ui) show this stream"
     )
-    stream.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
-    stream.add_argument(
-        "--reconnect",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="when the server goes away mid-stream (a restart, a rolling update), how long to seek it again "
-        "before ending; a file's unanswered frames are sent again, a live stream goes on from its newest "
-        "frame; 0: end at once",
-    )
+    add_wait_flags(stream)
     add_frame_rate_flag(stream)
     stream.set_defaults(func=cmd_stream)
 
@@ -1448,6 +1481,7 @@ def _add_replay(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--plot", type=Path, help="write a PNG: latency CDF and per-stage breakdown (needs matplotlib)"
     )
     add_client_flags(replay_, several=True)
+    add_wait_flags(replay_)
     add_engine_flags(replay_)  # used when no --server is given: an in-process server
     replay_.set_defaults(func=cmd_replay)
 

@@ -26,6 +26,10 @@ RETRY_PAUSE_S = 0.2  # between calls refused at once (a draining server still ta
 # gRPC tries a server that went away again after 1 s, then ever longer, up to 120 s apart: a
 # restarted server would be found seconds (or minutes) late. From 0.1 s, at most 1 s apart.
 INITIAL_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS = 100, 1000
+# How a call ends when its server goes away: UNAVAILABLE (draining, restarting, the connection
+# lost), or CANCELLED for a call the server had not yet handed to its handler when it stopped
+# (gRPC's own doing: grpc/grpc#41785). Neither is the client's doing unless it cancelled.
+SERVER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 STATUS_NAMES = {value: name.removeprefix("FRAME_STATUS_") for name, value in pb.FrameStatus.items()}
 
 
@@ -254,8 +258,8 @@ class Connecting(Protocol):
 class Stream:
     """The frames of one video sent on `Segment` calls, carried over a server that goes away.
 
-    A call that ends UNAVAILABLE (the server drained on SIGTERM or a rolling update, restarted,
-    or the connection broke) is followed by a new call with the same stream_id on the same
+    A call that ends as SERVER_GONE says (the server drained on SIGTERM or a rolling update,
+    restarted, or the connection broke) is followed by a new call with the same stream_id on the same
     channel (the restarted server, or another replica behind a dns:/// name), tried for up to
     `reconnect_s` seconds until one answers; past that, or with `reconnect_s` 0, the call's
     error is raised. What becomes of the frames of the gap depends on the stream:
@@ -286,7 +290,7 @@ class Stream:
         self._resend: deque[CapturedFrame] = deque()
         self._source_ended = False
         self.sent = 0  # frames of the source handed to a call (a frame sent again counts once)
-        self.reconnects = 0  # calls that answered after one had ended UNAVAILABLE
+        self.reconnects = 0  # calls that answered after one had ended with its server gone
         self.lost = 0  # live: frames sent on a call that ended before answering them
         self.unsent = 0  # live: frames the source delivered while no call was open
         self.resent = 0  # no_drop: frames sent again on a new call
@@ -311,7 +315,7 @@ class Stream:
                 with self._lock:  # the call's thread makes no frame after this
                     closed.set()
                     unanswered = list(pending)
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or self._reconnect_s <= 0 or self._stop.is_set():
+                if exc.code() not in SERVER_GONE or self._reconnect_s <= 0 or self._stop.is_set():
                     raise
                 if self._options.no_drop:
                     self._resend.extendleft(reversed(unanswered))

@@ -7,7 +7,10 @@ each video's decoded frame count is checked against it; when it has ground truth
 K worker streams run at once; worker k talks to server k mod N, and each takes the next
 video when it finishes one, so load spreads over the servers. Frames are sent as fast as
 they are answered (no-drop, back-pressure), and every frame sent is accounted for:
-answered (by status) or counted as an error.
+answered (by status) or counted as an error. A server that goes away mid-video (a restart) is
+sought again for up to `reconnect_s` and the video goes on, its unanswered frames sent again
+(client.Stream); a worker whose server does not come back stops taking videos, and the videos
+no worker took are reported as not replayed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import grpc
 import numpy as np
 
 from .capture import CapturedFrame, SourceError, VideoSource
-from .client import Answer, SegmenterClient
+from .client import SERVER_GONE, Answer, SegmenterClient, Stream
 from .corpus import GroundTruth, read_metadata
 from .frames import FRAME_STAGES, FrameOptions
 from .scores import mask_scores
@@ -61,6 +64,8 @@ class Tally:
     per_server: dict[str, int] = field(default_factory=dict)
     dice: list[float] = field(default_factory=list)  # per frame with ground truth
     count_mismatches: list[dict[str, object]] = field(default_factory=list)  # CSV says n frames, video has m
+    servers_lost: list[str] = field(default_factory=list)  # gone for longer than the reconnect window
+    reconnects: int = 0  # new calls after a server went away mid-video
 
     def add(self, video: VideoOutcome, server: str) -> None:
         """Merge one video's outcome (call under the replay's lock)."""
@@ -100,6 +105,10 @@ class Tally:
             "interrupted": interrupted,
             "videos_found": videos_found,
             "videos": self.videos,
+            # no worker took them: every server was lost (not counted while interrupted)
+            "videos_not_replayed": 0 if interrupted else videos_found - self.videos,
+            "servers_lost": self.servers_lost,
+            "reconnects": self.reconnects,
             "frames": self.sent,
             "fps": round(ok / wall_s, 1) if wall_s else None,
             "wall_s": round(wall_s, 2),
@@ -170,7 +179,11 @@ def _replay_video(
     lock: threading.Lock,
     context: VideoContext,
     stop: threading.Event,
-) -> None:
+    reconnect_s: float,
+    tell: Callable[[str], None],
+) -> bool:
+    """Stream one video and merge its outcome into `tally`; True when its server was lost (no
+    server answered within `reconnect_s` of a call ending with its server gone)."""
     stream_id = str(path.relative_to(root)) if path != root else path.name
     sent = 0
     dice: list[float] = []
@@ -185,7 +198,7 @@ def _replay_video(
             tally.videos += 1
             tally.failed_videos += 1
             tally.error_messages.append(f"{stream_id}: {exc}")
-        return
+        return False
 
     def frames() -> Iterator[CapturedFrame]:
         nonlocal sent
@@ -196,8 +209,18 @@ def _replay_video(
             yield captured
 
     options = FrameOptions(no_drop=True, return_mask=context.truth is not None, frame_rate=source.frame_rate)
+    lost = False
+    stream = Stream(
+        client,
+        frames(),
+        stream_id,
+        options,
+        reconnect_s=reconnect_s,
+        stop=stop,
+        report=lambda w: tell(f"{stream_id}: {w}"),
+    )
     try:
-        for answer in client.segment_video(frames(), stream_id, options):
+        for _, answer in stream:
             answered[answer.status] = answered.get(answer.status, 0) + 1
             if answer.status == "OK":
                 latencies.append(answer.latency_s * 1e3)
@@ -208,10 +231,15 @@ def _replay_video(
                     dice.append(score)
     except grpc.RpcError as exc:
         error = f"{stream_id}: {exc.code().name}: {exc.details()}"
+        lost = exc.code() in SERVER_GONE
     expected = None if stop.is_set() else context.expected_frames  # cut short: its count proves nothing
     outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, expected)
     with lock:
         tally.add(outcome, client.address)
+        tally.reconnects += stream.reconnects
+        if lost and client.address not in tally.servers_lost:
+            tally.servers_lost.append(client.address)
+    return lost
 
 
 def replay(
@@ -221,8 +249,12 @@ def replay(
     streams: int = 4,
     connect: Callable[[str], SegmenterClient] = SegmenterClient,
     progress: Callable[[Tally, int], None] | None = None,
+    reconnect_s: float = 0.0,
+    tell: Callable[[str], None] = lambda words: None,
 ) -> dict[str, object]:
-    """Run every video under `root` through `servers` with `streams` concurrent streams.
+    """Run every video under `root` through `servers` with `streams` concurrent streams; a
+    server that goes away is sought again for up to `reconnect_s` (see the module's doc), and
+    `tell` is told when a video's call ends and when it goes on.
 
     Ctrl-C (KeyboardInterrupt) stops it cleanly: no new frame is sent, every frame sent is
     still answered and counted, and the report (with `interrupted: true`) covers that much."""
@@ -258,10 +290,12 @@ def replay(
                         video = todo.get_nowait()
                     except queue.Empty:
                         return
-                    _replay_video(client, video, root, tally, lock, context(video), stop)
+                    lost = _replay_video(client, video, root, tally, lock, context(video), stop, reconnect_s, tell)
                     if progress is not None:
                         with lock:  # one progress line at a time, whole (workers finish videos together)
                             progress(tally, len(videos))
+                    if lost:  # its server is gone: the other workers take the videos left
+                        return
         finally:
             finished[k].set()
 

@@ -430,6 +430,49 @@ def test_a_watch_subscriber_that_vanishes_does_not_disturb_the_source(
         assert registry.get_sample_value("polypstream_frames_total", {"status": "OK", "source": "scope"}) == 30
 
 
+def test_replay_leaves_a_server_that_does_not_come_back_and_the_other_takes_the_videos_left(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    for i in range(6):
+        write_clip(tmp_path / f"v{i}.avi", frames=20)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with contextlib.ExitStack() as lost, serve_in_thread(pipeline, config) as kept:
+        going = lost.enter_context(serve_in_thread(pipeline, config))
+
+        def progress(tally: Tally, total: int) -> None:  # once the first server answered a video: it goes
+            if tally.per_server.get(going.address) and not tally.servers_lost:
+                lost.close()
+
+        report = replay(tmp_path, [going.address, kept.address], streams=2, progress=progress, reconnect_s=0.5)
+    assert report["servers_lost"] == [going.address]
+    # the video the lost server's worker had begun failed; the other worker replayed the rest
+    assert (report["videos"], report["failed_videos"], report["videos_not_replayed"]) == (6, 1, 0)
+    assert report["accounting"]["all_accounted"] is True  # type: ignore[index]
+
+
+def test_replay_with_its_only_server_gone_reports_the_videos_it_could_not_replay(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    for i in range(6):
+        write_clip(tmp_path / f"v{i}.avi", frames=20)
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with contextlib.ExitStack() as lost:
+        going = lost.enter_context(serve_in_thread(pipeline, config))
+
+        def progress(tally: Tally, total: int) -> None:
+            if tally.videos == 1:
+                lost.close()
+
+        report = replay(tmp_path, [going.address], streams=1, progress=progress, reconnect_s=0.5)
+    # one video answered in full, the next one's call refused with no server to go to: the worker
+    # stops rather than failing the other four videos at once
+    assert (report["videos"], report["failed_videos"], report["videos_not_replayed"]) == (2, 1, 4)
+    assert report["servers_lost"] == [going.address] and report["frames_per_server"] == {going.address: 20}
+    assert report["accounting"]["all_accounted"] is True  # type: ignore[index]
+    messages = report["error_messages"]
+    assert isinstance(messages, list) and messages[0].startswith("v1.avi: UNAVAILABLE: ")
+
+
 def test_replay_of_a_corpus_checks_the_csv_and_measures_temporal_dice(pipeline: Pipeline, tmp_path: Path) -> None:
     # A corpus made of white squares on black, each mask exactly its square: what the tiny
     # model segments, so the Dice measures the replay's pairing of answers with ground truth
