@@ -258,9 +258,9 @@ class Connecting(Protocol):
 class Stream:
     """The frames of one video sent on `Segment` calls, carried over a server that goes away.
 
-    A call that ends as SERVER_GONE says (the server drained on SIGTERM or a rolling update,
-    restarted, or the connection broke) is followed by a new call with the same stream_id on the same
-    channel (the restarted server, or another replica behind a dns:/// name), tried for up to
+    A call that ends with its server gone (SERVER_GONE: it drained on SIGTERM or a rolling
+    update, restarted, or the connection broke) is followed by a new call with the same stream_id
+    on the same channel (the restarted server, or another replica behind a dns:/// name), tried for up to
     `reconnect_s` seconds until one answers; past that, or with `reconnect_s` 0, the call's
     error is raised. What becomes of the frames of the gap depends on the stream:
     - no_drop (a file): the frames sent but not answered are sent again, first: nothing is lost;
@@ -302,9 +302,7 @@ class Stream:
             closed = threading.Event()
             try:
                 for answer in self._client.segment_video(self._feed(pending, closed), self._stream_id, self._options):
-                    frame = pending.popleft()
-                    while frame.index != answer.result.index and pending:  # never, answers come in order
-                        frame = pending.popleft()
+                    frame = pending.popleft()  # answers come in the order the frames went
                     if outage_since is not None:
                         self.reconnects += 1
                         self._report(f"reconnected after {time.monotonic() - outage_since:.1f} s; the stream goes on")
