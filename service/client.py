@@ -281,8 +281,9 @@ class Stream:
         reconnect_s: float = 0.0,
         stop: threading.Event | None = None,
         report: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client, self._source = client, iter(frames)
+        self._client, self._source, self._clock = client, iter(frames), clock
         self._stream_id, self._options = stream_id, options
         self._reconnect_s, self._stop = reconnect_s, stop or threading.Event()
         self._report = report or (lambda words: None)
@@ -305,7 +306,7 @@ class Stream:
                     frame = pending.popleft()  # answers come in the order the frames went
                     if outage_since is not None:
                         self.reconnects += 1
-                        self._report(f"reconnected after {time.monotonic() - outage_since:.1f} s; the stream goes on")
+                        self._report(f"reconnected after {self._clock() - outage_since:.1f} s; the stream goes on")
                         outage_since = None
                     yield frame, answer
                 return
@@ -323,7 +324,7 @@ class Stream:
                     self.lost += len(unanswered)
                 refused_at_once = outage_since is not None  # a call of this outage that answered nothing
                 if outage_since is None:
-                    outage_since = time.monotonic()
+                    outage_since = self._clock()
                     self._report(self._outage_words(exc, len(unanswered)))
                 deadline = outage_since + self._reconnect_s
                 if not self._wait_for_server(deadline, pause=RETRY_PAUSE_S if refused_at_once else 0.0):
@@ -354,10 +355,10 @@ class Stream:
         """Until the channel is connected (and `pause` has passed) or `deadline`: True when a new
         call may start. A live source is read meanwhile, its frames not sent."""
         connecting = self._client.connected()
-        not_before = time.monotonic() + pause
+        not_before = self._clock() + pause
         try:
-            while time.monotonic() < deadline:
-                connected = connecting.done() and time.monotonic() >= not_before
+            while self._clock() < deadline:
+                connected = connecting.done() and self._clock() >= not_before
                 if self._stop.is_set():
                     return False
                 if connected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -45,13 +46,15 @@ class Call:
 
 
 class Looks:
-    """A `connected()` future done from its `after`-th look on."""
+    """A `connected()` future done from its `after`-th look on; each look takes half a second
+    of the client's clock (nothing else moves it)."""
 
-    def __init__(self, after: int) -> None:
-        self.after, self.looked, self.cancelled = after, 0, False
+    def __init__(self, after: int, client: ScriptedClient) -> None:
+        self.after, self.client, self.looked, self.cancelled = after, client, 0, False
 
     def done(self) -> bool:
         self.looked += 1
+        self.client.now += 0.5
         return self.looked >= self.after
 
     def cancel(self) -> bool:
@@ -65,10 +68,17 @@ class ScriptedClient:
     looks_until_connected: int = 1
     sent: list[list[int]] = field(default_factory=list)  # the frame indices each call took
     futures: list[Looks] = field(default_factory=list)
+    now: float = 100.0  # the Stream's clock
+
+    def clock(self) -> float:
+        return self.now
 
     def connected(self) -> Looks:
-        self.futures.append(Looks(self.looks_until_connected))
+        self.futures.append(Looks(self.looks_until_connected, self))
         return self.futures[-1]
+
+    def stream(self, frames: Iterator[CapturedFrame], options: FrameOptions, **kwargs: Any) -> Stream:
+        return Stream(self, frames, "s", options, clock=self.clock, **kwargs)  # type: ignore[arg-type]
 
     def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
         call = self.calls.pop(0)
@@ -102,15 +112,16 @@ def run(stream: Stream) -> list[int]:
 def test_a_file_stream_sends_its_unanswered_frames_again_and_loses_none(code: grpc.StatusCode) -> None:
     client = ScriptedClient([Call(takes=5, answers=3, ends=code), Call()])
     said: list[str] = []
-    stream = Stream(client, frames(10), "s", NO_DROP, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    stream = client.stream(frames(10), NO_DROP, reconnect_s=1, report=said.append)
     assert run(stream) == list(range(10))
     assert client.sent == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7, 8, 9]]
     assert (stream.sent, stream.resent, stream.reconnects, stream.lost, stream.unsent) == (10, 2, 1, 0, 0)
     assert said[0] == (
-        f"the stream's call ended ({code.name}: server shutting down); trying the server again for up to 30 s; "
+        f"the stream's call ended ({code.name}: server shutting down); trying the server again for up to 1 s; "
         "the 2 frames sent and not answered will be sent again"
     )
-    assert said[1].startswith("reconnected after ") and said[1].endswith(" s; the stream goes on")
+    assert said[1] == "reconnected after 0.5 s; the stream goes on"
+    assert [f.looked for f in client.futures] == [1]  # connected at the first look: a new call at once
     assert all(f.cancelled for f in client.futures)
 
 
@@ -119,27 +130,32 @@ def test_a_live_stream_goes_on_from_its_newest_frame_and_counts_the_frames_witho
     # the source is read at its pace and 4, 5 are not sent; the next call gets 6–9.
     client = ScriptedClient([Call(takes=4, answers=2, ends=grpc.StatusCode.UNAVAILABLE), Call()], 3)
     said: list[str] = []
-    stream = Stream(client, frames(10), "s", LIVE, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    stream = client.stream(frames(10), LIVE, reconnect_s=30, report=said.append)
     assert run(stream) == [0, 1, 6, 7, 8, 9]
     assert client.sent == [[0, 1, 2, 3], [6, 7, 8, 9]]
     assert (stream.sent, stream.resent, stream.reconnects, stream.lost, stream.unsent) == (8, 0, 1, 2, 2)
     assert said[0].endswith("2 frames sent and not answered; frames read meanwhile are not sent")
+    assert said[1] == "reconnected after 1.5 s; the stream goes on"
 
 
 def test_calls_refused_at_once_are_retried_after_a_pause_within_one_outage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "RETRY_PAUSE_S", 0.2)
+    monkeypatch.setattr(client_module, "RETRY_PAUSE_S", 2.0)
     unavailable = grpc.StatusCode.UNAVAILABLE
     # A draining server: connected all along, the call after the first one refused at once.
     calls = [Call(takes=2, answers=2, ends=unavailable), Call(takes=1, ends=unavailable), Call()]
     client = ScriptedClient(calls)
     said: list[str] = []
-    stream = Stream(client, frames(5), "s", NO_DROP, reconnect_s=30, report=said.append)  # type: ignore[arg-type]
+    stream = client.stream(frames(5), NO_DROP, reconnect_s=30, report=said.append)
     assert run(stream) == list(range(5))
     assert client.sent == [[0, 1], [2], [2, 3, 4]]
     assert (stream.sent, stream.reconnects, stream.resent) == (5, 1, 1)
-    assert len(said) == 2  # one outage: its start and its end told once each
+    assert said == [  # one outage: its start and its end told once each
+        "the stream's call ended (UNAVAILABLE: server shutting down); trying the server again for up to 30 s; "
+        "the 0 frames sent and not answered will be sent again",
+        "reconnected after 2.5 s; the stream goes on",
+    ]
     first, second = client.futures
-    assert first.looked == 1 and second.looked > 1  # the first new call at once, the next after the pause
+    assert (first.looked, second.looked) == (1, 4)  # the first new call at once, the next after the 2 s pause
 
 
 @pytest.mark.parametrize(
@@ -148,11 +164,12 @@ def test_calls_refused_at_once_are_retried_after_a_pause_within_one_outage(monke
         (grpc.StatusCode.RESOURCE_EXHAUSTED, 30.0),
         (grpc.StatusCode.UNAUTHENTICATED, 30.0),
         (grpc.StatusCode.UNAVAILABLE, 0.0),
+        (grpc.StatusCode.UNAVAILABLE, -1.0),
     ],
 )
 def test_other_endings_and_no_reconnect_are_raised_at_once(code: grpc.StatusCode, reconnect_s: float) -> None:
     client = ScriptedClient([Call(takes=3, answers=1, ends=code), Call()])
-    stream = Stream(client, frames(6), "s", NO_DROP, reconnect_s=reconnect_s)  # type: ignore[arg-type]
+    stream = client.stream(frames(6), NO_DROP, reconnect_s=reconnect_s)
     answered: list[int] = []
     with pytest.raises(Ended) as ended:
         for _, answer in stream:
@@ -161,25 +178,27 @@ def test_other_endings_and_no_reconnect_are_raised_at_once(code: grpc.StatusCode
     assert len(client.calls) == 1 and client.futures == []  # no second call, no wait
 
 
-def test_a_server_that_does_not_come_back_in_time_ends_the_stream_with_the_calls_error() -> None:
+@pytest.mark.parametrize("reconnect_s", [3.0, 2.75])  # the clock reaching the deadline, or passing it
+def test_a_server_that_does_not_come_back_in_time_ends_the_stream_with_the_calls_error(reconnect_s: float) -> None:
     client = ScriptedClient([Call(takes=3, answers=1, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
-    stream = Stream(client, frames(6), "s", NO_DROP, reconnect_s=0.2)  # type: ignore[arg-type]
+    stream = client.stream(frames(6), NO_DROP, reconnect_s=reconnect_s)
     with pytest.raises(Ended) as ended:
         list(stream)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert client.futures[0].cancelled and client.calls == []
+    assert client.futures[0].looked == 6  # a look each half second, until the deadline
 
 
 def test_a_live_source_that_ends_while_no_server_answers_ends_the_stream_with_its_counts() -> None:
     client = ScriptedClient([Call(takes=4, answers=3, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
-    stream = Stream(client, frames(9), "s", LIVE, reconnect_s=30)  # type: ignore[arg-type]
+    stream = client.stream(frames(9), LIVE, reconnect_s=30)
     assert run(stream) == [0, 1, 2]
     assert (stream.sent, stream.lost, stream.unsent, stream.reconnects) == (4, 1, 5, 0)
 
 
 def test_a_file_stream_whose_every_frame_was_answered_before_the_call_ended_needs_no_new_call() -> None:
     client = ScriptedClient([Call(takes=4, answers=3, ends=grpc.StatusCode.UNAVAILABLE)])
-    stream = Stream(client, frames(3), "s", NO_DROP, reconnect_s=30)  # type: ignore[arg-type]
+    stream = client.stream(frames(3), NO_DROP, reconnect_s=30)
     assert run(stream) == [0, 1, 2]
     assert client.futures == []
 
@@ -189,7 +208,7 @@ def test_stop_ends_a_wait_for_the_server_at_once_without_an_error() -> None:
     stop.set()  # Ctrl-C came while the call was failing
     client = ScriptedClient([Call(takes=2, answers=1, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
     taken: list[int] = []
-    stream = Stream(client, frames(9, taken), "s", LIVE, reconnect_s=30, stop=stop)  # type: ignore[arg-type]
+    stream = client.stream(frames(9, taken), LIVE, reconnect_s=30, stop=stop)
     with pytest.raises(Ended):  # stop set before the call ended: nothing is sought, the ending is raised
         list(stream)
     stop.clear()
@@ -200,8 +219,8 @@ def test_stop_ends_a_wait_for_the_server_at_once_without_an_error() -> None:
             return False
 
     client = ScriptedClient([Call(takes=2, answers=1, ends=grpc.StatusCode.UNAVAILABLE)])
-    client.connected = lambda: StopOnFirstLook(1)  # type: ignore[method-assign]
+    client.connected = lambda: StopOnFirstLook(1, client)  # type: ignore[method-assign]
     taken.clear()
-    stream = Stream(client, frames(9, taken), "s", LIVE, reconnect_s=30, stop=stop)  # type: ignore[arg-type]
+    stream = client.stream(frames(9, taken), LIVE, reconnect_s=30, stop=stop)
     assert run(stream) == [0]
     assert taken == [0, 1] and stream.unsent == 0  # Ctrl-C while waiting: no frame read after it
