@@ -31,7 +31,7 @@ from . import __version__, capture, workers
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule, check_frame_rate, rule_for
 from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
-from .client import SERVER_GONE, Answer, SegmenterClient, Stream, Watched
+from .client import SERVER_GONE, Answer, SegmenterClient, SourceWatch, Stream, Watched
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
 from .dataset import DatasetError
@@ -292,18 +292,16 @@ def add_client_flags(parser: argparse.ArgumentParser, *, several: bool = False) 
     g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
 
 
-def add_wait_flags(parser: argparse.ArgumentParser) -> None:
+STREAM_RECONNECT_HELP = (
+    "when the server goes away mid-stream (a restart, a rolling update), how long to seek it again before "
+    "ending; a file's unanswered frames are sent again, a live stream goes on from its newest frame; 0: end at once"
+)
+
+
+def add_wait_flags(parser: argparse.ArgumentParser, reconnect_help: str = STREAM_RECONNECT_HELP) -> None:
     """--connect-timeout and --reconnect: how long a client command waits for its server(s)."""
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
-    parser.add_argument(
-        "--reconnect",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="when the server goes away mid-stream (a restart, a rolling update), how long to seek it again "
-        "before ending; a file's unanswered frames are sent again, a live stream goes on from its newest "
-        "frame; 0: end at once",
-    )
+    parser.add_argument("--reconnect", type=float, default=30.0, metavar="SECONDS", help=reconnect_help)
 
 
 def check_reconnect(seconds: float) -> None:
@@ -666,8 +664,9 @@ class StreamSummary:
                 "interrupted": self.interrupted,
                 "sent": self.sent,
                 "ended_early": self.ended_early or None,
+                "reconnects": self.reconnects,
             }
-            | ({} if self.source else {"reconnects": self.reconnects, "lost": self.lost, "unsent": self.unsent})
+            | ({} if self.source else {"lost": self.lost, "unsent": self.unsent})
         )
 
     def ended_early_line(self, written_to: Path) -> str:
@@ -698,7 +697,7 @@ class StreamSummary:
             )
             return (
                 f"{interrupted}{self.frames} frames of source '{self.source}' ({statuses}); {found}; "
-                f"server p50 {srv['p50']} ms, p99 {srv['p99']} ms; {d['fps']} frames/s{missed}"
+                f"server p50 {srv['p50']} ms, p99 {srv['p99']} ms; {d['fps']} frames/s{missed}{self.reconnect_words()}"
             )
         return (
             f"{interrupted}{self.frames} frames ({statuses}); {found}; latency p50 {lat['p50']} ms, "
@@ -922,10 +921,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         check_overlay_output("--overlay", args.overlay)
     if args.seconds is not None and not args.seconds > 0:
         raise CliError(f"--seconds must be more than 0, got {args.seconds:g}")
+    check_reconnect(args.reconnect)
     with connect(args) as client:
         wait_for_server(client, args.server, args.connect_timeout, tls=uses_tls(args))
         info = find_source(client, args.source, args.server)
-        summary = watch_source(client, info, args.jsonl, args.overlay, seconds=args.seconds)
+        summary = watch_source(client, info, args.jsonl, args.overlay, seconds=args.seconds, reconnect_s=args.reconnect)
     print(summary.line())
     if summary.ended_early:
         print(
@@ -978,19 +978,31 @@ def watch_source(
     overlay_path: Path | None,
     *,
     seconds: float | None,
+    reconnect_s: float = 0.0,
 ) -> StreamSummary:
     """Write one JSON line per result of a server-side source and, if asked, the overlay video,
-    until the source ends, `seconds` pass, or Ctrl-C."""
-    call = client.watch(info.name, FrameOptions(return_overlay=overlay_path is not None))
+    until the source ends, `seconds` pass, or Ctrl-C. A live source's watch is carried over a
+    server that goes away for up to `reconnect_s` (client.SourceWatch); a file source's is not
+    (a restarted server would play the file again from its start)."""
+
+    def report(words: str) -> None:
+        print(f"polypstream watch: {words}", file=sys.stderr, flush=True)
+
+    options = FrameOptions(return_overlay=overlay_path is not None)
+    carried = reconnect_s if is_live(info.uri) else 0.0
+    watch = SourceWatch(client, info.name, options, reconnect_s=carried, report=report)
     video = OverlayVideo(overlay_path, info.frame_rate or DEFAULT_FPS) if overlay_path is not None else None
     summary = StreamSummary(source=info.name)
     stop, done = threading.Event(), threading.Event()
     deadline = None if seconds is None else time.monotonic() + seconds
 
+    def told() -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
     def cancel_when_told() -> None:  # Ctrl-C or --seconds: a call blocked on its next result ends now
         while not done.wait(0.05):
-            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                call.cancel()
+            if told():
+                watch.cancel()
                 return
 
     started = time.perf_counter()
@@ -999,22 +1011,23 @@ def watch_source(
     try:
         with jsonl_path.open("w") as out, ctrl_c_sets(stop):
             canceller.start()
-            for answer in call:
+            for answer in watch:
                 out.write(json.dumps(answer.to_json()) + "\n")
                 summary.add(answer)
                 if video is not None:  # frames the server did not segment have no overlay: none is written
                     video.write(answer.result.overlay_jpeg, None)
     except grpc.RpcError as exc:
         code, details = rpc_status(exc)
-        told = stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
-        if not (code == grpc.StatusCode.CANCELLED and told):
+        if not (code == grpc.StatusCode.CANCELLED and told()):
             if not summary.frames and code != grpc.StatusCode.UNAVAILABLE:
                 raise  # refused (a token, say), nothing received: the status alone says it
-            summary.ended_early = f"{code.name if code is not None else 'error'}: {details}"
+            gave_up = f"; no server answered within {carried:g} s" if code in SERVER_GONE and carried > 0 else ""
+            summary.ended_early = f"{code.name if code is not None else 'error'}: {details}{gave_up}"
     finally:
         done.set()
         if video is not None:
             video.close()
+        summary.reconnects = watch.reconnects
     summary.wall_s = time.perf_counter() - started
     summary.interrupted = stop.is_set()
     return summary
@@ -1450,7 +1463,11 @@ def _add_watch(sub: argparse._SubParsersAction[CommandParser]) -> None:
     watch.add_argument("--jsonl", type=Path, help="one JSON line per result (needed with a source)")
     watch.add_argument("--overlay", type=Path, help="write a video of the overlays (mask and boxes drawn)")
     watch.add_argument("--seconds", type=float, help="stop after this many seconds (default: when the source ends)")
-    watch.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    add_wait_flags(
+        watch,
+        "a live source's watch: when the server goes away (a restart, a rolling update), how long to seek it "
+        "again before ending (a file source's ends: a new server would play it again from its start); 0: end at once",
+    )
     watch.set_defaults(func=cmd_watch)
 
 

@@ -326,8 +326,10 @@ class Stream:
                 if outage_since is None:
                     outage_since = self._clock()
                     self._report(self._outage_words(exc, len(unanswered)))
-                deadline = outage_since + self._reconnect_s
-                if not self._wait_for_server(deadline, pause=RETRY_PAUSE_S if refused_at_once else 0.0):
+                pause = RETRY_PAUSE_S if refused_at_once else 0.0
+                if not wait_for_server(
+                    self._client, outage_since + self._reconnect_s, pause, self._stop, self._meanwhile, self._clock
+                ):
                     if self._stop.is_set() or self._source_ended:
                         return  # Ctrl-C, or a live source that ended while no server answered
                     raise
@@ -351,30 +353,18 @@ class Stream:
                 pending.append(frame)
             yield frame
 
-    def _wait_for_server(self, deadline: float, *, pause: float) -> bool:
-        """Until the channel is connected (and `pause` has passed) or `deadline`: True when a new
-        call may start. A live source is read meanwhile, its frames not sent."""
-        connecting = self._client.connected()
-        not_before = self._clock() + pause
-        try:
-            while self._clock() < deadline:
-                connected = connecting.done() and self._clock() >= not_before
-                if self._stop.is_set():
-                    return False
-                if connected:
-                    return True
-                if self._options.no_drop:
-                    self._stop.wait(0.05)
-                    continue
-                with self._lock:
-                    frame = next(self._source, None)
-                if frame is None:
-                    self._source_ended = True
-                    return False
-                self.unsent += 1
+    def _meanwhile(self) -> bool:
+        """Between looks for the server: a live source's frame is read (not sent); False once it ends."""
+        if self._options.no_drop:
+            self._stop.wait(0.05)
+            return True
+        with self._lock:
+            frame = next(self._source, None)
+        if frame is None:
+            self._source_ended = True
             return False
-        finally:
-            connecting.cancel()
+        self.unsent += 1
+        return True
 
     def _outage_words(self, exc: grpc.RpcError, unanswered: int) -> str:
         frames = f"{unanswered} frame{'s' * (unanswered != 1)} sent and not answered"
@@ -387,3 +377,100 @@ class Stream:
             f"the stream's call ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
             f"{self._reconnect_s:g} s; {what}"
         )
+
+
+class SourceWatch:
+    """A server-side source's results over `Watch` calls, carried over a server that goes away.
+
+    For a live source (a camera does not wait for a restart): a call that ends with its server
+    gone (SERVER_GONE) is followed by a new `Watch` of the same source on the same channel,
+    tried for up to `reconnect_s` seconds until one yields a result; past that, or with
+    `reconnect_s` 0, the call's error is raised. The frames the source delivered meanwhile have
+    no result, and a restarted server counts its source's frames from 0 again. Iterating yields
+    the results in order; `cancel()` ends it from any thread (a wait for the server, at once,
+    without an error); `report` is told, in words, when a call ends and when results come again."""
+
+    def __init__(
+        self,
+        client: SegmenterClient,
+        source: str,
+        options: FrameOptions | None = None,
+        *,
+        reconnect_s: float = 0.0,
+        report: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client, self._source, self._options = client, source, options
+        self._reconnect_s, self._clock = reconnect_s, clock
+        self._report = report or (lambda words: None)
+        self._cancelled = threading.Event()
+        self._call: Watch | None = None
+        self.reconnects = 0  # calls that yielded results after one had ended with its server gone
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def __iter__(self) -> Iterator[Watched]:
+        outage_since: float | None = None
+        while True:
+            self._call = self._client.watch(self._source, self._options)
+            if self._cancelled.is_set():  # cancelled while the call was being made
+                self._call.cancel()
+            try:
+                for watched in self._call:
+                    if outage_since is not None:
+                        self.reconnects += 1
+                        self._report(f"reconnected after {self._clock() - outage_since:.1f} s; the watch goes on")
+                        outage_since = None
+                    yield watched
+                return
+            except grpc.RpcError as exc:
+                if self._cancelled.is_set() or exc.code() not in SERVER_GONE or self._reconnect_s <= 0:
+                    raise
+                refused_at_once = outage_since is not None  # a call of this outage that yielded nothing
+                if outage_since is None:
+                    outage_since = self._clock()
+                    self._report(
+                        f"the watch ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
+                        f"{self._reconnect_s:g} s"
+                    )
+                pause = RETRY_PAUSE_S if refused_at_once else 0.0
+                deadline = outage_since + self._reconnect_s
+                if not wait_for_server(self._client, deadline, pause, self._cancelled, self._meanwhile, self._clock):
+                    if self._cancelled.is_set():
+                        return
+                    raise
+
+    def _meanwhile(self) -> bool:
+        self._cancelled.wait(0.05)
+        return True
+
+
+def wait_for_server(
+    client: SegmenterClient,
+    deadline: float,
+    pause: float,
+    stop: threading.Event,
+    meanwhile: Callable[[], bool],
+    clock: Callable[[], float],
+) -> bool:
+    """Until the client's channel is connected and `pause` has passed (True: a new call may
+    start), or `deadline`, `stop`, or `meanwhile` (run between looks: it waits a little, or
+    reads a live source's frame) says False."""
+    connecting = client.connected()
+    not_before = clock() + pause
+    try:
+        while clock() < deadline:
+            connected = connecting.done() and clock() >= not_before
+            if stop.is_set():
+                return False
+            if connected:
+                return True
+            if not meanwhile():
+                return False
+        return False
+    finally:
+        connecting.cancel()

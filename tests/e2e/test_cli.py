@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from benchmarks.service_latency import run_streams
 from polypstream.cli import build_parser
 from polypstream.runner import cuda_available
 from tests.conftest import KVASIR_FIXTURES, wait_for, write_clip
+from tests.ffmpeg_stream import free_port, listening, serve_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,6 +207,21 @@ def test_sigterm_mid_stream_answers_what_was_read_and_exits_zero(
     assert [line["index"] for line in lines] == list(range(len(lines)))
 
 
+def restarted_under(
+    client: subprocess.Popen[str], server: subprocess.Popen[str], address: str, *serve_args: str
+) -> tuple[str, str]:
+    """Restart `server` under a running `client` command: SIGTERM (it drains and exits), then a
+    new `serve SERVE_ARGS` at the same address; the client's (stdout, stderr) once it ends."""
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=30)
+    restarted, _ = start_serve(*serve_args, "--address", address)
+    try:
+        return client.communicate(timeout=120)
+    finally:
+        restarted.terminate()
+        restarted.communicate(timeout=30)
+
+
 def test_a_stream_goes_on_when_its_server_restarts_and_every_frame_is_answered_once(
     server: tuple[subprocess.Popen[str], str, str], tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -212,14 +230,7 @@ def test_a_stream_goes_on_when_its_server_restarts_and_every_frame_is_answered_o
     out = tmp_path / "out.jsonl"
     stream = spawn("stream", str(clip), "--server", address, "--realtime", "--jsonl", str(out))
     wait_for_lines(out, 10)
-    proc.send_signal(signal.SIGTERM)  # a restart: drained, then a new server at the same address
-    proc.communicate(timeout=30)
-    restarted, _ = start_serve("--model", str(tiny_model), "--address", address)
-    try:
-        client_out, client_err = stream.communicate(timeout=60)
-    finally:
-        restarted.terminate()
-        restarted.communicate(timeout=30)
+    client_out, client_err = restarted_under(stream, proc, address, "--model", str(tiny_model))
     assert stream.returncode == 0, client_err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(100)) and {line["status"] for line in lines} == {"OK"}
@@ -367,6 +378,46 @@ def test_watch_ends_on_ctrl_c_after_its_seconds_and_when_the_server_shuts_down(
     proc.communicate(timeout=30)  # reaps it and closes its pipes
     assert proc.returncode == 0
     assert indices == list(range(indices[0], indices[0] + len(indices))) and indices[-1] < 399
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+def test_watch_of_a_live_source_goes_on_when_its_server_restarts(tmp_path: Path, tiny_model: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=20, fps=20)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    ffmpeg = serve_stream(clip, port)  # FFmpeg serves one client: a new one for the new server
+    try:
+        wait_for(lambda: listening(port), what="FFmpeg listening")
+        proc, address, _ = start_server_process("--model", str(tiny_model), "--source", f"scope={url}")
+        out = tmp_path / "scope.jsonl"
+        watching = spawn("watch", "scope", "--server", address, "--jsonl", str(out), "--seconds", "10")
+        wait_for_lines(out, 5)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        ffmpeg.wait(timeout=30)  # its client has gone
+        ffmpeg = serve_stream(clip, port)
+        wait_for(lambda: listening(port), what="FFmpeg listening again")
+        restarted, _ = start_serve("--model", str(tiny_model), "--address", address, "--source", f"scope={url}")
+        try:
+            said, told = watching.communicate(timeout=60)
+        finally:
+            restarted.terminate()
+            restarted.communicate(timeout=30)
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait(timeout=30)
+    assert watching.returncode == 0, told  # it ran its 10 s
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    indices = [line["index"] for line in lines]
+    # each server counts its source's frames from when it opened it: one step back, where the new one's begin
+    (restart,) = [i for i in range(1, len(indices)) if indices[i] < indices[i - 1]]
+    first, then = indices[:restart], indices[restart:]
+    rising = all(a < b for part in (first, then) for a, b in itertools.pairwise(part))
+    assert rising and len(first) >= 5 and len(then) >= 5, indices
+    told_lines = told.splitlines()
+    assert told_lines[0].startswith("polypstream watch: the watch ended (UNAVAILABLE: server shutting down")
+    assert re.fullmatch(r"polypstream watch: reconnected after \d+\.\d s; the watch goes on", told_lines[1])
+    assert said.rstrip().endswith("; reconnected 1 time")
 
 
 def test_ctrl_c_on_demo_stops_sending_and_writes_what_was_answered(tmp_path: Path, tiny_model: Path) -> None:
@@ -576,14 +627,7 @@ def test_replay_goes_on_through_a_server_restart_and_answers_every_frame(
     folder = replay_corpus(tmp_path / "videos")
     replaying = spawn("replay", str(folder), "--server", address, "--streams", "2", "--json", str(tmp_path / "r.json"))
     first_progress_line(replaying)  # a first video done
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
-    restarted, _ = start_serve("--model", str(tiny_model), "--address", address)
-    try:
-        out, err = replaying.communicate(timeout=120)
-    finally:
-        restarted.terminate()
-        restarted.communicate(timeout=30)
+    out, err = restarted_under(replaying, proc, address, "--model", str(tiny_model))
     assert replaying.returncode == 0, err
     assert out.startswith("8 of 8 videos, 2400 frames") and "errors 0" in out
     report = json.loads((tmp_path / "r.json").read_text())

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.capture import CapturedFrame
-from polypstream.client import SegmenterClient, Stream, encode_frame
+from polypstream.client import SegmenterClient, SourceWatch, Stream, encode_frame
 from polypstream.config import ServerConfig
 from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
 from polypstream.frames import FrameOptions, Result
@@ -430,11 +430,15 @@ def test_a_watch_subscriber_that_vanishes_does_not_disturb_the_source(
         assert registry.get_sample_value("polypstream_frames_total", {"status": "OK", "source": "scope"}) == 30
 
 
+def write_videos(folder: Path, count: int = 6, frames: int = 20) -> None:
+    for i in range(count):
+        write_clip(folder / f"v{i}.avi", frames=frames)
+
+
 def test_replay_leaves_a_server_that_does_not_come_back_and_the_other_takes_the_videos_left(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    for i in range(6):
-        write_clip(tmp_path / f"v{i}.avi", frames=20)
+    write_videos(tmp_path)
     config = ServerConfig(address="127.0.0.1:0", metrics_address="")
     with contextlib.ExitStack() as lost, serve_in_thread(pipeline, config) as kept:
         going = lost.enter_context(serve_in_thread(pipeline, config))
@@ -453,8 +457,7 @@ def test_replay_leaves_a_server_that_does_not_come_back_and_the_other_takes_the_
 def test_replay_with_its_only_server_gone_reports_the_videos_it_could_not_replay(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    for i in range(6):
-        write_clip(tmp_path / f"v{i}.avi", frames=20)
+    write_videos(tmp_path)
     config = ServerConfig(address="127.0.0.1:0", metrics_address="")
     with contextlib.ExitStack() as lost:
         going = lost.enter_context(serve_in_thread(pipeline, config))
@@ -693,3 +696,29 @@ def test_a_stream_goes_on_through_a_server_restart_and_every_frame_is_answered_o
         assert answered == list(range(12))
         assert (stream.sent, stream.resent, stream.reconnects) == (12, 1, 1)  # frame 5 again, on the new server
         assert said[0].startswith("the stream's call ended (UNAVAILABLE: server shutting down: every frame it read")
+
+
+def test_a_source_watch_goes_on_with_the_source_of_a_restarted_server(pipeline: Pipeline, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "long.avi", frames=250, fps=25.0)  # 10 s at its own pace
+    config = ServerConfig(address=f"unix:{tmp_path / 'grpc.sock'}", metrics_address="")
+    first = contextlib.ExitStack()
+    running = first.enter_context(
+        serve_in_thread(pipeline, config, {"scope": SourceHub("scope", str(clip), pipeline, realtime=True)})
+    )
+    short = write_clip(tmp_path / "short.avi", frames=6, fps=25.0)
+    said: list[str] = []
+    with contextlib.ExitStack() as second, SegmenterClient(running.address) as client:
+        watch = SourceWatch(client, "scope", reconnect_s=30, report=said.append)
+        received: list[int] = []
+        for watched in watch:
+            received.append(watched.result.index)
+            if len(received) == 3:
+                first.close()  # drains: the results of the frames read are sent, then the watch ends
+                hub = SourceHub("scope", str(short), pipeline, realtime=True)
+                second.enter_context(serve_in_thread(pipeline, config, {"scope": hub}))
+        # the first server's frames (at least the 3 seen), then all of the new server's, from its frame 0
+        before = received[: received.index(0, 1)]
+        assert before == list(range(len(before))) and len(before) >= 3
+        assert received[len(before) :] == list(range(6)) and hub.frames == 6
+        assert watch.reconnects == 1 and len(said) == 2
+        assert said[0].startswith("the watch ended (UNAVAILABLE: server shutting down: source 'scope' reads no more")

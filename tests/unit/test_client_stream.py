@@ -18,7 +18,7 @@ import pytest
 import polypstream.client as client_module
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.capture import CapturedFrame
-from polypstream.client import Answer, Stream
+from polypstream.client import Answer, SourceWatch, Stream, Watched
 from polypstream.frames import FrameOptions
 
 NO_DROP, LIVE = FrameOptions(no_drop=True), FrameOptions(no_drop=False)
@@ -224,3 +224,107 @@ def test_stop_ends_a_wait_for_the_server_at_once_without_an_error() -> None:
     stream = client.stream(frames(9, taken), LIVE, reconnect_s=30, stop=stop)
     assert run(stream) == [0]
     assert taken == [0, 1] and stream.unsent == 0  # Ctrl-C while waiting: no frame read after it
+
+
+# --- SourceWatch: a server-side source's results carried over a server that goes away ---------
+
+
+class WatchCall:
+    """One scripted Watch call: yields results of `indices`, then ends with `ends` (None: the
+    source ended); cancel() ends it at the next result with CANCELLED."""
+
+    def __init__(self, indices: list[int], ends: grpc.StatusCode | None) -> None:
+        self.indices, self.ends, self.cancelled = indices, ends, False
+
+    def __iter__(self) -> Iterator[Watched]:
+        for i in self.indices:
+            if self.cancelled:
+                raise Ended(grpc.StatusCode.CANCELLED, "cancelled")
+            yield Watched(pb.FrameResult(stream_id="scope", index=i))
+        if self.ends is not None:
+            raise Ended(self.ends, "server shutting down: source 'scope' reads no more frames")
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class ScriptedWatches(ScriptedClient):
+    watches: list[WatchCall] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+
+    def watch(self, source: str, options: FrameOptions | None = None) -> WatchCall:
+        self.asked.append(source)
+        return self.watches.pop(0)
+
+    def source_watch(self, **kwargs: Any) -> SourceWatch:
+        return SourceWatch(self, "scope", clock=self.clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_watch_goes_on_after_its_server_restarts_and_says_so() -> None:
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    client = ScriptedWatches([], looks_until_connected=2)
+    client.watches = [WatchCall([0, 1, 2], unavailable), WatchCall([0, 1], None)]  # the new server counts from 0
+    said: list[str] = []
+    watch = client.source_watch(reconnect_s=30, report=said.append)
+    assert [w.result.index for w in watch] == [0, 1, 2, 0, 1]
+    assert client.asked == ["scope", "scope"] and watch.reconnects == 1
+    assert said == [
+        "the watch ended (UNAVAILABLE: server shutting down: source 'scope' reads no more frames); trying the "
+        "server again for up to 30 s",
+        "reconnected after 1.0 s; the watch goes on",  # two looks of half a second
+    ]
+
+
+def test_a_watch_refused_by_a_draining_server_is_tried_again_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "RETRY_PAUSE_S", 2.0)
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    client = ScriptedWatches([])
+    client.watches = [WatchCall([0], unavailable), WatchCall([], unavailable), WatchCall([0], None)]
+    watch = client.source_watch(reconnect_s=30)
+    assert [w.result.index for w in watch] == [0, 0]
+    assert watch.reconnects == 1 and [f.looked for f in client.futures] == [1, 4]
+
+
+@pytest.mark.parametrize(
+    ("code", "reconnect_s"),
+    [(grpc.StatusCode.NOT_FOUND, 30.0), (grpc.StatusCode.UNAVAILABLE, 0.0), (grpc.StatusCode.UNAVAILABLE, -1.0)],
+)
+def test_a_watch_that_ends_otherwise_or_may_not_reconnect_raises(code: grpc.StatusCode, reconnect_s: float) -> None:
+    client = ScriptedWatches([])
+    client.watches = [WatchCall([0], code), WatchCall([0], None)]
+    with pytest.raises(Ended) as ended:
+        list(client.source_watch(reconnect_s=reconnect_s))
+    assert ended.value.code() == code and len(client.watches) == 1 and client.futures == []
+
+
+def test_a_watch_whose_server_does_not_come_back_raises_at_its_deadline() -> None:
+    client = ScriptedWatches([], looks_until_connected=10**9)
+    client.watches = [WatchCall([0], grpc.StatusCode.UNAVAILABLE)]
+    with pytest.raises(Ended) as ended:
+        list(client.source_watch(reconnect_s=2.75))
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and client.futures[0].looked == 6
+
+
+def test_cancel_ends_a_watch_at_once_even_while_it_waits_for_the_server() -> None:
+    client = ScriptedWatches([])
+    client.watches = [WatchCall([0, 1, 2], None)]
+    watch = client.source_watch(reconnect_s=30)
+    seen = []
+    with pytest.raises(Ended) as ended:
+        for w in watch:
+            seen.append(w.result.index)
+            watch.cancel()  # from another thread, in the CLI (Ctrl-C, --seconds)
+    assert seen == [0] and ended.value.code() == grpc.StatusCode.CANCELLED
+
+    client = ScriptedWatches([], looks_until_connected=10**9)
+    client.watches = [WatchCall([0], grpc.StatusCode.UNAVAILABLE)]
+    watch = client.source_watch(reconnect_s=30)
+
+    class CancelOnFirstLook(Looks):
+        def done(self) -> bool:
+            watch.cancel()
+            return False
+
+    client.connected = lambda: CancelOnFirstLook(1, client)  # type: ignore[method-assign]
+    assert [w.result.index for w in watch] == [0]  # the wait ended, without an error
