@@ -66,9 +66,9 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "sources": (["tests/unit/test_sources.py"], None),
     "gpu": (["tests/unit/test_gpu.py"], None),
     "alerts": (["tests/unit/test_alerts.py"], None),
-    "client": (  # Stream: carrying a stream over a server that goes away
+    "client": (  # Stream and SourceWatch: carrying a stream or a watch over a server that goes away
         ["tests/unit/test_client_stream.py"],
-        {"__iter__", "_feed", "_wait_for_server", "_outage_words"},
+        {"__iter__", "_feed", "_meanwhile", "wait_for_server", "_outage_words", "cancel"},
     ),
     "capture": (
         ["tests/unit/test_capture.py"],

@@ -194,6 +194,7 @@ def test_a_live_source_that_ends_while_no_server_answers_ends_the_stream_with_it
     stream = client.stream(frames(9), LIVE, reconnect_s=30)
     assert run(stream) == [0, 1, 2]
     assert (stream.sent, stream.lost, stream.unsent, stream.reconnects) == (4, 1, 5, 0)
+    assert client.futures[0].looked == 6  # a look before each of frames 4–8 and the source's end: then no more
 
 
 def test_a_file_stream_whose_every_frame_was_answered_before_the_call_ended_needs_no_new_call() -> None:
@@ -263,16 +264,16 @@ class ScriptedWatches(ScriptedClient):
 
 def test_a_watch_goes_on_after_its_server_restarts_and_says_so() -> None:
     unavailable = grpc.StatusCode.UNAVAILABLE
-    client = ScriptedWatches([], looks_until_connected=2)
+    client = ScriptedWatches([])
     client.watches = [WatchCall([0, 1, 2], unavailable), WatchCall([0, 1], None)]  # the new server counts from 0
     said: list[str] = []
-    watch = client.source_watch(reconnect_s=30, report=said.append)
+    watch = client.source_watch(reconnect_s=1, report=said.append)
     assert [w.result.index for w in watch] == [0, 1, 2, 0, 1]
     assert client.asked == ["scope", "scope"] and watch.reconnects == 1
     assert said == [
         "the watch ended (UNAVAILABLE: server shutting down: source 'scope' reads no more frames); trying the "
-        "server again for up to 30 s",
-        "reconnected after 1.0 s; the watch goes on",  # two looks of half a second
+        "server again for up to 1 s",
+        "reconnected after 0.5 s; the watch goes on",  # one look of half a second
     ]
 
 
