@@ -620,7 +620,7 @@ class StreamSummary:
     ended_early: str = ""  # the call's status when it ended before every frame sent was answered
     source: str = ""  # `watch`: the server-side source watched (no frame sent: no round trip)
     missed: int = 0  # `watch`: frames of the source between its first and last result without one
-    reconnects: int = 0  # `stream`: new calls after the server went away (client.Stream)
+    reconnects: int = 0  # new calls after the server went away (client.Stream, client.SourceWatch)
     lost: int = 0  # `stream`, live: frames sent on a call that ended before answering them
     unsent: int = 0  # `stream`, live: frames read while no server answered, not sent
     last_index: int | None = None
