@@ -718,6 +718,10 @@ class StreamSummary:
         return words
 
 
+def decode_jpeg(data: bytes) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
 class OverlayVideo:
     """The overlay video `stream` writes: each answer's overlay, or the frame sent when the
     answer has none (a dropped or invalid frame), with the boxes of the alerts it says are on
@@ -728,7 +732,7 @@ class OverlayVideo:
         self._writer: cv2.VideoWriter | None = None
 
     def write(self, overlay_jpeg: bytes, original: np.ndarray | None, held: Sequence[pb.Polyp] = ()) -> None:
-        picture = cv2.imdecode(np.frombuffer(overlay_jpeg, np.uint8), cv2.IMREAD_COLOR) if overlay_jpeg else original
+        picture = decode_jpeg(overlay_jpeg) if overlay_jpeg else original
         if picture is None:
             return
         if not overlay_jpeg and held:
@@ -780,11 +784,12 @@ def stream_video(
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with jsonl_path.open("w") as out, ctrl_c_sets(stop):
-            for frame, answer in stream:
+            for sent, answer in stream:
                 out.write(json.dumps(answer.to_json()) + "\n")
                 summary.add(answer)
-                if video is not None:
-                    video.write(answer.result.overlay_jpeg, frame.image, answer.result.held)
+                if video is not None:  # an answer without an overlay (dropped, invalid): the frame sent
+                    overlay = answer.result.overlay_jpeg
+                    video.write(overlay, None if overlay else decode_jpeg(sent.encoded), answer.result.held)
     except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it

@@ -80,7 +80,7 @@ class ScriptedClient:
     def stream(self, frames: Iterator[CapturedFrame], options: FrameOptions, **kwargs: Any) -> Stream:
         return Stream(self, frames, "s", options, clock=self.clock, **kwargs)  # type: ignore[arg-type]
 
-    def segment_video(self, frames: Iterable[CapturedFrame], stream_id: str, options: FrameOptions) -> Iterator[Answer]:
+    def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
         call = self.calls.pop(0)
         iterator = iter(frames)
         taken = [f for f in (next(iterator, None) for _ in range(call.takes)) if f is not None]
@@ -88,7 +88,7 @@ class ScriptedClient:
             taken += list(iterator)
         self.sent.append([f.index for f in taken])
         for f in taken[: len(taken) if call.ends is None else call.answers]:
-            yield Answer(pb.FrameResult(stream_id=stream_id, index=f.index), latency_s=0.001)
+            yield Answer(pb.FrameResult(stream_id=f.stream_id, index=f.index), latency_s=0.001)
         if call.ends is not None:
             raise Ended(call.ends)
 
