@@ -385,7 +385,7 @@ class SourceWatch:
     gone (SERVER_GONE) is followed by a new `Watch` of the same source on the same channel,
     tried for up to `reconnect_s` seconds until one yields a result; past that, or with
     `reconnect_s` 0, the call's error is raised. The frames the source delivered meanwhile have
-    no result, and a restarted server counts its source's frames from 0 again. Iterating yields
+    no result, and a restarted server numbers its source's frames anew. Iterating yields
     the results in order; `cancel()` ends it from any thread (a wait for the server, at once,
     without an error); `report` is told, in words, when a call ends and when results come again."""
 
