@@ -9,14 +9,13 @@ video when it finishes one, so load spreads over the servers. Frames are sent as
 they are answered (no-drop, back-pressure), and every frame sent is accounted for:
 answered (by status) or counted as an error. A server that goes away mid-video (a restart) is
 sought again for up to `reconnect_s` and the video goes on, its unanswered frames sent again
-(client.Stream); a worker whose server does not come back stops taking videos, and the videos
-no worker took are reported as not replayed.
+(client.Stream); a worker whose server does not come back puts its video back for the other
+workers and stops, and the videos no worker took are reported as not replayed.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -183,7 +182,8 @@ def _replay_video(
     tell: Callable[[str], None],
 ) -> bool:
     """Stream one video and merge its outcome into `tally`; True when its server was lost (no
-    server answered within `reconnect_s` of a call ending with its server gone)."""
+    server answered within `reconnect_s` of a call ending with its server gone): then nothing
+    of the video is merged (it is to be replayed whole by another worker)."""
     stream_id = str(path.relative_to(root)) if path != root else path.name
     sent = 0
     dice: list[float] = []
@@ -235,11 +235,43 @@ def _replay_video(
     expected = None if stop.is_set() else context.expected_frames  # cut short: its count proves nothing
     outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, expected)
     with lock:
+        if lost:
+            if client.address not in tally.servers_lost:
+                tally.servers_lost.append(client.address)
+            return True
         tally.add(outcome, client.address)
         tally.reconnects += stream.reconnects
-        if lost and client.address not in tally.servers_lost:
-            tally.servers_lost.append(client.address)
-    return lost
+    return False
+
+
+class _Videos:
+    """The videos left to replay, shared by the workers: a worker that takes none while another
+    still replays one waits, since that one may come back (its server lost)."""
+
+    def __init__(self, videos: list[Path]) -> None:
+        self._left = list(reversed(videos))  # taken from the end: in sorted order
+        self._busy = 0
+        self._changed = threading.Condition()
+
+    def take(self, stop: threading.Event) -> Path | None:
+        """The next video, or None when none is left (or `stop` is set)."""
+        with self._changed:
+            while not stop.is_set():
+                if self._left:
+                    self._busy += 1
+                    return self._left.pop()
+                if not self._busy:
+                    return None
+                self._changed.wait(0.1)
+            return None
+
+    def done(self, video: Path, *, again: bool) -> None:
+        """`video` is replayed, or (`again`) is to be replayed by another worker."""
+        with self._changed:
+            self._busy -= 1
+            if again:
+                self._left.append(video)
+            self._changed.notify_all()
 
 
 def replay(
@@ -273,9 +305,7 @@ def replay(
             truth=truth.frames(video) if truth.available() else None,
         )
 
-    todo: queue.SimpleQueue[Path] = queue.SimpleQueue()
-    for video in videos:
-        todo.put(video)
+    todo = _Videos(videos)
     tally, lock = Tally(), threading.Lock()
     stop = threading.Event()
 
@@ -285,17 +315,14 @@ def replay(
     def worker(k: int) -> None:
         try:
             with connect(servers[k % len(servers)]) as client:
-                while not stop.is_set():
-                    try:
-                        video = todo.get_nowait()
-                    except queue.Empty:
-                        return
+                while (video := todo.take(stop)) is not None:
                     lost = _replay_video(client, video, root, tally, lock, context(video), stop, reconnect_s, tell)
+                    todo.done(video, again=lost)  # its server gone: another worker replays it, and the rest
+                    if lost:
+                        return
                     if progress is not None:
                         with lock:  # one progress line at a time, whole (workers finish videos together)
                             progress(tally, len(videos))
-                    if lost:  # its server is gone: the other workers take the videos left
-                        return
         finally:
             finished[k].set()
 
