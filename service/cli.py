@@ -1121,22 +1121,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     accounting = report["accounting"]
     assert isinstance(accounting, dict)
-    if report["failed_videos"]:
-        messages = report["error_messages"]
-        assert isinstance(messages, list)
-        print(f"{report['failed_videos']} videos failed, e.g. {messages[0]}", file=sys.stderr)
-    if report["videos_not_replayed"]:
-        lost = report["servers_lost"]
-        assert isinstance(lost, list)
-        print(
-            f"{report['videos_not_replayed']} videos not replayed: no server answered within {args.reconnect:g} s "
-            f"(--reconnect) at {', '.join(lost)}",
-            file=sys.stderr,
-        )
+    for line in replay_problems(report, args.reconnect):
+        print(line, file=sys.stderr)
     if report["interrupted"]:
         return 130
     complete = accounting["all_accounted"] and not report["videos_not_replayed"]
     return 0 if complete and not report["errors"] and not report["failed_videos"] else 1
+
+
+def replay_problems(report: dict[str, object], reconnect_s: float) -> list[str]:
+    """What went wrong in a replay, a line each: failed videos, and servers lost and what it cost."""
+    lines = []
+    if report["failed_videos"]:
+        messages = report["error_messages"]
+        assert isinstance(messages, list)
+        lines.append(f"{report['failed_videos']} videos failed, e.g. {messages[0]}")
+    lost = report["servers_lost"]
+    assert isinstance(lost, list)
+    gone = f"no server answered within {reconnect_s:g} s (--reconnect) at {', '.join(lost)}"
+    if report["videos_not_replayed"]:
+        lines.append(f"{report['videos_not_replayed']} videos not replayed: {gone}")
+    elif lost:
+        lines.append(f"{gone}: the other servers replayed its videos")
+    return lines
 
 
 def _replay_on_servers(args: argparse.Namespace, progress: Callable[[Tally, int], None]) -> dict[str, object]:

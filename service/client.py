@@ -326,9 +326,9 @@ class Stream:
                 if not wait_for_server(
                     self._client, outage_since + self._reconnect_s, pause, self._stop, self._meanwhile, self._clock
                 ):
-                    if self._stop.is_set() or self._source_ended:
+                    if self._stop.is_set() or (self._source_ended and not self._resend):
                         return  # Ctrl-C, or a live source that ended while no server answered
-                    raise
+                    raise  # frames of a no-drop stream are left unanswered
 
     def _feed(self, pending: deque[pb.Frame], closed: threading.Event) -> Iterator[pb.Frame]:
         """One call's frames: those to send again, then the source's (JPEG-encoded here); each

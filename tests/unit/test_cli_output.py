@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
-from polypstream.cli import OverlayVideo, StreamSummary
+from polypstream.cli import OverlayVideo, StreamSummary, replay_problems
 from polypstream.client import Answer, Watched
 
 
@@ -76,3 +76,17 @@ def test_the_overlay_video_draws_the_alerts_a_dropped_frame_says_are_on(tmp_path
     assert pictures[0].max() < 30  # black, give or take JPEG
     edge = pictures[1][10:40, 20].max(axis=1)  # the box's left edge, top to bottom
     assert (edge > 100).mean() > 0.9 and pictures[1][45:80, 70:96].max() < 30  # drawn there, nowhere else
+
+
+def test_a_replays_problems_are_said_a_line_each() -> None:
+    clean = {"failed_videos": 0, "error_messages": [], "servers_lost": [], "videos_not_replayed": 0}
+    assert replay_problems(clean, 30) == []
+    lost = clean | {"servers_lost": ["a:1"]}
+    assert replay_problems(lost, 30) == [
+        "no server answered within 30 s (--reconnect) at a:1: the other servers replayed its videos"
+    ]
+    stranded = clean | {"failed_videos": 1, "error_messages": ["v.avi: cannot open"], "servers_lost": ["a:1", "b:2"]}
+    assert replay_problems(stranded | {"videos_not_replayed": 4}, 2.5) == [
+        "1 videos failed, e.g. v.avi: cannot open",
+        "4 videos not replayed: no server answered within 2.5 s (--reconnect) at a:1, b:2",
+    ]

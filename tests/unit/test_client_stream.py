@@ -189,6 +189,18 @@ def test_a_server_that_does_not_come_back_in_time_ends_the_stream_with_the_calls
     assert client.futures[0].looked == 6  # a look each half second, until the deadline
 
 
+def test_a_file_stream_read_to_its_end_whose_server_does_not_come_back_raises() -> None:
+    # Every frame was handed to the call (the source has ended) but 4 are unanswered: an error,
+    # not an end (replay found a video counted done with frames missing, its server gone).
+    client = ScriptedClient([Call(takes=7, answers=2, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
+    stream = client.stream(frames(6), NO_DROP, reconnect_s=1)
+    answered: list[int] = []
+    with pytest.raises(Ended):
+        for _, answer in stream:
+            answered.append(answer.result.index)
+    assert answered == [0, 1] and client.sent == [[0, 1, 2, 3, 4, 5]]
+
+
 def test_a_live_source_that_ends_while_no_server_answers_ends_the_stream_with_its_counts() -> None:
     client = ScriptedClient([Call(takes=4, answers=3, ends=grpc.StatusCode.UNAVAILABLE)], looks_until_connected=10**9)
     stream = client.stream(frames(9), LIVE, reconnect_s=30)
