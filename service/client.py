@@ -169,7 +169,24 @@ class SegmenterClient:
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        """Until the channel is connected; grpc.FutureTimeoutError after `timeout` s."""
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self.stop_watching(ready)
+            raise
+
+    def stop_watching(self, connecting: Connecting) -> None:
+        """Cancel a wait for the channel and let gRPC's thread that polls its state end (within
+        about 0.4 s): a channel closed under that thread makes it print a traceback ("Cannot
+        invoke RPC: Channel closed!", grpc/grpc#18995) after the CLI's one line saying no server
+        answered. Its state is private to gRPC: where it is not found, nothing is waited for."""
+        connecting.cancel()
+        state = getattr(self.channel, "_connectivity_state", None)
+        deadline = time.monotonic() + 1.0
+        while getattr(state, "polling", False) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def connected(self) -> Connecting:
         """A future done once the channel is connected (connecting now if it is not)."""
@@ -461,6 +478,7 @@ def wait_for_server(
     reads a live source's frame) says False."""
     connecting = client.connected()
     not_before = clock() + pause
+    gave_up = False
     try:
         while clock() < deadline:
             connected = connecting.done() and clock() >= not_before
@@ -470,6 +488,9 @@ def wait_for_server(
                 return True
             if not meanwhile():
                 return False
+        gave_up = True
+        client.stop_watching(connecting)  # no server: the caller ends, and closes the channel
         return False
     finally:
-        connecting.cancel()
+        if not gave_up:  # a second cancel of gRPC's future raises
+            connecting.cancel()

@@ -58,6 +58,7 @@ class Looks:
         return self.looked >= self.after
 
     def cancel(self) -> bool:
+        assert not self.cancelled, "cancelled twice: gRPC's future raises TypeError then"
         self.cancelled = True
         return True
 
@@ -76,6 +77,9 @@ class ScriptedClient:
     def connected(self) -> Looks:
         self.futures.append(Looks(self.looks_until_connected, self))
         return self.futures[-1]
+
+    def stop_watching(self, connecting: Looks) -> None:
+        connecting.cancel()
 
     def stream(self, frames: Iterator[CapturedFrame], options: FrameOptions, **kwargs: Any) -> Stream:
         return Stream(self, frames, "s", options, clock=self.clock, **kwargs)  # type: ignore[arg-type]
