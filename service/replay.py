@@ -316,8 +316,11 @@ def replay(
         try:
             with connect(servers[k % len(servers)]) as client:
                 while (video := todo.take(stop)) is not None:
-                    lost = _replay_video(client, video, root, tally, lock, context(video), stop, reconnect_s, tell)
-                    todo.done(video, again=lost)  # its server gone: another worker replays it, and the rest
+                    lost = False
+                    try:
+                        lost = _replay_video(client, video, root, tally, lock, context(video), stop, reconnect_s, tell)
+                    finally:  # whatever happened: a worker waiting for it to come back must not wait forever
+                        todo.done(video, again=lost)  # its server gone: another worker replays it, and the rest
                     if lost:
                         return
                     if progress is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.capture import CapturedFrame
-from polypstream.client import SegmenterClient, SourceWatch, Stream, encode_frame
+from polypstream.client import Answer, SegmenterClient, SourceWatch, Stream, encode_frame
 from polypstream.config import ServerConfig
 from polypstream.corpus import METADATA_CSV, plan_corpus, write_corpus
 from polypstream.frames import FrameOptions, Result
@@ -722,3 +722,22 @@ def test_a_source_watch_goes_on_with_the_source_of_a_restarted_server(pipeline: 
         assert received[len(before) :] == list(range(6)) and hub.frames == 6
         assert watch.reconnects == 1 and len(said) == 2
         assert said[0].startswith("the watch ended (UNAVAILABLE: server shutting down: source 'scope' reads no more")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_replay_worker_that_dies_does_not_leave_the_others_waiting(pipeline: Pipeline, tmp_path: Path) -> None:
+    write_videos(tmp_path, count=4)
+    calls: list[int] = []
+
+    class Breaking(SegmenterClient):  # the first stream hits a bug of the client's
+        def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return super().segment(frames)
+
+    config = ServerConfig(address="127.0.0.1:0", metrics_address="")
+    with serve_in_thread(pipeline, config) as running:
+        report = replay(tmp_path, [running.address], streams=2, connect=Breaking)
+    # the video of the worker that died is neither counted nor waited for: the other did the rest
+    assert (report["videos"], report["videos_not_replayed"], report["frames"]) == (3, 1, 60)
