@@ -68,7 +68,7 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "alerts": (["tests/unit/test_alerts.py"], None),
     "client": (  # Stream and SourceWatch: carrying a stream or a watch over a server that goes away
         ["tests/unit/test_client_stream.py"],
-        {"__iter__", "_feed", "_meanwhile", "wait_for_server", "_outage_words", "cancel"},
+        {"__iter__", "_feed", "_meanwhile", "answered", "seek_server", "wait_for_server", "_outage_words", "cancel"},
     ),
     "capture": (
         ["tests/unit/test_capture.py"],

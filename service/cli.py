@@ -793,9 +793,7 @@ def stream_video(
     except grpc.RpcError as exc:  # the server went away, or ended the call (draining): what it answered is kept
         if not summary.frames:
             raise  # refused (a token, say), nothing answered: the status alone says it
-        code, details = rpc_status(exc)
-        gave_up = f"; no server answered within {reconnect_s:g} s" if code in SERVER_GONE and reconnect_s > 0 else ""
-        summary.ended_early = f"{code.name if code is not None else 'error'}: {details}{gave_up}"
+        summary.ended_early = ended_words(exc, reconnect_s)
     finally:
         if video is not None:
             video.close()
@@ -810,6 +808,14 @@ def rpc_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str | None]:
     """A failed call's status code and details (an RpcError that is not a call has neither)."""
     code = exc.code() if hasattr(exc, "code") else None
     return code, exc.details() if hasattr(exc, "details") else str(exc)
+
+
+def ended_words(exc: grpc.RpcError, reconnect_s: float) -> str:
+    """Why a call ended early, as the summary says it; where its server was sought again in
+    vain for `reconnect_s`, that too."""
+    code, details = rpc_status(exc)
+    gave_up = f"; no server answered within {reconnect_s:g} s" if code in SERVER_GONE and reconnect_s > 0 else ""
+    return f"{code.name if code is not None else 'error'}: {details}{gave_up}"
 
 
 @contextlib.contextmanager
@@ -1022,12 +1028,11 @@ def watch_source(
                 if video is not None:  # frames the server did not segment have no overlay: none is written
                     video.write(answer.result.overlay_jpeg, None)
     except grpc.RpcError as exc:
-        code, details = rpc_status(exc)
+        code, _ = rpc_status(exc)
         if not (code == grpc.StatusCode.CANCELLED and told()):
             if not summary.frames and code != grpc.StatusCode.UNAVAILABLE:
                 raise  # refused (a token, say), nothing received: the status alone says it
-            gave_up = f"; no server answered within {carried:g} s" if code in SERVER_GONE and carried > 0 else ""
-            summary.ended_early = f"{code.name if code is not None else 'error'}: {details}{gave_up}"
+            summary.ended_early = ended_words(exc, carried)
     finally:
         done.set()
         if video is not None:

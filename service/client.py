@@ -296,31 +296,31 @@ class Stream:
         report: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client, self._source, self._clock = client, iter(frames), clock
+        self._client, self._source = client, iter(frames)
         self._stream_id, self._options = stream_id, options
         self._reconnect_s, self._stop = reconnect_s, stop or threading.Event()
-        self._report = report or (lambda words: None)
+        self._outage = _Outage(client, reconnect_s, report, clock, "stream", self._stop, self._meanwhile)
         self._lock = threading.Lock()  # the source is read by one call's gRPC thread, or while waiting
         self._resend: deque[pb.Frame] = deque()
         self._source_ended = False
         self.sent = 0  # frames of the source handed to a call (a frame sent again counts once)
-        self.reconnects = 0  # calls that answered after one had ended with its server gone
         self.lost = 0  # live: frames sent on a call that ended before answering them
         self.unsent = 0  # live: frames the source delivered while no call was open
         self.resent = 0  # no_drop: frames sent again on a new call
 
+    @property
+    def reconnects(self) -> int:
+        """Calls that answered after one had ended with its server gone."""
+        return self._outage.reconnects
+
     def __iter__(self) -> Iterator[tuple[pb.Frame, Answer]]:
-        outage_since: float | None = None  # while a server is sought: since when
         while True:
             pending: deque[pb.Frame] = deque()  # handed to this call, not answered yet
             closed = threading.Event()
             try:
                 for answer in self._client.segment(self._feed(pending, closed)):
                     frame = pending.popleft()  # answers come in the order the frames went
-                    if outage_since is not None:
-                        self.reconnects += 1
-                        self._report(f"reconnected after {self._clock() - outage_since:.1f} s; the stream goes on")
-                        outage_since = None
+                    self._outage.answered()
                     yield frame, answer
                 return
             except grpc.RpcError as exc:
@@ -335,14 +335,7 @@ class Stream:
                         return  # every frame was answered: the call ended after the last one
                 else:
                     self.lost += len(unanswered)
-                refused_at_once = outage_since is not None  # a call of this outage that answered nothing
-                if outage_since is None:
-                    outage_since = self._clock()
-                    self._report(self._outage_words(exc, len(unanswered)))
-                pause = RETRY_PAUSE_S if refused_at_once else 0.0
-                if not wait_for_server(
-                    self._client, outage_since + self._reconnect_s, pause, self._stop, self._meanwhile, self._clock
-                ):
+                if not self._outage.seek_server(self._outage_words(exc, len(unanswered))):
                     if self._stop.is_set() or (self._source_ended and not self._resend):
                         return  # Ctrl-C, or a live source that ended while no server answered
                     raise  # frames of a no-drop stream are left unanswered
@@ -417,11 +410,15 @@ class SourceWatch:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client, self._source, self._options = client, source, options
-        self._reconnect_s, self._clock = reconnect_s, clock
-        self._report = report or (lambda words: None)
+        self._reconnect_s = reconnect_s
         self._cancelled = threading.Event()
+        self._outage = _Outage(client, reconnect_s, report, clock, "watch", self._cancelled, self._meanwhile)
         self._call: Watch | None = None
-        self.reconnects = 0  # calls that yielded results after one had ended with its server gone
+
+    @property
+    def reconnects(self) -> int:
+        """Calls that yielded results after one had ended with its server gone."""
+        return self._outage.reconnects
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -430,32 +427,20 @@ class SourceWatch:
             call.cancel()
 
     def __iter__(self) -> Iterator[Watched]:
-        outage_since: float | None = None
         while True:
             self._call = self._client.watch(self._source, self._options)
             if self._cancelled.is_set():  # cancelled while the call was being made
                 self._call.cancel()
             try:
                 for watched in self._call:
-                    if outage_since is not None:
-                        self.reconnects += 1
-                        self._report(f"reconnected after {self._clock() - outage_since:.1f} s; the watch goes on")
-                        outage_since = None
+                    self._outage.answered()
                     yield watched
                 return
             except grpc.RpcError as exc:
                 if self._cancelled.is_set() or exc.code() not in SERVER_GONE or self._reconnect_s <= 0:
                     raise
-                refused_at_once = outage_since is not None  # a call of this outage that yielded nothing
-                if outage_since is None:
-                    outage_since = self._clock()
-                    self._report(
-                        f"the watch ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
-                        f"{self._reconnect_s:g} s"
-                    )
-                pause = RETRY_PAUSE_S if refused_at_once else 0.0
-                deadline = outage_since + self._reconnect_s
-                if not wait_for_server(self._client, deadline, pause, self._cancelled, self._meanwhile, self._clock):
+                said = f"the watch ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
+                if not self._outage.seek_server(f"{said}{self._reconnect_s:g} s"):
                     if self._cancelled.is_set():
                         return
                     raise
@@ -463,6 +448,46 @@ class SourceWatch:
     def _meanwhile(self) -> bool:
         self._cancelled.wait(0.05)
         return True
+
+
+class _Outage:
+    """What a Stream or a SourceWatch does while its server is gone: say so once, seek the
+    server until a new call may start, and count and say the reconnect when one answers."""
+
+    def __init__(
+        self,
+        client: SegmenterClient,
+        reconnect_s: float,
+        report: Callable[[str], None] | None,
+        clock: Callable[[], float],
+        what: str,
+        stop: threading.Event,
+        meanwhile: Callable[[], bool],
+    ) -> None:
+        self._client, self._reconnect_s, self._clock, self._what = client, reconnect_s, clock, what
+        self._report = report or (lambda words: None)
+        self._stop, self._meanwhile = stop, meanwhile
+        self._since: float | None = None  # while the server is sought: since when
+        self.reconnects = 0
+
+    def answered(self) -> None:
+        """A call answered: an outage, if any, is over."""
+        if self._since is not None:
+            self.reconnects += 1
+            self._report(f"reconnected after {self._clock() - self._since:.1f} s; the {self._what} goes on")
+            self._since = None
+
+    def seek_server(self, words: str) -> bool:
+        """A call ended with its server gone: True once a new call may start, False when the
+        window has passed (or stop, or `meanwhile`, says so). A call of this outage that answered
+        nothing (a draining server refusing at once) is followed by the next after a pause."""
+        refused_at_once = self._since is not None
+        if self._since is None:
+            self._since = self._clock()
+            self._report(words)  # once an outage: its first call's ending
+        pause = RETRY_PAUSE_S if refused_at_once else 0.0
+        deadline = self._since + self._reconnect_s
+        return wait_for_server(self._client, deadline, pause, self._stop, self._meanwhile, self._clock)
 
 
 def wait_for_server(

@@ -185,7 +185,6 @@ def _replay_video(
     server answered within `reconnect_s` of a call ending with its server gone): then nothing
     of the video is merged (it is to be replayed whole by another worker)."""
     stream_id = str(path.relative_to(root)) if path != root else path.name
-    sent = 0
     dice: list[float] = []
     answered: dict[str, int] = {}
     latencies: list[float] = []
@@ -201,11 +200,9 @@ def _replay_video(
         return False
 
     def frames() -> Iterator[CapturedFrame]:
-        nonlocal sent
         for captured in source:
             if stop.is_set():  # interrupted: what was sent is still answered
                 return
-            sent += 1
             yield captured
 
     options = FrameOptions(no_drop=True, return_mask=context.truth is not None, frame_rate=source.frame_rate)
@@ -233,7 +230,7 @@ def _replay_video(
         error = f"{stream_id}: {exc.code().name}: {exc.details()}"
         lost = exc.code() in SERVER_GONE
     expected = None if stop.is_set() else context.expected_frames  # cut short: its count proves nothing
-    outcome = VideoOutcome(stream_id, sent, answered, latencies, stages, dice, error, expected)
+    outcome = VideoOutcome(stream_id, stream.sent, answered, latencies, stages, dice, error, expected)
     with lock:
         if lost:
             if client.address not in tally.servers_lost:
