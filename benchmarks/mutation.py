@@ -13,8 +13,8 @@ that workers never see each other's mutants.
 
 What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu and alerts; the regions,
 score floor and tracker of postprocess (not the overlay's colours and label placement); the
-JPEG/PNG header checks and decoding of capture (its video and network sources are tested by
-integration tests, too slow to run for every mutant). Each module's mutants run
+JPEG/PNG header checks, decoding and `Reopening` of capture (its video and network sources are
+tested by integration tests, too slow to run for every mutant). Each module's mutants run
 against its unit tests (`TESTS`), stopping at the first failure. Operators: all of
 cosmic-ray's core set except replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%`
 (on this code's floats and sizes those are type errors or absurd values, killed by any test
@@ -71,8 +71,13 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
         {"__iter__", "_feed", "_meanwhile", "answered", "seek_server", "wait_for_server", "_outage_words", "cancel"},
     ),
     "capture": (
-        ["tests/unit/test_capture.py"],
+        ["tests/unit/test_capture.py", "tests/unit/test_reopening.py"],
         {
+            "endless",
+            "__iter__",
+            "_arrived",
+            "_reopened",
+            "reopens",
             "is_jpeg",
             "is_png",
             "jpeg_header",

@@ -2,14 +2,16 @@
 
 Client frames arrive as JPEG/PNG bytes or raw pixels; `decode_encoded` and `decode_raw`
 check them and say precisely what is wrong. `VideoSource` reads anything OpenCV/FFmpeg
-opens (a file, an RTSP/HTTP URL, a capture device index).
+opens (a file, an RTSP/HTTP URL, a capture device index); `Reopening` opens a live one
+again when it stops (a camera's encoder restarting, a network drop, a capture card replugged).
 """
 
 from __future__ import annotations
 
 import enum
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 
 
 DEFAULT_FPS = 25.0  # the pace of a video that says no frame rate of its own
+STREAM_TIMEOUT_S = 10.0  # how long opening a network stream, or a read of one, may take before it fails
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: carries the image size
 _UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -275,7 +278,14 @@ class VideoSource:
     `realtime=True` paces a file at its own frame rate, as a live feed would arrive.
     """
 
-    def __init__(self, uri: str, *, realtime: bool = False, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        realtime: bool = False,
+        timeout_s: float = STREAM_TIMEOUT_S,
+        open_timeout_s: float | None = None,
+    ) -> None:
         self.uri = uri
         self.realtime = realtime
         shown = redact_uri(uri)
@@ -284,8 +294,8 @@ class VideoSource:
         target = _capture_target(uri)
         if isinstance(target, str) and "://" in target:
             # A network stream that stalls must fail a read, not hang the capture thread.
-            ms = int(timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            read_ms, open_ms = int(timeout_s * 1000), int((open_timeout_s or timeout_s) * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
             self._cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         else:
             self._cap = cv2.VideoCapture(target)
@@ -346,6 +356,131 @@ class ImageSequenceSource:
 
 
 FrameSource = VideoSource | ImageSequenceSource
+
+REOPEN_PAUSES_S = (0.25, 0.5, 1.0, 2.0)  # between tries to open a stopped live source again (then 2 s apart)
+STALL_S = 1.0  # a live source that delivers no frame for this long has stalled...
+BURST_S = 0.005  # ...and the frames that come this close after it, at once, are the stall's leftovers
+
+
+def endless(source: FrameSource) -> bool:
+    """Whether a source has no end of its own: a stream URL or a capture device that gives no
+    frame count (a video file served over HTTP has one, and its end is its end)."""
+    return is_live(source.uri) and source.frame_count is None
+
+
+class Reopening:
+    """A live source opened again when it stops delivering frames.
+
+    A live feed has no end of its own: when its reads stop (the encoder restarted, the network
+    dropped, a capture card was replugged; a stalled stream fails a read after VideoSource's
+    timeout), it is opened again, at once and then REOPEN_PAUSES_S apart, for up to `window_s`
+    seconds from when its reads stopped. Its frames are numbered on across the gap (one source,
+    one sequence, as the server numbers its own sources); `pts_s` is the time since its first
+    frame. Past the window (at once with `window_s` 0) it ends, and `gave_up` says why. `stop`
+    (Ctrl-C) ends a wait at once; `report` is told, in words, when it stops and when it is back.
+
+    `gaps_s` holds, per return, the seconds it delivered no new frame: from its last frame before
+    the stop to its first one after. A stalled stream's decoder hands out the frames it still
+    held only when the read fails, at once and many seconds late: a wait of STALL_S or more
+    followed by such a burst counts from before the wait."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        window_s: float,
+        *,
+        stop: threading.Event | None = None,
+        report: Callable[[str], None] | None = None,
+        opener: Callable[[float], FrameSource] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._source: FrameSource | None = source
+        self.uri, self.realtime = source.uri, source.realtime
+        self.frame_rate, self.fps = source.frame_rate, source.fps
+        self.frame_count: int | None = None
+        self._window_s = window_s
+        self._stop = stop or threading.Event()
+        self._report = report or (lambda words: None)
+        self._open = opener or (lambda timeout_s: VideoSource(source.uri, open_timeout_s=timeout_s))
+        self._clock = clock
+        self._wait = wait or self._stop.wait  # True: stopped (the fakes of tests move their clock)
+        self.gaps_s: list[float] = []
+        self.gave_up = ""  # why it ended: it stopped, and did not deliver again within the window
+        self._last_at: float | None = None  # when its last frame came
+        self._quiet_from: float | None = None  # a stall's start, while the frames after it come in a burst
+        self._stopped_at: float | None = None  # when its reads stopped; None while it delivers
+        self._stopped = ""  # that, in words
+        self._tries = 0  # to open it again, since it stopped
+        self._error = ""  # why the last try failed
+
+    @property
+    def reopens(self) -> int:
+        """Times it stopped and delivered frames again."""
+        return len(self.gaps_s)
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        index, first_at = 0, self._clock()
+        while not self._stop.is_set():
+            if self._source is not None:
+                for captured in self._source:
+                    now = self._clock()
+                    self._arrived(now, index)
+                    first_at = now if index == 0 else first_at
+                    yield CapturedFrame(index, captured.image, now - first_at)
+                    index += 1
+                    if self._stop.is_set():
+                        return
+                self._source = None
+            if not self._reopened(index):
+                return
+
+    def _arrived(self, now: float, index: int) -> None:
+        """Note a frame's arrival at `now`: the end of a stop (said), or of a stall."""
+        since = self._quiet_from if self._quiet_from is not None else self._last_at
+        if self._stopped_at is not None:
+            gap = now - (since if since is not None else self._stopped_at)
+            self.gaps_s.append(gap)
+            self._report(f"the source is back after {gap:.1f} s without frames; frames go on from {index}")
+            self._stopped_at, self._tries, self._quiet_from = None, 0, None
+        elif self._last_at is not None:
+            waited = now - self._last_at
+            if waited >= STALL_S:
+                self._quiet_from = self._last_at
+            elif waited > BURST_S:
+                self._quiet_from = None
+        self._last_at = now
+
+    def _reopened(self, index: int) -> bool:
+        """Open the stopped source again, trying until it opens (True), its window passes or
+        `stop` is set (False). A source that opens and delivers nothing is the same stop."""
+        if self._stopped_at is None:
+            self._stopped_at = self._clock()
+            since = self._quiet_from if self._quiet_from is not None else self._last_at
+            none_for = f" (no new frame for {self._stopped_at - since:.1f} s)" if since is not None else ""
+            self._stopped = f"the source stopped delivering frames {f'after frame {index - 1}' if index else 'at once'}"
+            if self._window_s <= 0:
+                self.gave_up = self._stopped
+                return False
+            self._report(f"{self._stopped}{none_for}; opening it again for up to {self._window_s:g} s")
+        while True:
+            if self._tries:
+                pause = REOPEN_PAUSES_S[min(self._tries, len(REOPEN_PAUSES_S)) - 1]
+                if self._stopped_at + self._window_s - self._clock() <= pause:
+                    last = f"last try: {self._error}" if self._error else "it opened again, but delivered no frame"
+                    self.gave_up = f"{self._stopped} and did not come back within {self._window_s:g} s ({last})"
+                    return False
+                if self._wait(pause):
+                    return False
+            self._tries += 1
+            left = self._stopped_at + self._window_s - self._clock()
+            try:
+                self._source = self._open(min(STREAM_TIMEOUT_S, max(left, 0.1)))
+            except SourceError as exc:
+                self._error = str(exc).replace(self.uri, redact_uri(self.uri))
+            else:
+                self._error = ""
+                return True
 
 
 def open_source(uri: str, *, realtime: bool = False) -> FrameSource:

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from . import __version__, capture, workers
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from .alerts import AlertRule, check_frame_rate, rule_for
-from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, SourceError, is_live, redact_uri
+from .capture import DEFAULT_FPS, CapturedFrame, FrameSource, Reopening, SourceError, endless, is_live, redact_uri
 from .client import SERVER_GONE, Answer, SegmenterClient, SourceWatch, Stream, Watched
 from .config import MIB, MIN_AREA_FRACTION, ConfigError, EngineConfig, ServerConfig, TlsFiles, env_default
 from .corpus import plan_corpus, write_corpus
@@ -304,9 +304,9 @@ def add_wait_flags(parser: argparse.ArgumentParser, reconnect_help: str = STREAM
     parser.add_argument("--reconnect", type=float, default=30.0, metavar="SECONDS", help=reconnect_help)
 
 
-def check_reconnect(seconds: float) -> None:
+def check_reconnect(seconds: float, flag: str = "--reconnect") -> None:
     if not seconds >= 0:
-        raise CliError(f"--reconnect must be 0 or more seconds, got {seconds:g}")
+        raise CliError(f"{flag} must be 0 or more seconds, got {seconds:g}")
 
 
 def uses_tls(args: argparse.Namespace) -> bool:
@@ -623,6 +623,8 @@ class StreamSummary:
     reconnects: int = 0  # new calls after the server went away (client.Stream, client.SourceWatch)
     lost: int = 0  # `stream`, live: frames sent on a call that ended before answering them
     unsent: int = 0  # `stream`, live: frames read while no server answered, not sent
+    source_gaps_s: list[float] = field(default_factory=list)  # `stream`, live: seconds of each stop it came back from
+    source_lost: str = ""  # `stream`, live: the source stopped and did not come back (capture.Reopening.gave_up)
     last_index: int | None = None
 
     def add(self, answer: Watched) -> None:
@@ -666,7 +668,17 @@ class StreamSummary:
                 "ended_early": self.ended_early or None,
                 "reconnects": self.reconnects,
             }
-            | ({} if self.source else {"lost": self.lost, "unsent": self.unsent})
+            | (
+                {}
+                if self.source
+                else {
+                    "lost": self.lost,
+                    "unsent": self.unsent,
+                    "source_reopens": len(self.source_gaps_s),
+                    "source_gap_s": round(sum(self.source_gaps_s), 2),
+                    "source_lost": self.source_lost or None,
+                }
+            )
         )
 
     def ended_early_line(self, written_to: Path) -> str:
@@ -702,7 +714,17 @@ class StreamSummary:
         return (
             f"{interrupted}{self.frames} frames ({statuses}); {found}; latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
-            f"{self.reconnect_words()}"
+            f"{self.reconnect_words()}{self.source_words()}"
+        )
+
+    def source_words(self) -> str:
+        """What stops of a live source cost a stream: the seconds it delivered no frame."""
+        if not self.source_gaps_s:
+            return ""
+        times = len(self.source_gaps_s)
+        return (
+            f"; the source stopped and came back {times} time{'s' * (times != 1)} "
+            f"({sum(self.source_gaps_s):.1f} s without frames)"
         )
 
     def reconnect_words(self) -> str:
@@ -760,25 +782,33 @@ def stream_video(
     no_drop: bool,
     allow_view: bool = False,
     reconnect_s: float = 0.0,
+    source_reconnect_s: float | None = None,
 ) -> StreamSummary:
     """Send every frame of `source`, write one JSON line per answer and, if asked, the overlay
-    video; a server that goes away is sought again for up to `reconnect_s` (client.Stream)."""
+    video; a server that goes away is sought again for up to `reconnect_s` (client.Stream), and
+    a live source that stops is opened again for up to `source_reconnect_s` (capture.Reopening;
+    None: its stop ends the stream unremarked)."""
     options = FrameOptions(
         return_overlay=overlay_path is not None, no_drop=no_drop, allow_view=allow_view, frame_rate=source.frame_rate
     )
     video = OverlayVideo(overlay_path, source.fps) if overlay_path is not None else None
     stop = threading.Event()
 
+    def report(words: str) -> None:
+        print(f"polypstream stream: {words}", file=sys.stderr, flush=True)
+
+    live = is_live(source.uri)
+    feed: FrameSource | Reopening = source
+    if source_reconnect_s is not None and endless(source):
+        feed = Reopening(source, source_reconnect_s, stop=stop, report=report)
+
     def frames() -> Iterator[CapturedFrame]:
-        for captured in source:
+        for captured in feed:
             if stop.is_set():  # Ctrl-C: send no more; what was sent is still answered and written
                 return
             yield captured
 
-    def report(words: str) -> None:
-        print(f"polypstream stream: {words}", file=sys.stderr, flush=True)
-
-    summary = StreamSummary(flat_out=not source.realtime)
+    summary = StreamSummary(flat_out=not (source.realtime or live))
     stream = Stream(client, frames(), stream_id, options, reconnect_s=reconnect_s, stop=stop, report=report)
     started = time.perf_counter()
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
@@ -799,6 +829,8 @@ def stream_video(
             video.close()
         summary.sent, summary.reconnects = stream.sent, stream.reconnects
         summary.lost, summary.unsent = stream.lost, stream.unsent
+        if isinstance(feed, Reopening):
+            summary.source_gaps_s, summary.source_lost = feed.gaps_s, feed.gave_up
     summary.wall_s = time.perf_counter() - started
     summary.interrupted = stop.is_set()
     return summary
@@ -896,6 +928,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.overlay is not None:
         check_overlay_output("--overlay", args.overlay)
     check_reconnect(args.reconnect)
+    check_reconnect(args.source_reconnect, "--source-reconnect")
     source = open_source(args.source, realtime=args.realtime)
     if args.frame_rate is not None:
         source.frame_rate = args.frame_rate
@@ -911,11 +944,21 @@ def cmd_stream(args: argparse.Namespace) -> int:
             no_drop=no_drop,
             allow_view=args.allow_view,
             reconnect_s=args.reconnect,
+            source_reconnect_s=args.source_reconnect,
         )
     print(summary.line())
     if summary.ended_early:
         print(f"polypstream stream: error: {summary.ended_early_line(args.jsonl)}", file=sys.stderr)
         return 1
+    if summary.source_lost and args.source_reconnect > 0:
+        print(
+            f"polypstream stream: error: {summary.source_lost}; the stream's {summary.frames} results are in "
+            f"{args.jsonl}",
+            file=sys.stderr,
+        )
+        return 1
+    if summary.source_lost:  # --source-reconnect 0: the stream ends with its source, as asked
+        print(f"polypstream stream: {summary.source_lost}: the stream ends with it", file=sys.stderr)
     return 130 if summary.interrupted else 0
 
 
@@ -1466,6 +1509,14 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "--allow-view", action="store_true", help="let the server's live view (serve --ui) show this stream"
     )
     add_wait_flags(stream)
+    stream.add_argument(
+        "--source-reconnect",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a live source (a URL or device without a frame count) that stops delivering frames: how long to "
+        "try opening it again before ending (exit 1); its frames go on being numbered; 0: end with it (exit 0)",
+    )
     add_frame_rate_flag(stream)
     stream.set_defaults(func=cmd_stream)
 

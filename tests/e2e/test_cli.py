@@ -420,6 +420,56 @@ def test_watch_of_a_live_source_goes_on_when_its_server_restarts(tmp_path: Path,
     assert said.rstrip().endswith("; reconnected 1 time")
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+def test_a_live_source_that_stops_is_opened_again_and_the_stream_ends_when_it_does_not_come_back(
+    server: tuple[subprocess.Popen[str], str, str], tmp_path: Path
+) -> None:
+    _, address, _ = server
+    clip = write_clip(tmp_path / "clip.avi", frames=20, fps=20)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    out = tmp_path / "live.jsonl"
+    ffmpeg = serve_stream(clip, port)
+    try:
+        wait_for(lambda: listening(port), what="FFmpeg listening")
+        stream = spawn("stream", url, "--server", address, "--jsonl", str(out), "--source-reconnect", "10")
+        assert stream.stderr is not None
+        wait_for_lines(out, 10)
+        ffmpeg.kill()  # the encoder goes away...
+        ffmpeg.wait(timeout=30)
+        stopped = stream.stderr.readline()
+        ffmpeg = serve_stream(clip, port)  # ...and comes back
+        back = stream.stderr.readline()
+        wait_for_lines(out, out.read_text().count("\n") + 10)
+        ffmpeg.kill()  # for good
+        ffmpeg.wait(timeout=30)
+        said, told = stream.communicate(timeout=60)
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait(timeout=30)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(len(lines)))  # numbered on across the gap
+    first_stop = re.fullmatch(
+        r"polypstream stream: the source stopped delivering frames after frame (\d+) \(no new frame for \d+\.\d s\); "
+        r"opening it again for up to 10 s\n",
+        stopped,
+    )
+    came_back = re.fullmatch(
+        r"polypstream stream: the source is back after (\d+\.\d) s without frames; frames go on from (\d+)\n", back
+    )
+    assert first_stop is not None and came_back is not None, (stopped, back)
+    assert int(came_back.group(2)) == int(first_stop.group(1)) + 1
+    assert stream.returncode == 1, told
+    last = len(lines) - 1
+    assert told.splitlines()[-1] == (
+        f"polypstream stream: error: the source stopped delivering frames after frame {last} and did not come back "
+        f"within 10 s (last try: {url}: cannot open (not a video OpenCV/FFmpeg can decode, or unreachable)); the "
+        f"stream's {len(lines)} results are in {out}"
+    )
+    assert said.rstrip().endswith(f"; the source stopped and came back 1 time ({came_back.group(1)} s without frames)")
+    assert "mostly queueing" not in said  # a live source's frames come at its pace, not flat out
+
+
 def test_ctrl_c_on_demo_stops_sending_and_writes_what_was_answered(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "demo"
     demo = spawn("demo", "--out", str(out), "--model", str(tiny_model))  # 64 frames at 10 fps: 6.4 s

@@ -90,3 +90,33 @@ def test_a_replays_problems_are_said_a_line_each() -> None:
         "1 videos failed, e.g. v.avi: cannot open",
         "4 videos not replayed: no server answered within 2.5 s (--reconnect) at a:1, b:2",
     ]
+
+
+def test_a_streams_summary_says_what_the_stops_of_its_live_source_cost() -> None:
+    summary = StreamSummary()
+    for index in (0, 1, 2):
+        summary.add(Answer(result(index), 0.02))
+    summary.wall_s = 1.0
+    summary.source_gaps_s = [2.25, 4.5]
+    assert summary.line() == (
+        "3 frames (OK 3); polyps in 0 frames, 0 detections, 0 tracks, 0 alerts (shown in 0 frames); latency p50 "
+        "20.0 ms, p99 20.0 ms (server p50 10.0 ms, p99 10.0 ms); 3.0 frames/s; the source stopped and came back "
+        "2 times (6.8 s without frames)"
+    )
+    summary.source_gaps_s, summary.source_lost = [4.5], "the source stopped delivering frames after frame 2"
+    assert summary.line().endswith("; the source stopped and came back 1 time (4.5 s without frames)")
+    d = summary.as_dict()
+    assert (d["source_reopens"], d["source_gap_s"], d["source_lost"]) == (
+        1,
+        4.5,
+        "the source stopped delivering frames after frame 2",
+    )
+
+
+def test_a_stream_whose_source_never_stopped_says_nothing_of_it() -> None:
+    summary = StreamSummary()
+    summary.add(Answer(result(0), 0.02))
+    d = summary.as_dict()
+    assert (d["source_reopens"], d["source_gap_s"], d["source_lost"]) == (0, 0, None)
+    assert "source" not in summary.line()
+    assert "source_reopens" not in StreamSummary(source="scope").as_dict()  # a watch sends no frames of its own
