@@ -90,18 +90,19 @@ def reopening(
 
 
 def test_a_source_that_stops_is_opened_again_and_its_frames_are_numbered_on() -> None:
-    source, script, said, _ = reopening([0.0, 0.1, 0.2], ["refused", "refused", [7.0, 7.1]], window_s=30)
+    source, script, said, _ = reopening([0.5, 0.6, 0.7], ["refused", "refused", [7.5, 7.6]], window_s=30)
     frames = list(source)
     assert [f.index for f in frames] == [0, 1, 2, 3, 4]
-    assert [f.pts_s for f in frames] == pytest.approx([0.0, 0.1, 0.2, 7.0, 7.1])
+    assert [f.pts_s for f in frames] == pytest.approx([0.0, 0.1, 0.2, 7.0, 7.1])  # from its first frame
     assert [int(f.image[0, 0, 0]) for f in frames] == [0, 1, 2, 0, 1]  # the new source's own frames
-    # at once, then 0.25 s and 0.5 s later; each may take what is left of the window (at most 10 s)
-    assert script.tries[:3] == [(0.2, 10.0), (0.45, 10.0), (0.95, 10.0)]
+    # at once, then 0.25 s and 0.5 s later; each may take what is left of the window (at most 10 s);
+    # a second stop is tried at once again
+    assert script.tries[:5] == [(0.7, 10.0), (0.95, 10.0), (1.45, 10.0), (7.6, 10.0), (7.85, 10.0)]
     assert source.gaps_s == pytest.approx([6.8]) and source.reopens == 1
     assert said == [
-        "the source stopped delivering frames after frame 2 (no new frame for 0.0 s); opening it again for up to 30 s",
+        "the source stopped delivering frames after frame 2; opening it again for up to 30 s",
         "the source is back after 6.8 s without frames; frames go on from 3",
-        "the source stopped delivering frames after frame 4 (no new frame for 0.0 s); opening it again for up to 30 s",
+        "the source stopped delivering frames after frame 4; opening it again for up to 30 s",
     ]
     # and the second stop, with no source left in the script: tried until its window passed
     assert source.gave_up == (
@@ -132,12 +133,20 @@ def test_a_source_that_does_not_come_back_is_tried_until_its_window_passes() -> 
     )
 
 
+def test_no_try_is_made_with_no_more_than_its_pause_left_and_each_gets_at_least_a_tenth_of_a_second() -> None:
+    source, script, _, _ = reopening([0.0], [], window_s=0.25)
+    list(source)
+    assert script.tries == [(0.0, 0.25)]  # 0.25 s left, the pause 0.25 s: given up
+    source, script, _, _ = reopening([0.0], [], window_s=0.3)
+    list(source)
+    (first, second) = script.tries
+    assert first == (0.0, 0.3) and second == pytest.approx((0.25, 0.1))  # 0.05 s left: the open may take 0.1 s
+
+
 def test_a_source_that_opens_and_delivers_nothing_is_the_same_stop() -> None:
     source, script, said, _ = reopening([0.0, 0.1], [[], []], window_s=2)
     assert [f.index for f in source] == [0, 1]
-    assert said == [
-        "the source stopped delivering frames after frame 1 (no new frame for 0.0 s); opening it again for up to 2 s"
-    ]
+    assert said == ["the source stopped delivering frames after frame 1; opening it again for up to 2 s"]
     assert [t for t, _ in script.tries] == pytest.approx([0.1, 0.35, 0.85, 1.85])
     assert source.gave_up == (
         "the source stopped delivering frames after frame 1 and did not come back within 2 s "
@@ -167,10 +176,19 @@ def test_a_stalled_source_counts_its_gap_from_before_the_stall() -> None:
     assert source.gaps_s[0] == pytest.approx(15.0)
 
 
+def test_a_wait_of_exactly_the_stall_time_is_a_stall() -> None:
+    source, _, said, _ = reopening([0.0, 1.0, 1.0], [[3.0]], window_s=30)
+    list(source)
+    assert said[0] == (
+        "the source stopped delivering frames after frame 2 (no new frame for 1.0 s); opening it again for up to 30 s"
+    )
+    assert source.gaps_s[0] == pytest.approx(3.0)
+
+
 def test_a_slow_frame_followed_by_frames_at_their_pace_is_no_stall() -> None:
     source, _, said, _ = reopening([0.0, 2.0, 2.1], [[5.1]], window_s=30)
     list(source)
-    assert said[0].startswith("the source stopped delivering frames after frame 2 (no new frame for 0.0 s)")
+    assert said[0] == "the source stopped delivering frames after frame 2; opening it again for up to 30 s"
     assert source.gaps_s[0] == pytest.approx(3.0)
 
 
