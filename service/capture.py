@@ -457,8 +457,8 @@ class Reopening:
         if self._stopped_at is None:
             self._stopped_at = self._clock()
             since = self._quiet_from if self._quiet_from is not None else self._last_at
-            stalled = since is not None and self._stopped_at - since >= STALL_S
-            none_for = f" (no new frame for {self._stopped_at - since:.1f} s)" if stalled else ""
+            quiet_s = self._stopped_at - since if since is not None else 0.0
+            none_for = f" (no new frame for {quiet_s:.1f} s)" if quiet_s >= STALL_S else ""
             self._stopped = f"the source stopped delivering frames {f'after frame {index - 1}' if index else 'at once'}"
             if self._window_s <= 0:
                 self.gave_up = self._stopped
