@@ -623,6 +623,7 @@ class StreamSummary:
     reconnects: int = 0  # new calls after the server went away (client.Stream, client.SourceWatch)
     lost: int = 0  # `stream`, live: frames sent on a call that ended before answering them
     unsent: int = 0  # `stream`, live: frames read while no server answered, not sent
+    skipped: int = 0  # `stream`, live: frames a newer one replaced while the call could take none (client.Stream)
     source_gaps_s: list[float] = field(default_factory=list)  # `stream`, live: seconds of each stop it came back from
     source_lost: str = ""  # `stream`, live: the source stopped and did not come back (capture.Reopening.gave_up)
     last_index: int | None = None
@@ -674,6 +675,7 @@ class StreamSummary:
                 else {
                     "lost": self.lost,
                     "unsent": self.unsent,
+                    "skipped": self.skipped,
                     "source_reopens": len(self.source_gaps_s),
                     "source_gap_s": round(sum(self.source_gaps_s), 2),
                     "source_lost": self.source_lost or None,
@@ -714,7 +716,16 @@ class StreamSummary:
         return (
             f"{interrupted}{self.frames} frames ({statuses}); {found}; latency p50 {lat['p50']} ms, "
             f"p99 {lat['p99']} ms{queueing} (server p50 {srv['p50']} ms, p99 {srv['p99']} ms); {d['fps']} frames/s"
-            f"{self.reconnect_words()}{self.source_words()}"
+            f"{self.skipped_words()}{self.reconnect_words()}{self.source_words()}"
+        )
+
+    def skipped_words(self) -> str:
+        """What a call slower than its live source cost: frames not sent, the newest sent instead."""
+        if not self.skipped:
+            return ""
+        return (
+            f"; {self.skipped} frames of the source skipped: the call took frames more slowly than the source made "
+            "them (a slow link or server), and the newest went instead"
         )
 
     def source_words(self) -> str:
@@ -808,8 +819,11 @@ def stream_video(
                 return
             yield captured
 
-    summary = StreamSummary(flat_out=not (source.realtime or live))
-    stream = Stream(client, frames(), stream_id, options, reconnect_s=reconnect_s, stop=stop, report=report)
+    paced = source.realtime or live  # frames come at the source's pace (else as fast as the call takes them)
+    summary = StreamSummary(flat_out=not paced)
+    stream = Stream(
+        client, frames(), stream_id, options, reconnect_s=reconnect_s, stop=stop, report=report, keep_up=paced
+    )
     started = time.perf_counter()
     jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -828,7 +842,7 @@ def stream_video(
         if video is not None:
             video.close()
         summary.sent, summary.reconnects = stream.sent, stream.reconnects
-        summary.lost, summary.unsent = stream.lost, stream.unsent
+        summary.lost, summary.unsent, summary.skipped = stream.lost, stream.unsent, stream.skipped
         if isinstance(feed, Reopening):
             summary.source_gaps_s, summary.source_lost = feed.gaps_s, feed.gave_up
     summary.wall_s = time.perf_counter() - started

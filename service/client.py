@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -17,12 +18,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._proto.polypstream.v1 import segmenter_pb2 as pb
 from ._proto.polypstream.v1 import segmenter_pb2_grpc as pb_grpc
-from .capture import CapturedFrame
+from .capture import DEFAULT_FPS, CapturedFrame
 from .frames import FrameOptions
 from .wire import options_to_proto
 
 FINISH_FRAME_S = 5.0  # how long a call that is over waits for the frame being made (see segment)
 RETRY_PAUSE_S = 0.2  # between calls refused at once (a draining server still takes connections)
+FRESH_POLL_S = 0.05  # how long a keep_up stream waits for its source's next frame before looking again
+# A keep_up stream's frames in flight (sent, not answered): 0.2 s of its video, at least 4: room
+# for a round trip of 160 ms at 25 fps; a link slower than the video has frames skipped instead.
+LIVE_IN_FLIGHT, LIVE_IN_FLIGHT_S = 4, 0.2
+LIVE_KEPT = 4  # a keep_up stream's frames read and not yet sent, at most (each no older than LIVE_IN_FLIGHT_S)
 # gRPC tries a server that went away again after 1 s, then ever longer, up to 120 s apart: a
 # restarted server would be found seconds (or minutes) late. From 0.1 s, at most 1 s apart.
 INITIAL_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS = 100, 1000
@@ -282,7 +288,16 @@ class Stream:
     Iterating yields (frame sent, answer) pairs, one per frame answered, in the source's order. Each
     call starts the server's alert state anew: a polyp in view earns its alert again.
     `stop` (Ctrl-C) ends a wait for the server at once; `report` is told, in words, when a call
-    ends and a new one is sought, and when one answers again."""
+    ends and a new one is sought, and when one answers again.
+
+    `keep_up` (a live stream whose source makes frames at its own pace: a camera, a file played
+    at its rate) reads the source on a thread of its own and keeps the frames the call has not
+    yet taken while they are fresh (_Fresh), with at most LIVE_IN_FLIGHT_S of video in flight: a
+    call that takes frames more slowly than the source makes them (a slow link, a server that
+    stops reading) has the frames that aged out `skipped`, instead of their piling up in the
+    source's and the network's buffers and every result coming later than the one before (a
+    1080p25 stream over a 20 Mbit/s link: 7 s late after 20 s, and growing). Without it the
+    source is read as the call takes frames (a file sent flat out)."""
 
     def __init__(
         self,
@@ -295,17 +310,22 @@ class Stream:
         stop: threading.Event | None = None,
         report: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keep_up: bool = False,
     ) -> None:
         self._client, self._source = client, iter(frames)
         self._stream_id, self._options = stream_id, options
         self._reconnect_s, self._stop = reconnect_s, stop or threading.Event()
         self._outage = _Outage(client, reconnect_s, report, clock, "stream", self._stop, self._meanwhile)
         self._lock = threading.Lock()  # the source is read by one call's gRPC thread, or while waiting
+        self._fresh = _Fresh(self._source, clock) if keep_up and not options.no_drop else None
+        self._room = threading.Condition()  # a keep_up call's frame answered: room for another in flight
+        self._in_flight = max(LIVE_IN_FLIGHT, math.ceil(LIVE_IN_FLIGHT_S * (options.frame_rate or DEFAULT_FPS)))
         self._resend: deque[pb.Frame] = deque()
         self._source_ended = False
         self.sent = 0  # frames of the source handed to a call (a frame sent again counts once)
         self.lost = 0  # live: frames sent on a call that ended before answering them
         self.unsent = 0  # live: frames the source delivered while no call was open
+        self.skipped = 0  # keep_up: frames that aged out unsent while a call was open (it took frames too slowly)
         self.resent = 0  # no_drop: frames sent again on a new call
 
     @property
@@ -314,12 +334,24 @@ class Stream:
         return self._outage.reconnects
 
     def __iter__(self) -> Iterator[tuple[pb.Frame, Answer]]:
+        if self._fresh is None:
+            yield from self._calls()
+            return
+        self._fresh.start()
+        try:
+            yield from self._calls()
+        finally:
+            self._fresh.close()
+
+    def _calls(self) -> Iterator[tuple[pb.Frame, Answer]]:
         while True:
             pending: deque[pb.Frame] = deque()  # handed to this call, not answered yet
             closed = threading.Event()
             try:
                 for answer in self._client.segment(self._feed(pending, closed)):
-                    frame = pending.popleft()  # answers come in the order the frames went
+                    with self._room:
+                        frame = pending.popleft()  # answers come in the order the frames went
+                        self._room.notify_all()
                     self._outage.answered()
                     yield frame, answer
                 return
@@ -339,22 +371,33 @@ class Stream:
                     if self._stop.is_set() or (self._source_ended and not self._resend):
                         return  # Ctrl-C, or a live source that ended while no server answered
                     raise  # frames of a no-drop stream are left unanswered
+                if self._fresh is not None:  # frames dropped while no call was open were not sent for that
+                    self.unsent += self._fresh.forget_dropped()
 
     def _feed(self, pending: deque[pb.Frame], closed: threading.Event) -> Iterator[pb.Frame]:
         """One call's frames: those to send again, then the source's (JPEG-encoded here); each
         noted as pending. Kept encoded: a decoded 1080p frame is 6 MB, and a no-drop stream has
         tens of frames in flight (59 measured at 1080p)."""
         while True:
+            if self._fresh is not None and not self._room_in(pending, closed):
+                if closed.is_set():
+                    return
+                continue
+            kept, dropped = self._fresh.take(FRESH_POLL_S) if self._fresh is not None else (None, 0)
             with self._lock:
                 if closed.is_set():
+                    self.unsent += (kept is not None) + dropped
                     return
                 if self._resend:
                     frame = self._resend.popleft()
                     frame.client_time_ns = time.time_ns()
                     self.resent += 1
                 else:
-                    fresh = next(self._source, None)
+                    self.skipped += dropped
+                    fresh = kept if self._fresh is not None else next(self._source, None)
                     if fresh is None:
+                        if self._fresh is not None and not self._fresh.ended:
+                            continue  # no new frame yet
                         self._source_ended = True
                         return
                     frame = encode_frame(fresh.image, self._stream_id, fresh.index, self._options)
@@ -362,17 +405,33 @@ class Stream:
                 pending.append(frame)
             yield frame
 
+    def _room_in(self, pending: deque[pb.Frame], closed: threading.Event) -> bool:
+        """Whether a keep_up call may have one more frame in flight, after waiting a little for an
+        answer. Bounded, so that a slow link makes frames skipped, not late: gRPC and the network
+        buffer megabytes (a 1080p25 stream over a 20 Mbit/s link, a frame sent whenever gRPC took
+        one: its results 2 s late)."""
+        with self._room:
+            return self._room.wait_for(lambda: len(pending) < self._in_flight or closed.is_set(), FRESH_POLL_S) and (
+                not closed.is_set()
+            )
+
     def _meanwhile(self) -> bool:
         """Between looks for the server: a live source's frame is read (not sent); False once it ends."""
         if self._options.no_drop:
             self._stop.wait(0.05)
             return True
+        if self._fresh is not None:
+            kept, dropped = self._fresh.take(FRESH_POLL_S)
+            ended = kept is None and self._fresh.ended
+        else:
+            with self._lock:
+                kept, dropped = next(self._source, None), 0
+            ended = kept is None
         with self._lock:
-            frame = next(self._source, None)
-        if frame is None:
+            self.unsent += (kept is not None) + dropped
+        if ended:
             self._source_ended = True
             return False
-        self.unsent += 1
         return True
 
     def _outage_words(self, exc: grpc.RpcError, unanswered: int) -> str:
@@ -386,6 +445,75 @@ class Stream:
             f"the stream's call ended ({exc.code().name}: {exc.details()}); trying the server again for up to "
             f"{self._reconnect_s:g} s; {what}"
         )
+
+
+class _Fresh:
+    """A live source read on a thread of its own, as fast as it delivers, of which the frames
+    not yet taken are kept while fresh (Stream's keep_up): at most LIVE_KEPT of them, none that
+    a newer one followed more than LIVE_IN_FLIGHT_S ago. A burst (network jitter, a decoder's
+    flush) is sent whole; a call that falls behind skips the frames that aged out."""
+
+    def __init__(self, frames: Iterator[CapturedFrame], clock: Callable[[], float]) -> None:
+        self._frames, self._clock = frames, clock
+        self._changed = threading.Condition()
+        self._kept: deque[tuple[float, CapturedFrame]] = deque()  # (when it came, the frame), oldest first
+        self._dropped = 0  # frames dropped unsent, since the last take
+        self._ended = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._read, name="polypstream-source", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._ended:
+            self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for frame in self._frames:
+                with self._changed:
+                    if self._closing:
+                        break
+                    self._kept.append((self._clock(), frame))
+                    self._prune()
+                    self._changed.notify_all()
+        finally:
+            close = getattr(self._frames, "close", None)
+            if close is not None:
+                close()  # a generator's own cleanup (a VideoSource releases its capture)
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def _prune(self) -> None:
+        newest = self._kept[-1][0] if self._kept else 0.0
+        while len(self._kept) > LIVE_KEPT or (len(self._kept) > 1 and newest - self._kept[0][0] > LIVE_IN_FLIGHT_S):
+            self._kept.popleft()
+            self._dropped += 1
+
+    def take(self, timeout_s: float) -> tuple[CapturedFrame | None, int]:
+        """The oldest fresh frame not yet taken, and how many were dropped unsent since the last
+        take; (None, 0) where none came within `timeout_s` or the source has ended (`ended`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._kept) or self._ended, timeout_s)
+            frame = self._kept.popleft()[1] if self._kept else None
+            dropped, self._dropped = self._dropped, 0
+            return frame, dropped
+
+    def forget_dropped(self) -> int:
+        """How many frames were dropped since the last take (counted now, not by the next take)."""
+        with self._changed:
+            dropped, self._dropped = self._dropped, 0
+            return dropped
+
+    @property
+    def ended(self) -> bool:
+        """The source has ended and its last frame was taken."""
+        with self._changed:
+            return self._ended and not self._kept
+
+    def close(self) -> None:
+        """Read no more (the thread ends after the frame it is reading)."""
+        with self._changed:
+            self._closing = True
 
 
 class SourceWatch:

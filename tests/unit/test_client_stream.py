@@ -7,6 +7,7 @@ call does; `connected()` becomes done after a set number of looks. Every count i
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,3 +346,131 @@ def test_cancel_ends_a_watch_at_once_even_while_it_waits_for_the_server() -> Non
 
     client.connected = lambda: CancelOnFirstLook(1, client)  # type: ignore[method-assign]
     assert [w.result.index for w in watch] == [0]  # the wait ended, without an error
+
+
+class Gate:
+    """A live source whose frames the test lets out: `deliver(n)` lets out n more and returns
+    once the reader has taken them all (it asks for the next; `read_by_call`: the call itself
+    reads them as it takes them, there is nothing to wait for); `finish()` ends it."""
+
+    def __init__(self, read_by_call: bool = False) -> None:
+        self._cond = threading.Condition()
+        self.allowed = self.asked = 0
+        self.ended = False
+        self.read_by_call = read_by_call
+
+    def frames(self) -> Iterator[CapturedFrame]:
+        i = 0
+        while True:
+            with self._cond:
+                self.asked = i  # frames before i have been taken by the reader
+                self._cond.notify_all()
+                self._cond.wait_for(lambda n=i: self.allowed > n or self.ended)  # type: ignore[misc]
+                if self.allowed <= i:
+                    return
+            yield CapturedFrame(i, np.zeros((2, 2, 3), np.uint8), i / 25)
+            i += 1
+
+    def deliver(self, n: int) -> None:
+        with self._cond:
+            self.allowed += n
+            self._cond.notify_all()
+            assert self.read_by_call or self._cond.wait_for(lambda: self.asked == self.allowed, 10), (
+                "the reader took no frame"
+            )
+
+    def finish(self) -> None:
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+
+Step = tuple[int, float]  # (frames the source delivers, the clock when they come)
+
+
+@dataclass
+class PacedClient:
+    """A call that lets the source out as scripted: before the call takes its k-th frame, the
+    source delivers `script[k]`; each frame taken is answered at once; past the script the source
+    ends. With `ends_after`, the call ends UNAVAILABLE after taking that many frames, unanswered,
+    the source having delivered `script_after` meanwhile; the next call follows the script on."""
+
+    gate: Gate
+    script: list[Step]
+    ends_after: int | None = None
+    script_after: list[Step] = field(default_factory=list)
+    sent: list[list[int]] = field(default_factory=list)
+    now: float = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def connected(self) -> Looks:
+        return Looks(1, self)  # type: ignore[arg-type]
+
+    def deliver(self, steps: list[Step]) -> None:
+        for n, at in steps:
+            self.now = at
+            self.gate.deliver(n)
+
+    def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+        iterator = iter(frames)
+        self.sent.append([])
+        while True:
+            if self.ends_after is not None and len(self.sent[-1]) == self.ends_after:
+                self.ends_after = None
+                self.deliver(self.script_after)
+                raise Ended(grpc.StatusCode.UNAVAILABLE)
+            if self.script:
+                self.deliver([self.script.pop(0)])
+            else:
+                self.gate.finish()
+            frame = next(iterator, None)
+            if frame is None:
+                return
+            self.sent[-1].append(frame.index)
+            if self.ends_after is None:
+                yield Answer(pb.FrameResult(stream_id=frame.stream_id, index=frame.index), latency_s=0.001)
+
+
+def keeping_up(client: PacedClient, **kwargs: Any) -> Stream:
+    return Stream(client, client.gate.frames(), "s", LIVE, keep_up=True, clock=client.clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_live_stream_that_keeps_up_sends_a_burst_whole_and_skips_the_frames_that_aged_out() -> None:
+    client = PacedClient(Gate(), script=[(3, 0.0), (0, 0.0), (1, 1.0), (6, 1.0)])
+    stream = keeping_up(client)
+    # 0-2 come at once and go; 3 comes 1 s after 2, which had not gone: 2 aged out; 4-9 come at
+    # once, and only the last four are kept
+    assert run(stream) == [0, 1, 3, 6, 7, 8, 9]
+    assert (stream.sent, stream.skipped, stream.lost, stream.unsent) == (7, 3, 0, 0)
+
+
+def test_without_keep_up_a_live_stream_sends_every_frame_as_the_call_takes_it() -> None:
+    gate = Gate(read_by_call=True)
+    client = PacedClient(gate, script=[(1, 0.0), (1, 1.0), (1, 2.0)])
+    stream = Stream(client, gate.frames(), "s", LIVE, clock=client.clock)  # type: ignore[arg-type]
+    assert run(stream) == [0, 1, 2] and stream.skipped == 0
+
+
+def test_frames_that_aged_out_while_no_server_answered_are_unsent_not_skipped() -> None:
+    # call 1 takes frame 0 and ends before answering it; meanwhile 1 and 2 come, and 3 a second
+    # later (1 and 2 age out); call 2 takes 3, then 4
+    client = PacedClient(Gate(), script=[(1, 0.0), (0, 1.0), (1, 1.0)], ends_after=1, script_after=[(2, 0.0), (1, 1.0)])
+    stream = keeping_up(client, reconnect_s=5)
+    assert run(stream) == [3, 4]
+    assert client.sent == [[0], [3, 4]]
+    assert (stream.sent, stream.lost, stream.unsent, stream.skipped, stream.reconnects) == (3, 1, 2, 0, 1)
+
+
+def test_a_keep_up_stream_holds_at_most_a_fifth_of_a_second_of_frames_in_flight_and_never_under_four() -> None:
+    def in_flight(rate: float) -> int:
+        return Stream(None, [], "s", FrameOptions(frame_rate=rate), keep_up=True)._in_flight  # type: ignore[arg-type]
+
+    assert [in_flight(rate) for rate in (0, 10, 25, 30, 60)] == [5, 4, 5, 6, 12]  # 0: rate unknown, taken as 25
+    stream = Stream(None, [], "s", LIVE, keep_up=True)  # type: ignore[arg-type]
+    closed = threading.Event()
+    assert stream._room_in(deque([pb.Frame()] * 4), closed)
+    assert not stream._room_in(deque([pb.Frame()] * 5), closed)
+    closed.set()
+    assert not stream._room_in(deque(), closed)  # the call is over: nothing more goes on it
