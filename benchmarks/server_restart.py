@@ -44,7 +44,8 @@ def run_stream(address: str, frames: list[np.ndarray], count: int, no_drop: bool
     options = FrameOptions(no_drop=no_drop, frame_rate=FPS)
     with SegmenterClient(address) as client:
         client.wait_ready(30)
-        stream = Stream(client, source, "live" if not no_drop else "file", options, reconnect_s=30)
+        name = "live" if not no_drop else "file"
+        stream = Stream(client, source, name, options, reconnect_s=30, keep_up=not no_drop)  # as `stream` does
         error = ""
         try:
             for _, answer in stream:
@@ -60,6 +61,7 @@ def run_stream(address: str, frames: list[np.ndarray], count: int, no_drop: bool
             "answered_once_in_order": answered == list(range(count)),
             "lost": stream.lost,
             "unsent": stream.unsent,
+            "skipped": stream.skipped,
             "resent": stream.resent,
             "reconnects": stream.reconnects,
             "longest_without_answer_ms": round(float(gaps.max()) * 1e3, 1),

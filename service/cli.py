@@ -623,7 +623,7 @@ class StreamSummary:
     reconnects: int = 0  # new calls after the server went away (client.Stream, client.SourceWatch)
     lost: int = 0  # `stream`, live: frames sent on a call that ended before answering them
     unsent: int = 0  # `stream`, live: frames read while no server answered, not sent
-    skipped: int = 0  # `stream`, live: frames a newer one replaced while the call could take none (client.Stream)
+    skipped: int = 0  # `stream`, live: frames that aged out unsent while the call took frames too slowly
     source_gaps_s: list[float] = field(default_factory=list)  # `stream`, live: seconds of each stop it came back from
     source_lost: str = ""  # `stream`, live: the source stopped and did not come back (capture.Reopening.gave_up)
     last_index: int | None = None
@@ -720,12 +720,12 @@ class StreamSummary:
         )
 
     def skipped_words(self) -> str:
-        """What a call slower than its live source cost: frames not sent, the newest sent instead."""
+        """What a call slower than its live source cost: the frames that aged out unsent (client.Stream's keep_up)."""
         if not self.skipped:
             return ""
         return (
-            f"; {self.skipped} frames of the source skipped: the call took frames more slowly than the source made "
-            "them (a slow link or server), and the newest went instead"
+            f"; {self.skipped} frames of the source skipped: they aged out unsent, the call taking frames more slowly "
+            "than the source made them (a slow link or server)"
         )
 
     def source_words(self) -> str:
@@ -1516,7 +1516,10 @@ def _add_stream(sub: argparse._SubParsersAction[CommandParser]) -> None:
     stream.add_argument("--overlay", type=Path, help="write a video with mask and boxes drawn")
     stream.add_argument("--stream-id", help="default: the source's file name")
     stream.add_argument(
-        "--live", action="store_true", help="let the server drop late frames (default for URLs and devices)"
+        "--live",
+        action="store_true",
+        help="let the server drop late frames and, where frames come at the source's pace (a URL or device, or "
+        "--realtime), the client skip those the link cannot take in time (default for URLs and devices)",
     )
     stream.add_argument("--realtime", action="store_true", help="send a file at its own frame rate")
     stream.add_argument(

@@ -120,3 +120,14 @@ def test_a_stream_whose_source_never_stopped_says_nothing_of_it() -> None:
     assert (d["source_reopens"], d["source_gap_s"], d["source_lost"]) == (0, 0, None)
     assert "source" not in summary.line()
     assert "source_reopens" not in StreamSummary(source="scope").as_dict()  # a watch sends no frames of its own
+
+
+def test_a_live_streams_summary_counts_the_frames_it_skipped_to_keep_up() -> None:
+    summary = StreamSummary()
+    summary.add(Answer(result(0), 0.02))
+    summary.wall_s, summary.skipped = 1.0, 97
+    assert summary.line().endswith(
+        "; 97 frames of the source skipped: they aged out unsent, the call taking frames more slowly than the "
+        "source made them (a slow link or server)"
+    )
+    assert summary.as_dict()["skipped"] == 97
