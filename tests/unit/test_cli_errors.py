@@ -42,6 +42,14 @@ def test_a_stated_source_frame_rate_must_name_a_source_and_be_a_rate() -> None:
         assert str(err.value) == why
 
 
+def test_a_negative_wait_for_the_server_or_the_source_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for flag in ("--reconnect", "--source-reconnect"):
+        assert cli.main(["stream", "rtsp://scope/live", "--jsonl", "unused.jsonl", flag, "-1"]) == 2
+        assert capsys.readouterr().err == f"polypstream stream: error: {flag} must be 0 or more seconds, got -1\n"
+
+
 def test_a_negative_number_of_decoding_threads_is_refused() -> None:
     for field in ("decode_workers", "offline_decode_workers"):
         with pytest.raises(ConfigError, match="must not be negative"):
