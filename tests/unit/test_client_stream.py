@@ -6,7 +6,10 @@ call does; `connected()` becomes done after a set number of looks. Every count i
 
 from __future__ import annotations
 
+import itertools
+import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -399,6 +402,8 @@ class PacedClient:
     script: list[Step]
     ends_after: int | None = None
     script_after: list[Step] = field(default_factory=list)
+    finish_after: bool = False  # the source ends too, while no server answers
+    looks: int = 1  # the server answers again at the looks-th look (each look but the last reads the source)
     sent: list[list[int]] = field(default_factory=list)
     now: float = 0.0
 
@@ -406,7 +411,7 @@ class PacedClient:
         return self.now
 
     def connected(self) -> Looks:
-        return Looks(1, self)  # type: ignore[arg-type]
+        return Looks(self.looks, self)  # type: ignore[arg-type]
 
     def deliver(self, steps: list[Step]) -> None:
         for n, at in steps:
@@ -420,6 +425,8 @@ class PacedClient:
             if self.ends_after is not None and len(self.sent[-1]) == self.ends_after:
                 self.ends_after = None
                 self.deliver(self.script_after)
+                if self.finish_after:
+                    self.gate.finish()
                 raise Ended(grpc.StatusCode.UNAVAILABLE)
             if self.script:
                 self.deliver([self.script.pop(0)])
@@ -474,3 +481,119 @@ def test_a_keep_up_stream_holds_at_most_a_fifth_of_a_second_of_frames_in_flight_
     assert not stream._room_in(deque([pb.Frame()] * 5), closed)
     closed.set()
     assert not stream._room_in(deque(), closed)  # the call is over: nothing more goes on it
+
+
+def test_frames_that_aged_out_are_counted_unsent_as_the_wait_for_the_server_reads_them() -> None:
+    # while no server answers, the wait reads the source: 2 came 1 s after 1, which aged out
+    client = PacedClient(Gate(), script=[(1, 0.0)], ends_after=1, script_after=[(1, 0.0), (1, 1.0)], looks=2)
+    stream = keeping_up(client, reconnect_s=5)
+    assert run(stream) == []
+    assert client.sent == [[0], []]
+    assert (stream.sent, stream.lost, stream.unsent, stream.skipped) == (1, 1, 2, 0)
+
+
+def test_a_source_with_no_frame_for_a_while_during_an_outage_has_not_ended() -> None:
+    # no frame comes while the server is sought (each read waits FRESH_POLL_S and finds none): the
+    # stream waits on, and the next call takes the source's next frame
+    client = PacedClient(Gate(), script=[(1, 0.0), (1, 2.0)], ends_after=1, looks=3)
+    stream = keeping_up(client, reconnect_s=5)
+    assert run(stream) == [1]
+    assert client.sent == [[0], [1]] and stream.reconnects == 1
+
+
+def test_a_live_source_that_ends_while_no_server_answers_ends_the_stream_there() -> None:
+    client = PacedClient(Gate(), script=[(1, 0.0)], ends_after=1, script_after=[(1, 0.0)], finish_after=True, looks=3)
+    stream = keeping_up(client, reconnect_s=5)
+    assert run(stream) == []
+    assert client.sent == [[0]]  # no new call: the source had ended
+    assert (stream.lost, stream.unsent, stream.reconnects) == (1, 1, 0)
+
+
+def test_a_keep_up_stream_waits_for_a_source_slower_than_its_poll() -> None:
+    def slow() -> Iterator[CapturedFrame]:
+        for i in range(3):
+            time.sleep(3 * client_module.FRESH_POLL_S)  # the call looks for a frame and finds none, twice or more
+            yield CapturedFrame(i, np.zeros((2, 2, 3), np.uint8), i / 25)
+
+    client = ScriptedClient([Call()])
+    stream = client.stream(slow(), LIVE, keep_up=True)
+    assert run(stream) == [0, 1, 2] and stream.skipped == 0
+
+
+def test_a_frame_exactly_a_fifth_of_a_second_older_than_the_newest_is_still_fresh() -> None:
+    now = [0.0]
+    gate = Gate()
+    fresh = client_module._Fresh(gate.frames(), lambda: now[0])
+    fresh.start()
+    gate.deliver(1)
+    now[0] = client_module.LIVE_IN_FLIGHT_S
+    gate.deliver(1)
+    frame, dropped = fresh.take(1.0)
+    assert frame is not None and (frame.index, dropped) == (0, 0)
+    fresh.close()
+    gate.finish()
+
+
+@dataclass
+class GrpcLikeClient:
+    """A call that reads its frames on a thread of its own, as gRPC does, and answers none until
+    `hold_s` after the `first` frame has come; then each, as it comes."""
+
+    first: int
+    hold_s: float
+    read_in_hold: int = 0  # frames the call had read when the hold ended
+
+    def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+        read: queue.Queue[pb.Frame | None] = queue.Queue()
+
+        def consume() -> None:
+            for frame in frames:
+                read.put(frame)
+            read.put(None)
+
+        threading.Thread(target=consume, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while read.qsize() < self.first:
+            assert time.monotonic() < deadline, "the call never got its first frames"
+            time.sleep(0.005)
+        time.sleep(self.hold_s)
+        self.read_in_hold = read.qsize()
+        while (frame := read.get(timeout=30)) is not None:
+            yield Answer(pb.FrameResult(stream_id=frame.stream_id, index=frame.index), latency_s=0.001)
+
+
+def test_a_keep_up_call_with_its_frames_in_flight_unanswered_is_sent_no_more_and_goes_on_when_answered() -> None:
+    def camera() -> Iterator[CapturedFrame]:  # a frame every 10 ms
+        for i in range(40):
+            time.sleep(0.01)
+            yield CapturedFrame(i, np.zeros((2, 2, 3), np.uint8), i / 100)
+
+    client = GrpcLikeClient(first=5, hold_s=0.3)
+    stream = Stream(client, camera(), "s", LIVE, keep_up=True)  # type: ignore[arg-type]
+    answered = run(stream)
+    assert client.read_in_hold == 5  # 0.2 s of 25 fps video in flight, and no more for 0.3 s
+    assert answered[:5] == [0, 1, 2, 3, 4] and answered == sorted(answered) and answered[-1] == 39
+    assert stream.sent == len(answered) and stream.sent + stream.skipped == 40 and stream.skipped > 0
+
+
+def test_a_keep_up_stream_left_early_stops_reading_its_source() -> None:
+    released, read = threading.Event(), []
+
+    def camera() -> Iterator[CapturedFrame]:  # no end of its own
+        try:
+            for i in itertools.count():
+                read.append(i)
+                time.sleep(0.01)
+                yield CapturedFrame(i, np.zeros((2, 2, 3), np.uint8), i / 100)
+        finally:
+            released.set()  # what a VideoSource does: release its capture
+
+    class EachClient:  # answers each frame as it takes it
+        def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+            for frame in frames:
+                yield Answer(pb.FrameResult(stream_id=frame.stream_id, index=frame.index), latency_s=0.001)
+
+    answers = iter(Stream(EachClient(), camera(), "s", LIVE, keep_up=True))  # type: ignore[arg-type]
+    assert next(answers)[1].result.index == 0
+    answers.close()  # the caller is done with the stream
+    assert released.wait(10), "the source was still being read"
