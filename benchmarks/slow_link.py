@@ -8,6 +8,7 @@ from when the camera made it to when its result is back; without keep_up, frames
 source's and the network's buffers and every result comes later than the one before.
 
     python -m benchmarks.slow_link --mbits 0 40 20 10 --seconds 15
+    python -m benchmarks.slow_link --mbits 0 --delay-ms 75 --seconds 15      # a 150 ms round trip
 
 `--mbits 0`: no limit. Reports, per link and mode, the frames made, sent, skipped and answered,
 the age p50/p90/p99/max, and the age of the last result.
@@ -39,10 +40,11 @@ CHUNK = 16384
 
 class Link:
     """A TCP proxy on 127.0.0.1 (its own thread and event loop) to `upstream`, passing the
-    client's bytes at `bytes_per_s` (0: unlimited) and the server's at full speed."""
+    client's bytes at `bytes_per_s` (0: unlimited) and the server's at full speed, each way
+    `delay_s` late (a round trip of twice that)."""
 
-    def __init__(self, upstream: str, bytes_per_s: float) -> None:
-        self.upstream, self.rate = upstream, bytes_per_s
+    def __init__(self, upstream: str, bytes_per_s: float, delay_s: float = 0.0) -> None:
+        self.upstream, self.rate, self.delay_s = upstream, bytes_per_s, delay_s
         self.address = ""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -69,17 +71,29 @@ class Link:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(self._pipe(reader, up_writer, self.rate), self._pipe(up_reader, writer, 0.0))
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float) -> None:
+        """Bytes read at `rate` (0: as they come), each chunk written `delay_s` after it was read."""
+        loop = asyncio.get_running_loop()
+        due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while (item := await due.get())[1]:
+                await asyncio.sleep(max(0.0, item[0] - loop.time()))
+                writer.write(item[1])
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
         try:
             while data := await reader.read(CHUNK):
-                writer.write(data)
-                await writer.drain()
+                await due.put((loop.time() + self.delay_s, data))
                 if rate:
                     await asyncio.sleep(len(data) / rate)
         except ConnectionError:
             pass
         finally:
+            await due.put((0.0, b""))
+            with contextlib.suppress(ConnectionError):
+                await delivering
             writer.close()
 
     def close(self) -> None:
@@ -132,6 +146,7 @@ def main() -> None:
     parser.add_argument("--model", default="fast")
     parser.add_argument("--mbits", type=float, nargs="+", default=[0.0, 40.0, 20.0, 10.0])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="each way: a round trip of twice this")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     frames = [cv2.resize(f, SIZE) for f in endoscopy_frames(24)]
@@ -142,10 +157,11 @@ def main() -> None:
     runs = []
     try:
         for mbits in args.mbits:
-            link = Link(at["grpc"], mbits * 1e6 / 8)
+            link = Link(at["grpc"], mbits * 1e6 / 8, args.delay_ms / 1e3)
             try:
                 for keep_up in (False, True):
-                    report = {"mbits": mbits, **run(link.address, frames, args.seconds, keep_up)}
+                    measured = run(link.address, frames, args.seconds, keep_up)
+                    report = {"mbits": mbits, "rtt_ms": 2 * args.delay_ms, **measured}
                     print(report, flush=True)
                     runs.append(report)
             finally:
@@ -164,7 +180,8 @@ def main() -> None:
         "runs": runs,
         "command": command_line("benchmarks.slow_link", args),
     }
-    out = write_result(f"slow-link-{args.model}", payload, args.out)
+    delay = f"-rtt-{2 * args.delay_ms:g}ms" if args.delay_ms else ""
+    out = write_result(f"slow-link-{args.model}{delay}", payload, args.out)
     print(f"wrote {out}")
 
 
