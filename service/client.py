@@ -25,8 +25,9 @@ from .wire import options_to_proto
 FINISH_FRAME_S = 5.0  # how long a call that is over waits for the frame being made (see segment)
 RETRY_PAUSE_S = 0.2  # between calls refused at once (a draining server still takes connections)
 FRESH_POLL_S = 0.05  # how long a keep_up stream waits for its source's next frame before looking again
-# A keep_up stream's frames in flight (sent, not answered): 0.2 s of its video, at least 4: room
-# for a round trip of 160 ms at 25 fps; a link slower than the video has frames skipped instead.
+# A keep_up stream's frames in flight (sent, not answered): its video over the shortest send →
+# answer time seen on the stream (its round trip, with one frame's transfer) and 0.2 s more, at
+# least 4 frames: a link slower than the video has frames skipped instead of piling up.
 LIVE_IN_FLIGHT, LIVE_IN_FLIGHT_S = 4, 0.2
 LIVE_KEPT = 4  # a keep_up stream's frames read and not yet sent, at most (each no older than LIVE_IN_FLIGHT_S)
 # gRPC tries a server that went away again after 1 s, then ever longer, up to 120 s apart: a
@@ -292,7 +293,8 @@ class Stream:
 
     `keep_up` (a live stream whose source makes frames at its own pace: a camera, a file played
     at its rate) reads the source on a thread of its own and keeps the frames the call has not
-    yet taken while they are fresh (_Fresh), with at most LIVE_IN_FLIGHT_S of video in flight: a
+    yet taken while they are fresh (_Fresh), with at most a round trip and LIVE_IN_FLIGHT_S of
+    video in flight (`in_flight_bound`): a
     call that takes frames more slowly than the source makes them (a slow link, a server that
     stops reading) has the frames that aged out `skipped`, instead of their piling up in the
     source's and the network's buffers and every result coming later than the one before (a
@@ -319,7 +321,8 @@ class Stream:
         self._lock = threading.Lock()  # the source is read by one call's gRPC thread, or while waiting
         self._fresh = _Fresh(self._source, clock) if keep_up and not options.no_drop else None
         self._room = threading.Condition()  # a keep_up call's frame answered: room for another in flight
-        self._in_flight = max(LIVE_IN_FLIGHT, math.ceil(LIVE_IN_FLIGHT_S * (options.frame_rate or DEFAULT_FPS)))
+        self._fps = options.frame_rate or DEFAULT_FPS
+        self._shortest_s: float | None = None  # the shortest send → answer time seen on this stream
         self._resend: deque[pb.Frame] = deque()
         self._source_ended = False
         self.sent = 0  # frames of the source handed to a call (a frame sent again counts once)
@@ -351,6 +354,8 @@ class Stream:
                 for answer in self._client.segment(self._feed(pending, closed)):
                     with self._room:
                         frame = pending.popleft()  # answers come in the order the frames went
+                        if self._shortest_s is None or answer.latency_s < self._shortest_s:
+                            self._shortest_s = answer.latency_s
                         self._room.notify_all()
                     self._outage.answered()
                     yield frame, answer
@@ -411,9 +416,18 @@ class Stream:
         buffer megabytes (a 1080p25 stream over a 20 Mbit/s link, a frame sent whenever gRPC took
         one: its results 2 s late)."""
         with self._room:
-            return self._room.wait_for(lambda: len(pending) < self._in_flight or closed.is_set(), FRESH_POLL_S) and (
+            bound = self.in_flight_bound()
+            return self._room.wait_for(lambda: len(pending) < bound or closed.is_set(), FRESH_POLL_S) and (
                 not closed.is_set()
             )
+
+    def in_flight_bound(self) -> int:
+        """A keep_up call's frames in flight, at most: the video of the shortest send → answer time
+        seen (a round trip with one frame's transfer: 0.48 s over a 300 ms round trip, where a fixed
+        0.2 s skipped 136 of 375 frames the link could carry) and LIVE_IN_FLIGHT_S more; at least
+        LIVE_IN_FLIGHT."""
+        seen = self._shortest_s or 0.0
+        return max(LIVE_IN_FLIGHT, math.ceil(self._fps * (LIVE_IN_FLIGHT_S + seen) - 1e-9))
 
     def _meanwhile(self) -> bool:
         """Between looks for the server: a live source's frame is read (not sent); False once it ends."""

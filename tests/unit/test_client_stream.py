@@ -472,7 +472,7 @@ def test_frames_that_aged_out_while_no_server_answered_are_unsent_not_skipped() 
 
 def test_a_keep_up_stream_holds_at_most_a_fifth_of_a_second_of_frames_in_flight_and_never_under_four() -> None:
     def in_flight(rate: float) -> int:
-        return Stream(None, [], "s", FrameOptions(frame_rate=rate), keep_up=True)._in_flight  # type: ignore[arg-type]
+        return Stream(None, [], "s", FrameOptions(frame_rate=rate), keep_up=True).in_flight_bound()  # type: ignore[arg-type]
 
     assert [in_flight(rate) for rate in (0, 10, 25, 30, 60)] == [5, 4, 5, 6, 12]  # 0: rate unknown, taken as 25
     stream = Stream(None, [], "s", LIVE, keep_up=True)  # type: ignore[arg-type]
@@ -597,3 +597,18 @@ def test_a_keep_up_stream_left_early_stops_reading_its_source() -> None:
     assert next(answers)[1].result.index == 0
     answers.close()  # the caller is done with the stream
     assert released.wait(10), "the source was still being read"
+
+
+def test_the_bound_in_flight_grows_with_the_shortest_round_trip_seen() -> None:
+    class SlowAnswers:  # answers each frame as it takes it, after the round trips listed
+        def __init__(self, latencies: list[float]) -> None:
+            self.latencies = latencies
+
+        def segment(self, frames: Iterable[pb.Frame]) -> Iterator[Answer]:
+            for frame, latency in zip(frames, self.latencies, strict=False):
+                yield Answer(pb.FrameResult(stream_id=frame.stream_id, index=frame.index), latency_s=latency)
+
+    stream = Stream(SlowAnswers([0.5, 0.3, 0.4]), frames(3), "s", LIVE, keep_up=True)  # type: ignore[arg-type]
+    assert stream.in_flight_bound() == 5  # nothing answered yet: 0.2 s of 25 fps video
+    assert run(stream) == [0, 1, 2]
+    assert stream.in_flight_bound() == 13  # 25 fps over the shortest, 0.3 s, and 0.2 s more
