@@ -396,9 +396,7 @@ class Reopening:
         wait: Callable[[float], bool] | None = None,
     ) -> None:
         self._source: FrameSource | None = source
-        self.uri, self.realtime = source.uri, source.realtime
-        self.frame_rate, self.fps = source.frame_rate, source.fps
-        self.frame_count: int | None = None
+        self.uri = source.uri
         self._window_s = window_s
         self._stop = stop or threading.Event()
         self._report = report or (lambda words: None)

@@ -337,14 +337,13 @@ class Stream:
         return self._outage.reconnects
 
     def __iter__(self) -> Iterator[tuple[pb.Frame, Answer]]:
-        if self._fresh is None:
-            yield from self._calls()
-            return
-        self._fresh.start()
+        if self._fresh is not None:
+            self._fresh.start()
         try:
             yield from self._calls()
         finally:
-            self._fresh.close()
+            if self._fresh is not None:
+                self._fresh.close()  # its thread reads the source no more
 
     def _calls(self) -> Iterator[tuple[pb.Frame, Answer]]:
         while True:
