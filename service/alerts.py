@@ -9,7 +9,9 @@ alerts at once and stops with the first frame it is missed.
 
 Rules are counted in frames of RULE_FPS video (25 fps: a frame is 40 ms), the rate they were
 chosen at; a stream that declares its frame rate gets the rule `at_rate` that keeps its times
-(4 of 4 held 4 is 7 of 7 held 8 at 50 fps). Pure and per stream: no clock, no threads.
+(4 of 4 held 4 is 7 of 7 held 8 at 50 fps). Frames are counted by their index in the stream,
+so the frames the model does not look at (skipped, dropped late) are time passing, not nothing
+(`Alerts.update`). Pure and per stream: no clock, no threads.
 """
 
 from __future__ import annotations
@@ -113,9 +115,9 @@ class AlertFrame:
 
 @dataclass
 class _Track:
-    seen: deque[bool]
+    seen: deque[bool]  # per frame of the stream, newest last (frames not looked at: see `update`)
     last: Polyp
-    unseen: int = 0
+    last_seen: int  # the index of the frame it was last seen in
     alerting: bool = False
 
 
@@ -125,30 +127,49 @@ class Alerts:
 
     rule: AlertRule = field(default_factory=AlertRule)
     _tracks: dict[int, _Track] = field(default_factory=dict)
+    _index: int | None = None  # the last frame looked at
 
-    def update(self, polyps: Sequence[Polyp]) -> AlertFrame:
-        """Advance one frame with its tracked polyps (track ids from the stream's tracker)."""
+    def update(self, polyps: Sequence[Polyp], index: int | None = None) -> AlertFrame:
+        """Advance to the frame `index` of the stream with its tracked polyps (track ids from
+        the stream's tracker); without an index, to the frame after the last one.
+
+        The frames between the last one looked at and this one (a client skipped them, the
+        server dropped them late or a live source had no room for them) count as time passing:
+        a track's hold is counted in frames of the stream, not in frames looked at, so a box is
+        held no longer when frames go unseen; toward the sightings a track needs, the frames of a
+        gap count as sightings where the track was seen on both sides of it (the tracker found
+        it there before and after), else as misses. So a rule keeps its times when only every
+        other frame is looked at, as `AlertRule.at_rate` keeps them at half the frame rate
+        (benchmarks/README.md, "Alerts when frames go unseen"). An index not after the last
+        one counts as the next frame."""
         rule = self.rule
+        previous = self._index
+        if index is None or (previous is not None and index <= previous):
+            index = 0 if previous is None else previous + 1
+        gap = 0 if previous is None else index - previous - 1
+        self._index = index
         found = {p.track_id: p for p in polyps}
         for track_id, polyp in found.items():
             if track_id not in self._tracks:
-                self._tracks[track_id] = _Track(deque(maxlen=rule.window), polyp)
+                self._tracks[track_id] = _Track(deque(maxlen=rule.window), polyp, index)
         events = []
         for track_id in sorted(self._tracks):
             track = self._tracks[track_id]
             detected = found.get(track_id)
+            if gap:
+                bridged = detected is not None and track.last_seen == previous
+                track.seen.extend([bridged] * min(gap, rule.window))
             track.seen.append(detected is not None)
             if detected is not None:
-                track.last, track.unseen = detected, 0
-            else:
-                track.unseen += 1
+                track.last, track.last_seen = detected, index
+            unseen = index - track.last_seen
             if not track.alerting and detected is not None and sum(track.seen) >= rule.min_seen:
                 track.alerting = True
                 events.append(AlertEvent(track_id, "start"))
-            elif track.alerting and track.unseen > rule.hold:
+            elif track.alerting and unseen > rule.hold:
                 track.alerting = False
                 events.append(AlertEvent(track_id, "end"))
-            if not track.alerting and track.unseen >= rule.window:
+            if not track.alerting and unseen >= rule.window:
                 del self._tracks[track_id]  # nothing of it left in its window
         return AlertFrame(
             polyps=tuple(replace(p, alerting=self._tracks[p.track_id].alerting) for p in polyps),
@@ -160,10 +181,16 @@ class Alerts:
             events=tuple(events),
         )
 
-    def showing(self) -> tuple[Polyp, ...]:
+    def showing(self, index: int | None = None) -> tuple[Polyp, ...]:
         """The alerting tracks at their last box, as held, without advancing a frame: what a
-        frame the model did not look at (answered DROPPED_LATE) still shows."""
-        return tuple(replace(t.last, alerting=True) for _, t in sorted(self._tracks.items()) if t.alerting)
+        frame the model did not look at (answered DROPPED_LATE) still shows; with the frame's
+        index, only the alerts whose hold has not run out by then."""
+        hold = self.rule.hold
+        return tuple(
+            replace(t.last, alerting=True)
+            for _, t in sorted(self._tracks.items())
+            if t.alerting and (index is None or index - t.last_seen <= hold)
+        )
 
     def close(self) -> tuple[AlertEvent, ...]:
         """End every alert (the stream ended)."""

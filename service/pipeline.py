@@ -214,8 +214,8 @@ class Pipeline:
             finish(self._rendered(result))
 
         def done(result: Result) -> None:  # on the batcher's thread
-            if result.status is Status.DROPPED_LATE:  # the alerts on stay on screen, not advanced
-                result = replace(result, held=self._showing(frame.stream_key))
+            if result.status is Status.DROPPED_LATE:  # the alerts on stay on screen while held, not advanced
+                result = replace(result, held=self._showing(frame.stream_key, frame.index))
             if result.render is None:
                 finish(result)
                 return
@@ -283,11 +283,11 @@ class Pipeline:
         with self._lock:
             return self._streams.get(stream_key)
 
-    def _showing(self, stream_key: str) -> tuple[Polyp, ...]:
-        """The stream's alerting tracks at their last box (on the batcher's thread, the only one
-        that changes alert state)."""
+    def _showing(self, stream_key: str, index: int) -> tuple[Polyp, ...]:
+        """The stream's alerting tracks at their last box whose hold lasts to frame `index` (on
+        the batcher's thread, the only one that changes alert state)."""
         state = self._state_of(stream_key)
-        return state.alerts.showing() if state is not None and state.alerts is not None else ()
+        return state.alerts.showing(index) if state is not None and state.alerts is not None else ()
 
     def _alert_words(self, stream_key: str) -> str | None:
         state = self._state_of(stream_key)
@@ -356,7 +356,7 @@ class Pipeline:
         contract = self.runner.contract
         state = self._stream(frame)
         assert state.alerts is not None
-        alert = state.alerts.update(state.tracker.update(found))
+        alert = state.alerts.update(state.tracker.update(found), frame.index)
         options = frame.options
         mask = None  # the frame-resolution mask and the overlay are drawn later, off this thread
         if options.return_mask and options.mask_at_model_resolution and not options.return_overlay:

@@ -131,10 +131,18 @@ def _reach(a: Box, b: Box) -> float:
 
 
 def score_video(
-    tracked: Sequence[Sequence[Polyp]], truth: Sequence[Sequence[Box]], fps: float, rule: AlertRule
+    tracked: Sequence[Sequence[Polyp] | None],
+    truth: Sequence[Sequence[Box]],
+    fps: float,
+    rule: AlertRule,
+    *,
+    by_index: bool = True,
 ) -> VideoTally:
     """The tally of one video: its model's tracked polyps per frame under `rule`, against its
-    ground-truth boxes per frame (the same number of frames)."""
+    ground-truth boxes per frame (the same number of frames). A frame of None was not looked
+    at (skipped or dropped): it has no answer to score, and the rule counts it as time passing
+    (`Alerts.update` with the frame's index), or, with `by_index` false, not at all (as the
+    service did before 2026-11-28: its rule counted only the frames it looked at)."""
     if len(tracked) != len(truth):
         raise ValueError(f"{len(tracked)} frames of predictions for {len(truth)} frames of ground truth")
     tally = VideoTally(frames=len(truth), seconds=len(truth) / fps)
@@ -144,7 +152,11 @@ def score_video(
     alerts = Alerts(rule)
     open_alerts: dict[int, bool] = {}  # track id -> whether its alert has overlapped a true box yet
     for index, (polyps, boxes, ids) in enumerate(zip(tracked, truth, polyp_ids, strict=True)):
-        frame = alerts.update(polyps)
+        for polyp_id in ids:
+            first_seen.setdefault(polyp_id, index)
+        if polyps is None:
+            continue
+        frame = alerts.update(polyps, index if by_index else None)
         for event in frame.events:
             if event.kind == "start":
                 open_alerts[event.track_id] = False
@@ -160,8 +172,6 @@ def score_video(
         tally.truth_boxes_found += len(matches)
         tally.shown_boxes += len(shown)
         tally.shown_boxes_right += len(matches)
-        for polyp_id in ids:
-            first_seen.setdefault(polyp_id, index)
         for truth_index in matches.values():
             first_found.setdefault(ids[truth_index], index)
     tally.fp_activations += sum(not overlapped for overlapped in open_alerts.values())  # still open at the end

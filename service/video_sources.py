@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,7 +160,21 @@ def _corpus_videos(corpus: Path) -> list[LabelledVideo]:
 def predict(video: LabelledVideo, runner: Runner, *, batch: int = 8) -> list[list[Polyp]]:
     """The model's tracked polyps per frame, as the service finds and tracks them (its region
     rules and score floor, one IoU tracker per video); no alert rule applied yet."""
-    contract, tracker = runner.contract, IouTracker()
+    tracker = IouTracker()
+    return [tracker.update(found) for found in detect(video, runner, batch=batch)]
+
+
+def track(found: Sequence[Sequence[Polyp] | None]) -> list[list[Polyp] | None]:
+    """Each frame's polyps with their track ids from one IoU tracker, as a stream's; a frame of
+    None (not looked at) stays None and does not reach the tracker."""
+    tracker = IouTracker()
+    return [None if polyps is None else tracker.update(list(polyps)) for polyps in found]
+
+
+def detect(video: LabelledVideo, runner: Runner, *, batch: int = 8) -> list[list[Polyp]]:
+    """The model's polyps per frame, as the service finds them (its region rules and score
+    floor), before tracking."""
+    contract = runner.contract
     out: list[list[Polyp]] = []
     pending: list[np.ndarray] = []
 
@@ -169,7 +183,7 @@ def predict(video: LabelledVideo, runner: Runner, *, batch: int = 8) -> list[lis
         for image, prob in zip(pending, probs, strict=True):
             height, width = image.shape[:2]
             found = locate_polyps(prob, width, height, contract.threshold, min_score=contract.min_region_score)
-            out.append(tracker.update(found))
+            out.append(found)
         pending.clear()
 
     for image in video.frames():

@@ -765,7 +765,17 @@ def test_serve_refuses_a_bad_model_with_one_line(tmp_path: Path, problem: str) -
 
 def test_serve_refuses_a_source_that_cannot_open(tmp_path: Path, tiny_model: Path) -> None:
     missing = tmp_path / "gone.avi"
-    done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={missing}", "--metrics-address", "")
+    done = polypstream(
+        "serve",
+        "--model",
+        str(tiny_model),
+        "--source",
+        f"scope={missing}",
+        "--address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "",
+    )  # not the default port: a server of the developer's may listen there
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"polypstream serve: error: source 'scope': {missing}: no such file"]
 
@@ -774,7 +784,17 @@ def test_serve_refuses_a_stream_url_that_does_not_answer(tiny_model: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/live.ts"  # nothing listens there
-    done = polypstream("serve", "--model", str(tiny_model), "--source", f"scope={url}", "--metrics-address", "")
+    done = polypstream(
+        "serve",
+        "--model",
+        str(tiny_model),
+        "--source",
+        f"scope={url}",
+        "--address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "",
+    )
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"polypstream serve: error: source 'scope': {url}: cannot open")

@@ -568,6 +568,22 @@ def test_alerts_start_hold_and_end_through_a_real_server(client: SegmenterClient
     assert overlays[2][24, 16:48].max(axis=1).min() > 150  # held: its box is drawn on the empty frame
 
 
+def test_frames_a_client_skipped_count_as_frames_of_the_stream_for_its_alerts(client: SegmenterClient) -> None:
+    # Indexes 0, 2, 4 (every 2nd frame sent): 3 of 3 held 1 alerts in frame 2, the frame skipped
+    # between two sightings counting as one (as it would at half the frame rate); the square gone
+    # in frame 4 has been unseen 2 frames there (3 skipped, 4 sent): past its hold of 1, it ends.
+    options = FrameOptions(no_drop=True, alert_min_seen=3, alert_window=3, alert_hold=1)
+    images = [square_image(box=SQUARE), square_image(box=SQUARE), np.zeros((80, 96, 3), np.uint8)]
+    sent = [encode_frame(image, "s", 2 * i, options, jpeg_quality=100) for i, image in enumerate(images)]
+    answers = [a.result for a in client.segment(iter(sent))]
+    assert [r.index for r in answers] == [0, 2, 4]
+    assert [[(p.track_id, p.alerting) for p in r.polyps] for r in answers] == [[(1, False)], [(1, True)], []]
+    assert [[(e.track_id, e.kind) for e in r.alert_events] for r in answers] == [
+        [], [(1, pb.AlertEvent.KIND_START)], [(1, pb.AlertEvent.KIND_END)],
+    ]  # fmt: skip
+    assert [list(r.held) for r in answers] == [[], [], []]
+
+
 def test_a_server_alerts_by_its_models_own_rule_and_a_part_set_replaces_that_part_alone(tmp_path: Path) -> None:
     # A model carrying "1,1,0" (raw reporting): its square alerts in its first frame. A stream
     # setting only N gets the model's M, and one that cannot fit it is refused naming the model's rule.

@@ -231,3 +231,88 @@ def test_a_frame_rate_that_is_not_one_is_refused(fps: float) -> None:
     with pytest.raises(ConfigError) as raised:
         AlertRule().at_rate(fps)
     assert str(raised.value) == f"frame rate must be more than 0 and at most 1000 frames a second, got {fps:g}"
+
+
+Step = tuple[list[int], list[int], list[tuple[int, str]]]  # alerting track ids, held ones, events
+
+
+def run_at(rule: AlertRule, frames: dict[int, list[Polyp]]) -> dict[int, Step]:
+    """Frames looked at, by their index in the stream (the others were skipped or dropped)."""
+    alerts = Alerts(rule)
+    out = {}
+    for index, polyps in frames.items():
+        frame = alerts.update(polyps, index)
+        out[index] = (
+            [p.track_id for p in frame.polyps if p.alerting],
+            [p.track_id for p in frame.held],
+            [(e.track_id, e.kind) for e in frame.events],
+        )
+    return out
+
+
+def test_frames_not_looked_at_count_toward_the_hold() -> None:
+    # Held 2: seen in frame 0, unseen in 2 (held: 2 frames) and 3 (3 frames: ended), where
+    # counting only the frames looked at would hold it to frame 4 and end it at 5.
+    steps = run_at(AlertRule(1, 1, 2), {0: seen(1), 2: [], 3: []})
+    assert steps == {0: ([1], [], [(1, "start")]), 2: ([], [1], []), 3: ([], [], [(1, "end")])}
+    assert run_at(AlertRule(1, 1, 2), {0: seen(1), 3: []})[3] == ([], [], [(1, "end")])
+
+
+def test_a_gap_between_two_sightings_counts_as_sightings() -> None:
+    # Every other frame looked at: 2 of 2 alerts on the second sighting (frames 1 and 2 seen,
+    # the skipped 1 between two sightings), 4 of 4 on the third (frames 1 to 4), as at half the rate.
+    assert [s[2] for s in run_at(AlertRule(2, 2, 4), {0: seen(1), 2: seen(1)}).values()] == [[], [(1, "start")]]
+    steps = run_at(AlertRule(4, 4, 4), {0: seen(1), 2: seen(1), 4: seen(1)})
+    assert [events for _, _, events in steps.values()] == [[], [], [(1, "start")]]
+    # However long the gap: the tracker found the polyp on both sides of it.
+    assert run_at(AlertRule(4, 4, 4), {0: seen(1), 30: seen(1)})[30] == ([1], [], [(1, "start")])
+
+
+def test_a_gap_after_a_miss_or_before_one_counts_as_misses() -> None:
+    # Missed in frame 1, seen again in 3: the skipped frame 2 is not a sighting (2 of 3 needs
+    # 2 of frames 1 to 3: only 3); seen in 0 and missed in 2: frame 1 is no sighting either.
+    assert run_at(AlertRule(2, 3, 0), {0: seen(1), 1: [], 3: seen(1)})[3] == ([], [], [])
+    assert run_at(AlertRule(2, 3, 0), {0: seen(1), 2: [], 3: seen(1)})[3] == ([], [], [])
+    assert run_at(AlertRule(2, 3, 0), {0: seen(1), 1: seen(1)})[1] == ([1], [], [(1, "start")])  # the control
+    # A track new after a gap has nothing of the gap to count.
+    assert run_at(AlertRule(2, 2, 0), {0: [], 5: seen(1)})[5] == ([], [], [])
+
+
+def test_a_frame_dropped_late_shows_only_the_alerts_whose_hold_lasts_to_it() -> None:
+    alerts = Alerts(AlertRule(1, 1, 2))
+    alerts.update(seen(1), 10)
+    alerts.update(seen(2), 11)
+    assert [p.track_id for p in alerts.showing(12)] == [1, 2]  # 1 unseen 2 frames: held
+    assert [p.track_id for p in alerts.showing(13)] == [2]  # 1 unseen 3 frames: over
+    assert [p.track_id for p in alerts.showing(14)] == []
+    assert [p.track_id for p in alerts.showing()] == [1, 2]  # no index: every alert on
+    assert [e.kind for e in alerts.update([], 12).events] == []  # nothing advanced meanwhile
+
+
+def test_an_index_not_after_the_last_counts_as_the_next_frame() -> None:
+    alerts = Alerts(AlertRule(1, 1, 1))
+    alerts.update(seen(1), 7)
+    assert alerts.update([], 7).held != ()  # frame 8: unseen 1, held
+    assert [e.kind for e in alerts.update([], 3).events] == ["end"]  # frame 9: unseen 2
+
+
+def test_without_indexes_frames_follow_one_another() -> None:
+    by_index = run_at(AlertRule(2, 3, 1), dict(enumerate([seen(1), [], seen(1), [], [], seen(1)])))
+    assert list(by_index.values()) == run(AlertRule(2, 3, 1), [seen(1), [], seen(1), [], [], seen(1)])
+
+
+def test_frames_far_into_a_stream_are_counted_as_near_its_start() -> None:
+    # Indexes past 256 (ten seconds of video): a gap between two sightings still counts as sightings.
+    steps = run_at(AlertRule(4, 4, 4), {10_000: seen(1), 10_002: seen(1), 10_004: seen(1), 10_010: []})
+    assert [events for _, _, events in steps.values()] == [[], [], [(1, "start")], [(1, "end")]]
+
+
+def test_a_long_stream_of_brief_detections_keeps_no_state_for_them() -> None:
+    # Memory: a track that flickered once is forgotten once nothing of it is left in its window,
+    # also when the frames in between were not looked at.
+    alerts = Alerts(AlertRule(3, 3, 4))
+    for i in range(0, 3000, 3):
+        alerts.update(seen(i + 1), i)
+    assert len(alerts._tracks) == 1  # only the newest
+    alerts.update([], 3004)
+    assert alerts._tracks == {}

@@ -46,10 +46,12 @@ def run_one(pipeline: Pipeline, options: FrameOptions, image: np.ndarray | None 
     return got[0]
 
 
-def test_a_frame_dropped_late_shows_the_alerts_on_without_advancing_them(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("late", [2, 6])
+def test_a_frame_dropped_late_shows_the_alerts_on_and_counts_as_a_frame_of_the_stream(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, late: int
 ) -> None:
-    # The model's rule here: 2 of 2 frames, held 4. A late frame is answered, not looked at.
+    # The model's rule here: 2 of 2 frames, held 4. A late frame is answered, not looked at, and
+    # its index is a frame of the stream all the same: the hold runs on over it.
     results: dict[tuple[str, int], Result] = {}
     answered = threading.Condition()
 
@@ -74,8 +76,9 @@ def test_a_frame_dropped_late_shows_the_alerts_on_without_advancing_them(
     started = send(1, square)
     assert [(p.track_id, p.alerting) for p in started.polyps] == [(1, True)] and len(started.alert_events) == 1
 
-    # While the model runs another stream's frame, frame 2 (long past its 40 ms budget) and frame 3
-    # queue up: the freshest is served, frame 2 is dropped.
+    # While the model runs another stream's frame, a frame long past its budget and the next one
+    # queue up: the freshest is served, the late one is dropped. Frame 2 is within the hold of
+    # track 1 (last seen in frame 1); frame 6 is past it (5 frames unseen).
     running, go_on = threading.Event(), threading.Event()
     real_run = pipeline.runner.run
 
@@ -88,18 +91,23 @@ def test_a_frame_dropped_late_shows_the_alerts_on_without_advancing_them(
     submit("other", 0, square, time.monotonic())
     assert running.wait(10)
     monkeypatch.setattr(pipeline.runner, "run", real_run)
-    submit("k", 2, square, time.monotonic() - 10.0)
-    submit("k", 3, blank, time.monotonic())
+    submit("k", late, square, time.monotonic() - 10.0)
+    submit("k", late + 1, blank, time.monotonic())
     go_on.set()
     with answered:
-        assert answered.wait_for(lambda: ("k", 3) in results, 10)
-    dropped, after = results["k", 2], results["k", 3]
+        assert answered.wait_for(lambda: ("k", late + 1) in results, 10)
+    dropped, after = results["k", late], results["k", late + 1]
     assert (dropped.status, dropped.polyps, dropped.alert_events) == (Status.DROPPED_LATE, (), ())
+    assert after.status is Status.OK
+    if late == 6:  # past the hold: the dropped frame shows nothing; the next one ends the alert
+        assert dropped.held == () and after.held == ()
+        assert [(e.track_id, e.kind) for e in after.alert_events] == [(1, "end")]
+        return
     assert [(p.track_id, p.box, p.alerting) for p in dropped.held] == [(1, started.polyps[0].box, True)]
-    assert after.status is Status.OK and [p.track_id for p in after.held] == [1]  # unseen 1
-    for index in range(4, 7):  # unseen 2 to 4: held; the dropped frame did not count as unseen
+    assert [p.track_id for p in after.held] == [1]  # unseen 2 frames: 2 and 3
+    for index in (4, 5):  # unseen 3 and 4: held; the dropped frame counted as a frame of the stream
         assert [p.track_id for p in send(index, blank).held] == [1]
-    assert [e.kind for e in send(7, blank).alert_events] == ["end"]
+    assert [e.kind for e in send(6, blank).alert_events] == ["end"]
 
 
 def test_overlays_are_drawn_off_the_batcher_thread(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,22 @@ def test_raw_reporting_scored_by_hand() -> None:
     assert (report["activations"], report["fp_activations"]) == (3, 1)
 
 
+def test_frames_not_looked_at_have_no_answer_to_score_and_count_as_time_for_the_rule() -> None:
+    # Every other frame looked at (0, 2, ..., 10). 4 of 4, held 0: track 1 (on A in 2, 4, 6, 8) has
+    # frames 2-6 seen by frame 6, the skipped ones between two sightings counted: it alerts in 6
+    # and 8 and ends in 10. Counting only the frames looked at, it needs 2, 4, 6 and 8: it alerts in 8.
+    looked = [frame if i % 2 == 0 else None for i, frame in enumerate(PREDICTED)]
+    by_index = score_video(looked, TRUTH, fps=10.0, rule=AlertRule(4, 4, 0)).report()
+    assert (by_index["frames"], by_index["polyps"], by_index["polyps_found"]) == (12, 2, 1)
+    assert by_index["per_frame_sensitivity"] == round(2 / 7, 4)  # of the true boxes of frames looked at: 1+1+1+2+2+0
+    assert by_index["per_frame_precision"] == 1.0
+    assert by_index["first_detection_frames"] == {"median": 6.0, "p90": 6.0, "max": 6.0}  # A from frame 0 (not scored)
+    assert (by_index["activations"], by_index["fp_activations"]) == (1, 0)
+    counted = score_video(looked, TRUTH, fps=10.0, rule=AlertRule(4, 4, 0), by_index=False).report()
+    assert counted["first_detection_frames"]["median"] == 8.0  # type: ignore[index]
+    assert counted["per_frame_sensitivity"] == round(1 / 7, 4)
+
+
 def test_an_alert_that_touches_a_polyp_once_is_not_a_false_one() -> None:
     truth = [[A], [], []]
     predicted = [[tracked(1, (5, 5, 10, 10))], [tracked(1, ELSEWHERE)], []]  # overlaps A in frame 0 only

@@ -11,10 +11,11 @@ import pytest
 
 from polypstream.alerts import AlertRule
 from polypstream.dataset import DatasetError
+from polypstream.frames import Polyp
 from polypstream.postprocess import mask_boxes
 from polypstream.runner import Runner
 from polypstream.video_eval import score_video
-from polypstream.video_sources import evaluate_videos, open_labelled, predict
+from polypstream.video_sources import evaluate_videos, open_labelled, predict, track
 from tests.conftest import square_image, write_clip
 
 SQUARES = [(8 + 2 * i, 24, 32, 24) for i in range(12)]  # write_clip's square, frame by frame
@@ -144,3 +145,13 @@ def test_an_interrupted_evaluation_reports_the_videos_done_and_chooses_no_rule(
     assert all(row["frames"] == 24 for row in report["sweep"])  # type: ignore[union-attr]
     whole = evaluate_videos(clips[:2], runner, AlertRule(3, 5, 2), sweep=True)
     assert report["sweep"] == whole["sweep"] and "chosen_rule" in whole
+
+
+def test_frames_not_looked_at_do_not_reach_the_tracker() -> None:
+    # The tracker keeps a track 5 frames it looks at without a match: 7 frames not looked at
+    # between two sightings are none of those, so the polyp keeps its id; 7 empty frames end it.
+    polyp = Polyp(box=(10, 10, 20, 20), score=0.9, area=400)
+    skipped = track([[polyp], *[None] * 7, [polyp]])
+    assert [None if f is None else [p.track_id for p in f] for f in skipped] == [[1], *[None] * 7, [1]]
+    missed = track([[polyp], *[[]] * 7, [polyp]])
+    assert [p.track_id for p in missed[-1] or []] == [2]
