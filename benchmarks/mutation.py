@@ -11,14 +11,15 @@ unmutated package. Each worker mutates its own copy of the working tree (tracked
 files, not the ignored ones), made importable as `polypstream` through a symlink on PYTHONPATH, so
 that workers never see each other's mutants.
 
-What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu, alerts and
-video_eval; the regions, score floor and tracker of postprocess (not the overlay's colours and
-label placement); the JPEG/PNG header checks, decoding and `Reopening` of capture (its video
-and network sources are tested by integration tests, too slow to run for every mutant). Each
-module's mutants run against its unit tests (`TESTS`), stopping at the first failure.
-Operators: all of cosmic-ray's core set except replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%`
-(on this code's floats and sizes those are type errors or absurd values, killed by any test
-that runs the line; they would only inflate the score), and nothing inside a type annotation
+What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu, alerts,
+video_eval and security; the live view's sign-in and routes (ui); the regions, score floor and
+tracker of postprocess (not the overlay's colours and label placement); the JPEG/PNG header
+checks, decoding and `Reopening` of capture (its video and network sources are tested by
+integration tests, too slow to run for every mutant). Each module's mutants run against its
+tests (`TESTS`: unit tests, and integration tests for security and ui), stopping at the first
+failure. Operators: all of cosmic-ray's core set except replacing an arithmetic operator with
+`**`, `<<`, `>>`, `^` or `%` (on this code's floats and sizes those are type errors or absurd
+values, killed by any test that runs the line; they would only inflate the score), and nothing inside a type annotation
 (never evaluated under `from __future__ import annotations`). Takes about an hour on 2 cores.
 """
 
@@ -67,6 +68,11 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "gpu": (["tests/unit/test_gpu.py"], None),
     "alerts": (["tests/unit/test_alerts.py"], None),
     "video_eval": (["tests/unit/test_video_eval.py"], None),  # the clinical numbers: sensitivity, delay, false alarms
+    "security": (["tests/integration/test_security.py"], None),  # TLS, mTLS and the token on the gRPC port
+    "ui": (  # the live view's sign-in: the token, its cookie and the routes behind them
+        ["tests/integration/test_live_view.py"],
+        {"do_GET", "do_POST", "_allowed", "cookie_value"},
+    ),
     "client": (  # Stream and SourceWatch: carrying a stream or a watch over a server that goes away; keep_up
         ["tests/unit/test_client_stream.py"],
         {

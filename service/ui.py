@@ -24,7 +24,6 @@ import ssl
 import sys
 import threading
 import time
-from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -51,6 +50,18 @@ HEADERS = {
     ),
 }
 WRONG_TOKEN = '<p class="error" role="alert">Wrong token.</p>'
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of the cookie `name` in a Cookie header, or None. A browser sends this page the
+    cookies of every application on its host, whatever their port, and some names break
+    http.cookies (`a@b=1` raises CookieError for the whole header): each `name=value` pair is
+    read on its own, so another application's cookie cannot sign a viewer out."""
+    for pair in header.split(";"):
+        key, equals, value = pair.strip().partition("=")
+        if equals and key.strip() == name:
+            return value.strip()
+    return None
 
 
 def _static(name: str) -> bytes:
@@ -225,11 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
         expected = f"Bearer {live.token}".encode()
         if hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
             return True
-        try:
-            morsel = SimpleCookie(self.headers.get("Cookie", "")).get(COOKIE)
-        except CookieError:
-            return False
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), live.cookie.encode())
+        given = cookie_value(self.headers.get("Cookie", ""), COOKIE)
+        return given is not None and hmac.compare_digest(given.encode(), live.cookie.encode())
 
     def _start(self, code: int, headers: dict[str, str]) -> None:
         """The status line and headers: HEADERS on every answer, then `headers`."""

@@ -192,6 +192,50 @@ def test_the_page_and_its_data_need_the_token(pipeline: Pipeline, registry: Coll
         assert b'src="/app.js"' in page
 
 
+def test_the_sign_in_cookie_is_found_among_any_other_applications_cookies(pipeline: Pipeline) -> None:
+    # A browser sends the page every cookie of its host, whatever the port: one whose name
+    # http.cookies refuses (`a@b`) must not sign the viewer out, nor a cookie of another name in.
+    with live_view(pipeline, token=TOKEN) as (_, live):
+        mine = f"polypstream_view={live.cookie}"
+        for header in (mine, f"a@b=1; {mine}", f"_xsrf=2|ab; {mine}; theme=dark", f' {mine} ;x(y)="z"'):
+            assert get(live, "/api/state", {"Cookie": header})[0] == 200, header
+        for header in ("a@b=1", f"a@b={live.cookie}", f"polypstream_view_old={live.cookie}", "polypstream_view",
+                       f"polypstream_view={live.cookie}x", f"x=polypstream_view={live.cookie}"):  # fmt: skip
+            assert get(live, "/api/state", {"Cookie": header})[0] == 401, header
+
+
+def test_the_pages_routes_answer_what_they_are(pipeline: Pipeline) -> None:
+    with live_view(pipeline) as (_, live):
+        for asset in ("/app.js", "/style.css"):
+            assert get(live, asset)[0] == 200
+        for path in ("/nothing", "/zzz", "/a", "/api"):
+            assert get(live, path)[0] == 404, path
+        for path in ("/a", "/zzz", "/login/x"):
+            connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+            connection.request("POST", path, "token=x")
+            assert connection.getresponse().status == 404, path
+
+
+def test_a_sign_in_form_is_read_up_to_4096_bytes_and_its_first_token_counts(pipeline: Pipeline) -> None:
+    def post(body: bytes | None, headers: dict[str, str] | None = None) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        connection.request("POST", "/login", body, headers or {})
+        return connection.getresponse().status
+
+    with live_view(pipeline, token=TOKEN) as (_, live):
+        padding = "&x=" + "y" * (4096 - len(f"token={TOKEN}") - 3)
+        assert post(f"token={TOKEN}{padding}".encode()) == 303  # 4096 bytes
+        assert post(f"token={TOKEN}{padding}y".encode()) == 413  # 4097
+        assert post(b"") == 401  # no token given
+        assert post(f"token={TOKEN}&token=wrong".encode()) == 303
+        assert post(f"token=wrong&token={TOKEN}".encode()) == 401
+        # No Content-Length, or a negative one: nothing is read (not until the client gives up).
+        for length, status in ((b"", b"401"), (b"Content-Length: -1\r\n", b"413")):
+            with socket.create_connection(("127.0.0.1", live.port), timeout=10) as raw:
+                raw.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\n" + length + b"\r\n")
+                assert raw.recv(64).startswith(b"HTTP/1.0 " + status + b" ")
+
+
 def test_with_tls_files_the_page_is_served_over_tls_only(pipeline: Pipeline, pki: dict[str, Path]) -> None:
     tls = TlsFiles(pki["server_cert"], pki["server_key"])
     with live_view(pipeline, tls=tls, token=TOKEN) as (_, live):

@@ -72,6 +72,23 @@ def test_token_is_required_except_for_health(pipeline: Pipeline, registry: Colle
     assert refused("polypstream_unauthenticated_requests_total", {"method": "/polypstream.v1.Segmenter/Segment"}) == 2
 
 
+def test_the_token_counts_only_as_the_authorization_header(pipeline: Pipeline) -> None:
+    config = ServerConfig(address="127.0.0.1:0", token=TOKEN)
+    with serve_in_thread(pipeline, config) as running, SegmenterClient(running.address) as client:
+        for key in ("a-token", "x-authorization", "authorizatio", "authorizations"):  # the right token, elsewhere
+            with pytest.raises(grpc.RpcError) as err:
+                client.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=[(key, f"Bearer {TOKEN}")])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, key
+        assert client.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=[("authorization", f"Bearer {TOKEN}")])
+
+
+def test_a_client_certificate_and_its_key_come_together(pki: dict[str, Path]) -> None:
+    for cert, key in ((pki["client_cert"], None), (None, pki["client_key"])):
+        with pytest.raises(SecurityConfigError, match="a client certificate needs its key, and a key its certificate"):
+            client_credentials(pki["ca"], cert, key)
+    assert client_credentials(pki["ca"], pki["client_cert"], pki["client_key"]) is not None
+
+
 def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("POLYPSTREAM_TOKEN", raising=False)
     assert load_token(None) is None
