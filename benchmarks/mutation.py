@@ -19,8 +19,9 @@ integration tests, too slow to run for every mutant). Each module's mutants run 
 tests (`TESTS`: unit tests, and integration tests for security and ui), stopping at the first
 failure. Operators: all of cosmic-ray's core set except replacing an arithmetic operator with
 `**`, `<<`, `>>`, `^` or `%` (on this code's floats and sizes those are type errors or absurd
-values, killed by any test that runs the line; they would only inflate the score), and nothing inside a type annotation
-(never evaluated under `from __future__ import annotations`). Takes about an hour on 2 cores.
+values, killed by any test that runs the line; they would only inflate the score), and nothing
+inside a type annotation (never evaluated under `from __future__ import annotations`). Takes
+about an hour on 2 cores.
 """
 
 from __future__ import annotations
