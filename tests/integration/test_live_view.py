@@ -217,9 +217,9 @@ def test_the_pages_routes_answer_what_they_are(pipeline: Pipeline) -> None:
 
 
 def test_a_sign_in_form_is_read_up_to_4096_bytes_and_its_first_token_counts(pipeline: Pipeline) -> None:
-    def post(body: bytes | None, headers: dict[str, str] | None = None) -> int:
+    def post(body: bytes) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
-        connection.request("POST", "/login", body, headers or {})
+        connection.request("POST", "/login", body)  # with its Content-Length
         return connection.getresponse().status
 
     with live_view(pipeline, token=TOKEN) as (_, live):
