@@ -12,16 +12,16 @@ files, not the ignored ones), made importable as `polypstream` through a symlink
 that workers never see each other's mutants.
 
 What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu, alerts,
-video_eval and security; the live view's sign-in and routes (ui); the regions, score floor and
-tracker of postprocess (not the overlay's colours and label placement); the JPEG/PNG header
-checks, decoding and `Reopening` of capture (its video and network sources are tested by
-integration tests, too slow to run for every mutant). Each module's mutants run against its
-tests (`TESTS`: unit tests, and integration tests for security and ui), stopping at the first
-failure. Operators: all of cosmic-ray's core set except replacing an arithmetic operator with
-`**`, `<<`, `>>`, `^` or `%` (on this code's floats and sizes those are type errors or absurd
-values, killed by any test that runs the line; they would only inflate the score), and nothing
-inside a type annotation (never evaluated under `from __future__ import annotations`). Takes
-about an hour on 2 cores.
+video_eval, security, stats, memory and wire; the live view's sign-in and routes (ui); the
+regions, score floor and tracker of postprocess (not the overlay's colours and label
+placement); the JPEG/PNG header checks, decoding and `Reopening` of capture (its video and
+network sources are tested by integration tests, too slow to run for every mutant). Each
+module's mutants run against its tests (`TESTS`: unit tests, and integration tests for security
+and ui), stopping at the first failure. Operators: all of cosmic-ray's core set except
+replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%` (on this code's floats and
+sizes those are type errors or absurd values, killed by any test that runs the line; they would
+only inflate the score), and nothing inside a type annotation (never evaluated under
+`from __future__ import annotations`). Takes about an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "alerts": (["tests/unit/test_alerts.py"], None),
     "video_eval": (["tests/unit/test_video_eval.py"], None),  # the clinical numbers: sensitivity, delay, false alarms
     "security": (["tests/integration/test_security.py"], None),  # TLS, mTLS and the token on the gRPC port
+    "stats": (["tests/unit/test_stats.py"], None),  # the percentiles every summary and benchmark reports
+    "memory": (["tests/unit/test_memory.py"], None),  # what frames may hold: no client starves the others
+    "wire": (["tests/unit/test_wire.py"], None),
     "ui": (  # the live view's sign-in: the token, its cookie and the routes behind them
         ["tests/integration/test_live_view.py"],
         {"do_GET", "do_POST", "_allowed", "cookie_value"},

@@ -50,8 +50,8 @@ class MemoryBudget:
         return self._by_stream.get(key, 0)
 
     def _stream_fits(self, key: str, nbytes: int) -> bool:
-        mine = self._by_stream.get(key, 0)
-        return mine == 0 or mine + nbytes <= self.per_stream
+        # A stream holding nothing always fits: `reserve` charges at most per_stream.
+        return self._by_stream.get(key, 0) + nbytes <= self.per_stream
 
     def _total_fits(self, nbytes: int) -> bool:
         return self.held + nbytes <= self.limit

@@ -112,3 +112,109 @@ def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
     raw = pb.Frame(raw=pb.RawImage(width=64, height=48, format=pb.PIXEL_FORMAT_BGR8, data=b"\0" * 9216))
     assert frame_cost_of(raw) == 9216 + model_bytes + 3 * 64 * 48
     assert frame_cost_of(pb.Frame(encoded=b"garbage")) == 7 + model_bytes
+
+
+def test_a_stream_takes_frames_up_to_exactly_its_share_and_gives_back_part_of_it() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=1000, per_stream=100)
+        for nbytes in (32, 32, 36):  # 100: its whole share, each granted at once
+            assert await asyncio.wait_for(budget.reserve("a", nbytes), 1) == nbytes
+        assert (budget.held, budget.held_by("a")) == (100, 100)
+        budget.release("a", 32)  # one frame answered: the others still held
+        assert (budget.held, budget.held_by("a")) == (68, 68)
+        budget.release("a", 67)  # down to one byte
+        assert (budget.held, budget.held_by("a")) == (1, 1)
+        budget.release("a", 1)
+        assert (budget.held, budget.held_by("a")) == (0, 0)
+        budget.release("nobody", 50)  # a stream that holds nothing gives back nothing
+        budget.close_stream("nobody")
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_total_counts_every_byte() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=64)
+        await budget.reserve("a", 64)
+        waiting = asyncio.ensure_future(budget.reserve("b", 64))  # 128 > 100
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        budget.release("a", 64)
+        assert await waiting == 64
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_that_costs_nothing_takes_nothing() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=10, per_stream=10)
+        assert (await budget.reserve("a", 0), await budget.reserve("a", -5), budget.held) == (0, 0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_closing_one_stream_leaves_the_others_waits_alone() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=50, per_stream=50)
+        await budget.reserve("bb", 50)
+        waiting_a = asyncio.ensure_future(budget.reserve("aa", 20))  # "aa" sorts before "bb"
+        waiting_b = asyncio.ensure_future(budget.reserve("bb", 10))
+        await asyncio.sleep(0)
+        budget.close_stream("".join(["b", "b"]))  # as the server builds keys: an equal string, another object
+        assert await waiting_a == 20
+        with pytest.raises(asyncio.CancelledError):
+            await waiting_b
+        assert budget.held == 20
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_granted_as_it_is_cancelled_gives_the_bytes_back() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=100)
+        await budget.reserve("a", 100)
+        waiting = asyncio.ensure_future(budget.reserve("b", 60))
+        await asyncio.sleep(0)
+        budget.release("a", 100)  # grants b's wait...
+        waiting.cancel()  # ...which is cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (budget.held, budget.held_by("b")) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_gone_leaves_no_entry_behind() -> None:
+    # Memory over a long-running server: one entry per stream that ever held a frame would leak.
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=100)
+        for i in range(3):
+            await budget.reserve(f"s{i}", 10)
+            if i:
+                budget.release(f"s{i}", 10)  # its last frame answered
+            else:
+                budget.close_stream(f"s{i}")  # ended
+        assert budget._by_stream == {} and budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_share_of_one_byte_is_a_share_and_none_is_refused() -> None:
+    assert MemoryBudget(limit=1, per_stream=1).per_stream == 1
+    with pytest.raises(ValueError, match="per stream"):
+        MemoryBudget(limit=10, per_stream=0)
+
+
+def test_a_cancelled_wait_of_a_stream_holding_frames_keeps_what_it_holds() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(limit=100, per_stream=40)
+        await budget.reserve("a", 30)  # a frame in flight
+        waiting = asyncio.ensure_future(budget.reserve("a", 30))  # over its share: waits
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (budget.held, budget.held_by("a")) == (30, 30)
+
+    asyncio.run(scenario())
