@@ -31,12 +31,12 @@ KEYS = ("per_polyp_sensitivity", "per_frame_sensitivity", "per_frame_precision",
 MODES = {"scaled": True, "own_frames": False}  # each rule scaled to the corpus's rate, or in its own frames
 
 
-def summary(rule: AlertRule, tally: VideoTally) -> dict[str, Any]:
-    """The numbers a rule is chosen by."""
+def summary(rule: AlertRule, tally: VideoTally, keys: tuple[str, ...] = KEYS) -> dict[str, Any]:
+    """The numbers a rule is chosen by (`keys` of its report) and its median first detection."""
     row = tally.report()
     first = row["first_detection_ms"]
     assert isinstance(first, dict)
-    return {"rule": asdict(rule), **{key: row[key] for key in KEYS}, "median_first_detection_ms": first["median"]}
+    return {"rule": asdict(rule), **{key: row[key] for key in keys}, "median_first_detection_ms": first["median"]}
 
 
 def score_corpus(corpus: Path, runner: Runner, model_rule: AlertRule) -> dict[str, Any]:

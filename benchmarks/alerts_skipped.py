@@ -20,10 +20,9 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from benchmarks.alert_rates import summary
 from benchmarks.common import command_line, device_name, slug, write_result
 from polypstream.alerts import RAW, RULE_FPS, AlertRule
 from polypstream.cli import resolve_model
@@ -67,13 +66,6 @@ PATTERNS: dict[str, Callable[..., list[bool]]] = {
     "every 4th": regular(4, 1),
     "bursts": bursts(13),
 }
-
-
-def summary(tally: VideoTally) -> dict[str, Any]:
-    row = tally.report()
-    first = row["first_detection_ms"]
-    assert isinstance(first, dict)
-    return {**{key: row[key] for key in KEYS}, "median_first_detection_ms": first["median"]}
 
 
 def load_detections(corpus: Path, runner: Runner, cache: Path | None) -> list[tuple[float, list, list[list[Polyp]]]]:
@@ -123,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {
             "pattern": name,
             "looked_at": round(looked_frames / frames, 4),
-            **{
-                way: [{"rule": asdict(rule), **summary(by_rule[rule])} for rule in rules]
-                for way, by_rule in tallies.items()
-            },
+            **{way: [summary(rule, by_rule[rule], KEYS) for rule in rules] for way, by_rule in tallies.items()},
         }
         patterns.append(entry)
         print(f"{name} ({entry['looked_at']:.0%} looked at), {model_rule}:", flush=True)

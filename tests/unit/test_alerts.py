@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polypstream.alerts import RAW, AlertEvent, AlertRule, Alerts
+from polypstream.alerts import RAW, AlertEvent, AlertFrame, AlertRule, Alerts
 from polypstream.frames import Polyp
 
 
@@ -12,20 +12,22 @@ def seen(*track_ids: int) -> list[Polyp]:
     return [Polyp(box=(10 * t, 0, 10, 10), score=0.9, area=100, track_id=t) for t in track_ids]
 
 
-def run(rule: AlertRule, frames: list[list[Polyp]]) -> list[tuple[list[int], list[int], list[tuple[int, str]]]]:
-    """Per frame: (alerting track ids of the frame, held track ids, events)."""
+Step = tuple[list[int], list[int], list[tuple[int, str]]]  # alerting track ids, held ones, events
+
+
+def step(frame: AlertFrame) -> Step:
+    """A frame's (alerting track ids of the frame, held track ids, events)."""
+    return (
+        [p.track_id for p in frame.polyps if p.alerting],
+        [p.track_id for p in frame.held],
+        [(e.track_id, e.kind) for e in frame.events],
+    )
+
+
+def run(rule: AlertRule, frames: list[list[Polyp]]) -> list[Step]:
+    """Per frame, one after another: its step."""
     alerts = Alerts(rule)
-    out = []
-    for polyps in frames:
-        frame = alerts.update(polyps)
-        out.append(
-            (
-                [p.track_id for p in frame.polyps if p.alerting],
-                [p.track_id for p in frame.held],
-                [(e.track_id, e.kind) for e in frame.events],
-            )
-        )
-    return out
+    return [step(alerts.update(polyps)) for polyps in frames]
 
 
 def test_a_track_alerts_once_seen_in_enough_of_its_recent_frames() -> None:
@@ -233,21 +235,10 @@ def test_a_frame_rate_that_is_not_one_is_refused(fps: float) -> None:
     assert str(raised.value) == f"frame rate must be more than 0 and at most 1000 frames a second, got {fps:g}"
 
 
-Step = tuple[list[int], list[int], list[tuple[int, str]]]  # alerting track ids, held ones, events
-
-
 def run_at(rule: AlertRule, frames: dict[int, list[Polyp]]) -> dict[int, Step]:
     """Frames looked at, by their index in the stream (the others were skipped or dropped)."""
     alerts = Alerts(rule)
-    out = {}
-    for index, polyps in frames.items():
-        frame = alerts.update(polyps, index)
-        out[index] = (
-            [p.track_id for p in frame.polyps if p.alerting],
-            [p.track_id for p in frame.held],
-            [(e.track_id, e.kind) for e in frame.events],
-        )
-    return out
+    return {index: step(alerts.update(polyps, index)) for index, polyps in frames.items()}
 
 
 def test_frames_not_looked_at_count_toward_the_hold() -> None:
