@@ -4,12 +4,9 @@ client skips the frames a slow link cannot carry, a live source has no room for 
 
 The model runs once per video of a stand-in corpus; then, for each pattern of frames looked at,
 the looked-at frames go through one IoU tracker per video (as a stream's do) and each rule is
-scored three ways: counting the frames of the stream by their index (`Alerts.update(polyps,
-index)`: a frame not looked at is time passing; what the service does since 2026-11-28), the
-same with the frames not looked at answered DROPPED_LATE (an alert whose hold runs out within
-them ends with them, `Alerts.passing`, as the service does since 2026-11-28, later the same
-day), and counting only the frames looked at (what it did before). Frames not looked at have no
-boxes scored:
+scored two ways: counting the frames of the stream by their index (`Alerts.update(polyps,
+index)`: a frame not looked at is time passing; what the service does since 2026-11-28), and
+counting only the frames looked at (what it did before). Frames not looked at have no answer:
 the per-frame scores cover the frames looked at; a polyp's first-detection delay runs from its
 first ground-truth frame, looked at or not.
 
@@ -36,13 +33,7 @@ from polypstream.video_sources import detect, open_labelled, track
 
 KEYS = ("per_polyp_sensitivity", "per_frame_sensitivity", "per_frame_precision", "activations", "fp_activations",
         "fp_per_minute")  # fmt: skip
-# How the rule counts the frames not looked at: by their index, as skipped frames (never sent)
-# or as frames answered DROPPED_LATE (whose alerts past their hold end with them), or not at all.
-WAYS: dict[str, dict[str, bool]] = {
-    "by_index": {"by_index": True},
-    "dropped_late": {"by_index": True, "dropped": True},
-    "looked_at_only": {"by_index": False},
-}
+WAYS = {"by_index": True, "looked_at_only": False}
 
 
 def bursts(seed: int) -> Callable[[int], list[bool]]:
@@ -118,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             looked_frames += sum(looked)
             frames += len(found)
             tracked = track([f if seen else None for f, seen in zip(found, looked, strict=True)])
-            for way, counting in WAYS.items():
+            for way, by_index in WAYS.items():
                 for rule in rules:
-                    tallies[way][rule].merge(score_video(tracked, truth, fps, rule.at_rate(fps), **counting))
+                    tallies[way][rule].merge(score_video(tracked, truth, fps, rule.at_rate(fps), by_index=by_index))
         entry = {
             "pattern": name,
             "looked_at": round(looked_frames / frames, 4),

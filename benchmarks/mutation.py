@@ -73,7 +73,10 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
     "stats": (["tests/unit/test_stats.py"], None),  # the percentiles every summary and benchmark reports
     "memory": (["tests/unit/test_memory.py"], None),  # what frames may hold: no client starves the others
     "wire": (["tests/unit/test_wire.py"], None),
-    "pipeline": (["tests/unit/test_pipeline.py"], None),  # a frame's way: batch, regions, tracks, alerts, overlay
+    "pipeline": (  # a frame's way: batch, regions, tracks, alerts, masks, timings, metrics
+        ["tests/unit/test_pipeline.py", "tests/unit/test_pipeline_results.py"],
+        None,
+    ),
     "ui": (  # the live view's sign-in: the token, its cookie and the routes behind them
         ["tests/integration/test_live_view.py"],
         {"do_GET", "do_POST", "_allowed", "cookie_value"},

@@ -181,22 +181,16 @@ class Alerts:
             events=tuple(events),
         )
 
-    def showing(self) -> tuple[Polyp, ...]:
-        """The alerting tracks at their last box, as held, without advancing a frame."""
-        return tuple(replace(t.last, alerting=True) for _, t in sorted(self._tracks.items()) if t.alerting)
-
-    def passing(self, index: int) -> AlertFrame:
-        """Frame `index` of the stream, which the model does not look at (answered DROPPED_LATE):
-        the alerts whose hold has run out by it end there (their events come with it, as their
-        boxes leave the monitor), the others are shown held at their last box. Nothing else
-        changes: the next frame looked at counts this one as any frame not looked at. An index
-        not after the last frame looked at ends nothing (`update` ended what was due then)."""
-        events = []
-        for track_id, track in sorted(self._tracks.items()):
-            if track.alerting and index - track.last_seen > self.rule.hold:
-                track.alerting = False
-                events.append(AlertEvent(track_id, "end"))
-        return AlertFrame(polyps=(), held=self.showing(), events=tuple(events))
+    def showing(self, index: int | None = None) -> tuple[Polyp, ...]:
+        """The alerting tracks at their last box, as held, without advancing a frame: what a
+        frame the model did not look at (answered DROPPED_LATE) still shows; with the frame's
+        index, only the alerts whose hold has not run out by then."""
+        hold = self.rule.hold
+        return tuple(
+            replace(t.last, alerting=True)
+            for _, t in sorted(self._tracks.items())
+            if t.alerting and (index is None or index - t.last_seen <= hold)
+        )
 
     def close(self) -> tuple[AlertEvent, ...]:
         """End every alert (the stream ended)."""

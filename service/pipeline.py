@@ -19,7 +19,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from .alerts import AlertFrame, AlertRule, Alerts, rule_for
+from .alerts import AlertRule, Alerts, rule_for
 from .batcher import STREAM_CLOSED, Batcher, Queued, ResultCallback, ServiceTimeEstimator
 from .config import EngineConfig
 from .frames import Frame, FrameOptions, Polyp, Result, Status, Timing
@@ -214,9 +214,8 @@ class Pipeline:
             finish(self._rendered(result))
 
         def done(result: Result) -> None:  # on the batcher's thread
-            if result.status is Status.DROPPED_LATE:  # time passes for the alerts: held, or ended
-                passing = self._passing(frame.stream_key, frame.index)
-                result = replace(result, held=passing.held, alert_events=passing.events)
+            if result.status is Status.DROPPED_LATE:  # the alerts on stay on screen while held, not advanced
+                result = replace(result, held=self._showing(frame.stream_key, frame.index))
             if result.render is None:
                 finish(result)
                 return
@@ -284,13 +283,11 @@ class Pipeline:
         with self._lock:
             return self._streams.get(stream_key)
 
-    def _passing(self, stream_key: str, index: int) -> AlertFrame:
-        """The stream's alerts at its frame `index`, not looked at (`Alerts.passing`; on the
-        batcher's thread, the only one that changes alert state)."""
+    def _showing(self, stream_key: str, index: int) -> tuple[Polyp, ...]:
+        """The stream's alerting tracks at their last box whose hold lasts to frame `index` (on
+        the batcher's thread, the only one that changes alert state)."""
         state = self._state_of(stream_key)
-        if state is None or state.alerts is None:
-            return AlertFrame((), (), ())
-        return state.alerts.passing(index)
+        return state.alerts.showing(index) if state is not None and state.alerts is not None else ()
 
     def _alert_words(self, stream_key: str) -> str | None:
         state = self._state_of(stream_key)

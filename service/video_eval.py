@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .alerts import RAW, AlertRule, Alerts
-from .frames import AlertEvent, Polyp
+from .frames import Polyp
 from .scores import BOX_IOU, Box, box_iou, greedy_match
 
 TRUTH_LINK_REACH = 1.5
@@ -137,15 +137,12 @@ def score_video(
     rule: AlertRule,
     *,
     by_index: bool = True,
-    dropped: bool = False,
 ) -> VideoTally:
     """The tally of one video: its model's tracked polyps per frame under `rule`, against its
     ground-truth boxes per frame (the same number of frames). A frame of None was not looked
-    at (skipped or dropped): it has no boxes to score, and the rule counts it as time passing
+    at (skipped or dropped): it has no answer to score, and the rule counts it as time passing
     (`Alerts.update` with the frame's index), or, with `by_index` false, not at all (as the
-    service did before 2026-11-28: its rule counted only the frames it looked at). With
-    `dropped` (and `by_index`), such a frame was answered DROPPED_LATE rather than skipped: the
-    alerts whose hold has run out by it end with it (`Alerts.passing`), as the service does."""
+    service did before 2026-11-28: its rule counted only the frames it looked at)."""
     if len(tracked) != len(truth):
         raise ValueError(f"{len(tracked)} frames of predictions for {len(truth)} frames of ground truth")
     tally = VideoTally(frames=len(truth), seconds=len(truth) / fps)
@@ -157,12 +154,15 @@ def score_video(
     for index, (polyps, boxes, ids) in enumerate(zip(tracked, truth, polyp_ids, strict=True)):
         for polyp_id in ids:
             first_seen.setdefault(polyp_id, index)
-        if polyps is None and not (dropped and by_index):
-            continue
-        frame = alerts.passing(index) if polyps is None else alerts.update(polyps, index if by_index else None)
-        _count_events(frame.events, open_alerts, tally)
         if polyps is None:
             continue
+        frame = alerts.update(polyps, index if by_index else None)
+        for event in frame.events:
+            if event.kind == "start":
+                open_alerts[event.track_id] = False
+                tally.activations += 1
+            elif not open_alerts.pop(event.track_id):
+                tally.fp_activations += 1
         shown = frame.shown
         for polyp in shown:
             if polyp.track_id in open_alerts and any(box_iou(polyp.box, box) > 0 for box in boxes):
@@ -181,17 +181,6 @@ def score_video(
         tally.delays_frames.append(frames)
         tally.delays_ms.append(frames * 1000 / fps)
     return tally
-
-
-def _count_events(events: Sequence[AlertEvent], open_alerts: dict[int, bool], tally: VideoTally) -> None:
-    """Count a frame's alert events: each start an activation, each end of an alert that never
-    overlapped a true box a false one (`open_alerts`: track id -> whether its alert has)."""
-    for event in events:
-        if event.kind == "start":
-            open_alerts[event.track_id] = False
-            tally.activations += 1
-        elif not open_alerts.pop(event.track_id):
-            tally.fp_activations += 1
 
 
 def sweep_rules() -> list[AlertRule]:

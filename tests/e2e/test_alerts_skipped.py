@@ -25,7 +25,7 @@ def test_the_patterns_leave_out_the_frames_they_say() -> None:
     assert all(1 <= n <= 8 for seen, n in inner if not seen)
 
 
-def test_every_rule_is_scored_each_way_on_the_same_frames(tmp_path: Path) -> None:
+def test_every_rule_is_scored_both_ways_on_the_same_frames(tmp_path: Path) -> None:
     c25 = corpus(tmp_path / "c25", 25)
     out, cache = tmp_path / "skipped.json", tmp_path / "detections.json"
     assert main(["--model", "fast", "--corpus", str(c25), "--detections", str(cache), "--out", str(out)]) == 0
@@ -38,17 +38,11 @@ def test_every_rule_is_scored_each_way_on_the_same_frames(tmp_path: Path) -> Non
     assert by_name["every frame"]["looked_at"] == 1.0
     # With every frame looked at the two ways are one rule; raw reporting is the same either way.
     assert by_name["every frame"]["by_index"] == by_name["every frame"]["looked_at_only"]
-    assert by_name["every frame"]["by_index"] == by_name["every frame"]["dropped_late"]
     # With every 2nd frame looked at they differ (3 of 3 held 4 alerts by index only, here).
     assert by_name["every 2nd"]["by_index"] != by_name["every 2nd"]["looked_at_only"]
     for pattern in report["patterns"]:
         raw = [row for row in pattern["by_index"] if row["rule"] == {"min_seen": 1, "window": 1, "hold": 0}]
         assert raw and raw[0] in pattern["looked_at_only"]
-    # Answered DROPPED_LATE, raw reporting (held 0) ends an alert with each dropped frame after a
-    # sighting, and starts it again with the next: more activations than with the frames skipped.
-    raw_of = {way: by_name["every 2nd"][way][1] for way in ("by_index", "dropped_late")}
-    assert raw_of["by_index"]["rule"] == raw_of["dropped_late"]["rule"] == {"min_seen": 1, "window": 1, "hold": 0}
-    assert raw_of["dropped_late"]["activations"] > raw_of["by_index"]["activations"]
     # The cache of detections gives the same report as the model run.
     again = tmp_path / "again.json"
     assert main(["--model", "fast", "--corpus", str(c25), "--detections", str(cache), "--out", str(again)]) == 0

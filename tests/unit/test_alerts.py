@@ -269,38 +269,15 @@ def test_a_gap_after_a_miss_or_before_one_counts_as_misses() -> None:
     assert run_at(AlertRule(2, 2, 0), {0: [], 5: seen(1)})[5] == ([], [], [])
 
 
-def test_a_frame_dropped_late_ends_the_alerts_whose_hold_ran_out_and_holds_the_others() -> None:
+def test_a_frame_dropped_late_shows_only_the_alerts_whose_hold_lasts_to_it() -> None:
     alerts = Alerts(AlertRule(1, 1, 2))
     alerts.update(seen(1), 10)
     alerts.update(seen(2), 11)
-    assert step(alerts.passing(12)) == ([], [1, 2], [])  # 1 unseen 2 frames: held
-    held = alerts.passing(12).held
-    assert [(p.box, p.alerting) for p in held] == [((10, 0, 10, 10), True), ((20, 0, 10, 10), True)]
-    assert step(alerts.passing(13)) == ([], [2], [(1, "end")])  # 1 unseen 3 frames: over, said with it
-    assert step(alerts.passing(13)) == ([], [2], [])  # said once
-    assert step(alerts.passing(14)) == ([], [], [(2, "end")])
-    assert step(alerts.update([], 15)) == ([], [], [])  # the next frame looked at: nothing left to end
-
-
-def test_a_frame_dropped_late_advances_nothing_else() -> None:
-    # Not after the last frame looked at: nothing ends (hold 0: frame 10 itself is within it).
-    alerts = Alerts(AlertRule(1, 1, 0))
-    alerts.update(seen(1), 10)
-    assert step(alerts.passing(10)) == ([], [1], []) and step(alerts.passing(9)) == ([], [1], [])
-    # An alert ended by a dropped frame starts again with the track's next sighting (the dropped
-    # frames between two sightings count as sightings, as any frames not looked at).
-    alerts = Alerts(AlertRule(2, 2, 1))
-    assert step(alerts.update(seen(1), 0)) == ([], [], [])
-    assert step(alerts.update(seen(1), 1)) == ([1], [], [(1, "start")])
-    assert step(alerts.passing(2)) == ([], [1], [])
-    assert step(alerts.passing(3)) == ([], [], [(1, "end")])
-    assert step(alerts.update(seen(1), 4)) == ([1], [], [(1, "start")])
-    # Without a sighting: the frames not looked at count as misses, as without the dropped ones.
-    alerts = Alerts(AlertRule(2, 2, 1))
-    alerts.update(seen(1), 0)
-    alerts.update(seen(1), 1)
-    assert step(alerts.passing(2)) == ([], [1], [])
-    assert step(alerts.update([], 3)) == ([], [], [(1, "end")])
+    assert [p.track_id for p in alerts.showing(12)] == [1, 2]  # 1 unseen 2 frames: held
+    assert [p.track_id for p in alerts.showing(13)] == [2]  # 1 unseen 3 frames: over
+    assert [p.track_id for p in alerts.showing(14)] == []
+    assert [p.track_id for p in alerts.showing()] == [1, 2]  # no index: every alert on
+    assert [e.kind for e in alerts.update([], 12).events] == []  # nothing advanced meanwhile
 
 
 def test_an_index_not_after_the_last_counts_as_the_next_frame() -> None:
