@@ -398,15 +398,19 @@ def test_the_operating_system_sees_each_thread_by_its_work(pipeline: Pipeline, m
 
 
 def regions_of_a_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, boxes: list[tuple[int, int, int, int]]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    boxes: list[tuple[int, int, int, int]],
+    workers: int = 2,
 ) -> tuple[list[Result], list[str]]:
     """The results of one batch of size×size frames, a white square at each box, processed by a
-    pipeline with two decode workers (so two threads find regions: the regions pool's one and the
-    caller's), and the names of the threads that found each frame's regions."""
+    pipeline with `workers` decode workers (so as many threads find regions: the regions pool's
+    and the caller's), and the names of the threads that found each frame's regions."""
     from polypstream.batcher import Queued
 
     model = build_tiny_model(tmp_path / f"tiny{size}.onnx", size=size)
-    config = EngineConfig(max_batch=len(boxes), budget_ms=10_000, decode_workers=2)
+    config = EngineConfig(max_batch=len(boxes), budget_ms=10_000, decode_workers=workers)
     pipe = Pipeline(Runner(model, device="cpu", max_batch=len(boxes)), config, Metrics(CollectorRegistry()))
     found_on: list[str] = []
     real = pipeline_module.locate_polyps
@@ -446,6 +450,16 @@ def test_a_batch_of_five_large_maps_comes_back_in_batch_order(tmp_path: Path, mo
     results, found_on = regions_of_a_batch(tmp_path, monkeypatch, 200, boxes)
     assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
     assert sorted(name.startswith("polypstream-regions") for name in found_on) == [False, False, False, True, True]
+
+
+def test_with_three_decode_workers_a_batchs_regions_are_found_on_three_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boxes = [(16, 24, 32, 24), (100, 40, 50, 60), (8, 150, 70, 30)]
+    results, found_on = regions_of_a_batch(tmp_path, monkeypatch, 224, boxes, workers=3)
+    assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
+    assert sorted(name.startswith("polypstream-regions") for name in found_on) == [False, True, True]
+    assert len(set(found_on)) == 3
 
 
 def test_a_batch_of_small_maps_has_its_regions_found_on_the_calling_thread(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -21,7 +22,9 @@ from polypstream.frames import Frame, FrameOptions, Polyp, Result, Status, Timin
 from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline, _scaled
 from polypstream.runner import Runner
+from polypstream.view import ViewHub
 from tests.conftest import square_image
+from tests.tiny_model import build_tiny_model
 
 
 class FakeClock:
@@ -156,30 +159,32 @@ def result_of(status: Status, error: str = "") -> Result:
 
 
 def test_each_result_is_counted_by_status_and_only_served_frames_time_the_model(pipeline: Pipeline) -> None:
+    closed = STREAM_CLOSED[:1] + STREAM_CLOSED[1:]  # equal, not the same object: compared by value
     for status, error in (
         (Status.OK, ""),
         (Status.DROPPED_LATE, "missed its deadline"),
-        (Status.FAILED, STREAM_CLOSED),
+        (Status.FAILED, closed),
         (Status.FAILED, "inference failed: boom"),
+        (Status.FAILED, "server is shutting down"),
         (Status.INVALID_FRAME, "not an image"),
     ):
         pipeline.record(result_of(status, error), "grpc")
     value = pipeline.metrics.registry.get_sample_value
     frames = {s.value: value("polypstream_frames_total", {"status": s.value, "source": "grpc"}) for s in Status}
-    assert frames == {"OK": 1, "DROPPED_LATE": 1, "FAILED": 2, "INVALID_FRAME": 1}
+    assert frames == {"OK": 1, "DROPPED_LATE": 1, "FAILED": 3, "INVALID_FRAME": 1}
     dropped = {
         r: value("polypstream_dropped_frames_total", {"reason": r, "source": "grpc"}) for r in ("late", "stream_closed")
     }
-    assert dropped == {"late": 1, "stream_closed": 1}  # a failed inference is no drop
+    assert dropped == {"late": 1, "stream_closed": 1}  # a failed inference, a shutdown: no drop
     count = {
         s: value("polypstream_stage_seconds_count", {"stage": s})
         for s in ("queue", "inference", "postprocess", "server")
     }
-    assert count == {"queue": 1, "inference": 1, "postprocess": 1, "server": 5}  # the model's stages: the OK frame's
+    assert count == {"queue": 1, "inference": 1, "postprocess": 1, "server": 6}  # the model's stages: the OK frame's
     total = {
         s: value("polypstream_stage_seconds_sum", {"stage": s}) for s in ("queue", "inference", "postprocess", "server")
     }
-    assert total == {"queue": 0.002, "inference": 0.004, "postprocess": 0.008, "server": 0.08}
+    assert total == {"queue": 0.002, "inference": 0.004, "postprocess": 0.008, "server": pytest.approx(0.096)}
 
 
 def test_a_failed_batch_is_counted_and_raised(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,24 +268,18 @@ def test_start_seeds_the_batchers_estimates_and_warns_when_one_frame_is_over_bud
             pipe.stop()
 
 
-def test_stop_waits_for_the_work_each_pool_was_given(tiny_model: Path) -> None:
+@pytest.mark.parametrize("pool", ["decode_pool", "offline_decode_pool", "render_pool", "regions_pool"])
+def test_stop_waits_for_the_work_each_pool_was_given(tiny_model: Path, pool: str) -> None:
     pipe = engine(tiny_model, decode_workers=1)
-    finished: list[str] = []
-    pools = {
-        "decode": pipe.decode_pool,
-        "offline": pipe.offline_decode_pool,
-        "render": pipe.render_pool,
-        "regions": pipe.regions_pool,
-    }
+    finished = threading.Event()
 
-    def slow(name: str) -> None:
-        time.sleep(0.2)
-        finished.append(name)
+    def slow() -> None:
+        time.sleep(0.3)
+        finished.set()
 
-    for name, pool in pools.items():
-        pool.submit(slow, name)
+    getattr(pipe, pool).submit(slow)  # the only work anywhere: nothing else makes stop take its time
     pipe.stop()
-    assert sorted(finished) == sorted(pools)
+    assert finished.is_set()
 
 
 def test_without_a_gpu_there_is_no_gpu_state(pipeline: Pipeline) -> None:
@@ -346,3 +345,56 @@ def test_a_box_scaled_for_the_view_keeps_at_least_a_pixel_each_way() -> None:
     assert _scaled(polyp, 0.5, 0.25).box == (2, 1, 1, 1)  # round(1.5) = 2, round(1.25) = 1; 0.5 → 1, 0.25 → 1
     assert _scaled(polyp, 3.0, 2.0).box == (9, 10, 3, 2)
     assert _scaled(polyp, 3.0, 2.0).track_id == 2
+
+
+def test_an_alerting_polyps_overlay_has_the_frames_mask_tinted_in_it(pipeline: Pipeline) -> None:
+    from polypstream.postprocess import MASK_COLOUR
+
+    image = square_image(128, 128, (32, 16, 64, 48))
+    options = FrameOptions(return_overlay=True)
+    frames = [pipeline.make_frame("k", "s", i, image, 0.0, options=options) for i in range(2)]
+    pipeline.open_stream("k")
+    first = pipeline._process([Queued(frames[0], lambda result: None, 0.0)], 0.0)[0]
+    second = pipeline._process([Queued(frames[1], lambda result: None, 0.0)], 0.0)[0]
+    assert first.render is not None and second.render is not None
+    assert [p.alerting for p in second.polyps] == [True]  # seen in 2 of 2 frames
+    np.testing.assert_array_equal(first.render().overlay, image)  # not alerting yet: nothing drawn
+    overlay = second.render().overlay
+    assert overlay is not None
+    white, colour = np.full((1, 1, 3), 255, np.uint8), np.array([[MASK_COLOUR]], np.uint8)
+    tinted = cv2.addWeighted(white, 0.6, colour, 0.4, 0)[0, 0]
+    assert overlay[40, 64].tolist() == tinted.tolist()  # inside the polyp, away from its outline and box
+    assert overlay[110, 10].tolist() == [0, 0, 0]  # far from it
+
+
+def test_without_the_regions_pool_a_batchs_regions_are_found_on_the_batchers_thread(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    model = build_tiny_model(tmp_path / "tiny224.onnx", size=224)  # maps over the threshold
+    pipe = Pipeline(
+        Runner(model, device="cpu", max_batch=3),
+        EngineConfig(max_batch=3, budget_ms=10_000, decode_workers=3),
+        Metrics(CollectorRegistry()),
+    )
+    try:
+        boxes = [(16, 24, 32, 24), (100, 40, 50, 60), (8, 150, 70, 30)]
+        frames = [pipe.make_frame(f"k{i}", f"s{i}", 0, square_image(224, 224, b), 0.0) for i, b in enumerate(boxes)]
+        pipe.regions_pool.shutdown(wait=True)  # the server is stopping
+        results = processed(pipe, frames, 0.0, 0.0)
+        assert [[p.box for p in r.polyps] for r in results] == [[box] for box in boxes]
+    finally:
+        pipe.stop()
+
+
+def test_a_view_picture_asked_for_as_the_pipeline_stops_gives_its_claim_back(pipeline: Pipeline) -> None:
+    hub = pipeline.view = ViewHub({})
+    pipeline.open_stream("k")
+    first = pipeline.make_frame("k", "s", 0, square_image(), 0.0, options=FrameOptions(allow_view=True))
+    answered = threading.Event()
+    pipeline.submit(first, lambda result: answered.set())  # its answer puts the stream on the view
+    assert answered.wait(10)
+    hub.join()  # a viewer ready for a picture
+    pipeline.render_pool.shutdown(wait=True)
+    second = pipeline.make_frame("k", "s", 1, square_image(), 0.0, options=FrameOptions(allow_view=True))
+    assert processed(pipeline, [second], 0.0, 0.0)[0].status is Status.OK
+    assert hub.claim_picture("k")  # not left claimed by a picture that will never be drawn
