@@ -83,6 +83,7 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
             "tests/unit/test_segment_call.py",
             "tests/unit/test_lanes.py",
             "tests/unit/test_memory.py",
+            "tests/unit/test_server_messages.py",
             "tests/integration/test_server.py",
         ],
         {
