@@ -119,6 +119,7 @@ TESTS: dict[str, tuple[list[str], set[str] | None]] = {
             "_submit",
         },
     ),
+    "view": (["tests/unit/test_view.py"], None),  # the live view's streams, pictures and viewers
     "ui": (  # the live view's sign-in: the token, its cookie and the routes behind them
         ["tests/integration/test_live_view.py"],
         {"do_GET", "do_POST", "_allowed", "cookie_value"},

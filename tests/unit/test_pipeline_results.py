@@ -96,6 +96,9 @@ def test_each_stage_reports_its_own_time(pipeline: Pipeline, clocked: FakeClock)
     assert (drawn.decode_s, drawn.queue_s, drawn.inference_s) == (t.decode_s, t.queue_s, t.inference_s)
     decode = pipeline.metrics.registry.get_sample_value("polypstream_stage_seconds_sum", {"stage": "decode"})
     assert decode == pytest.approx(0.004, abs=1e-9)
+    # A frame of a server-side source: no JPEG read, no client clock
+    sourced = pipeline.make_frame("src", "src", 0, square_image(), received)
+    assert (sourced.decode_s, sourced.client_time_ns) == (pytest.approx(0.003, abs=1e-9), 0)
 
 
 def test_a_batchs_frames_share_its_inference_time_and_each_has_its_own_regions_time(
