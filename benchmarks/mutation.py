@@ -12,16 +12,19 @@ files, not the ignored ones), made importable as `polypstream` through a symlink
 that workers never see each other's mutants.
 
 What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu, alerts,
-video_eval, security, stats, memory and wire; the live view's sign-in and routes (ui); the
+video_eval, security, stats, memory, wire, pipeline and view; the server's frame path (reading,
+checking, decoding, handing over and answering frames, not its start-up); the live view's
+sign-in and routes (ui); the
 regions, score floor and tracker of postprocess (not the overlay's colours and label
 placement); the JPEG/PNG header checks, decoding and `Reopening` of capture (its video and
 network sources are tested by integration tests, too slow to run for every mutant). Each
-module's mutants run against its tests (`TESTS`: unit tests, and integration tests for security
-and ui), stopping at the first failure. Operators: all of cosmic-ray's core set except
+module's mutants run against its tests (`TESTS`: unit tests, and integration tests for security,
+ui and server), stopping at the first failure. Operators: all of cosmic-ray's core set except
 replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%` (on this code's floats and
 sizes those are type errors or absurd values, killed by any test that runs the line; they would
 only inflate the score), and nothing inside a type annotation (never evaluated under
-`from __future__ import annotations`). Takes about an hour on 2 cores.
+`from __future__ import annotations`). Takes hours on 2 cores (the server alone about two: its
+integration tests take 15 s a mutant).
 """
 
 from __future__ import annotations
