@@ -112,6 +112,8 @@ def test_frame_cost_counts_the_message_pixels_and_what_was_asked_for() -> None:
     raw = pb.Frame(raw=pb.RawImage(width=64, height=48, format=pb.PIXEL_FORMAT_BGR8, data=b"\0" * 9216))
     assert frame_cost_of(raw) == 9216 + model_bytes + 3 * 64 * 48
     assert frame_cost_of(pb.Frame(encoded=b"garbage")) == 7 + model_bytes
+    # Sums, not bitwise ors (16 | 240 would be 240): 16 bytes, and a 5x3 model's 16 bytes a pixel
+    assert frame_cost(pb.Frame(encoded=b"x" * 16), (5, 3), None) == 16 + 240
 
 
 def test_a_stream_takes_frames_up_to_exactly_its_share_and_gives_back_part_of_it() -> None:

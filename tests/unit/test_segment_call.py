@@ -8,16 +8,19 @@ import gc
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from polypstream import pipeline as pipeline_module
+from polypstream import server as server_module
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.client import encode_frame
 from polypstream.config import ServerConfig
 from polypstream.frames import Frame, FrameOptions, Result
 from polypstream.pipeline import Pipeline
-from polypstream.server import InOrder, SegmenterServicer
+from polypstream.server import InOrder, SegmentCall, SegmenterServicer
 from tests.conftest import square_image
 
 
@@ -237,3 +240,98 @@ def test_draining_ends_a_read_waiting_for_a_frame_but_not_a_cancellation_of_the_
             await task
 
     asyncio.run(scenario())
+
+
+class Written:
+    """A ServicerContext whose writes go through, each taking `write_s` on the server's clock."""
+
+    def __init__(self, clock: list[float] | None = None, write_s: float = 0.0) -> None:
+        self.messages: list[pb.FrameResult] = []
+        self.clock, self.write_s = clock, write_s
+
+    async def write(self, message: pb.FrameResult) -> None:
+        if self.clock is not None:
+            self.clock[0] += self.write_s
+        self.messages.append(message)
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise AssertionError(f"unexpected abort: {code} {details}")
+
+
+async def sent(count: int) -> AsyncIterator[pb.Frame]:
+    for i in range(count):
+        yield encode_frame(square_image(), "s", i, FrameOptions(no_drop=True))
+
+
+def test_a_stream_that_ends_with_its_queue_of_answers_full_is_answered_to_the_end(
+    pipeline: Pipeline, slow_inference: Callable[[float], None]
+) -> None:
+    # Both frames are read (the queue of 2 answers to write is full) before either is answered:
+    # there is no room for the end marker, and the writer must still see that reading ended.
+    slow_inference(0.3)
+
+    async def scenario() -> list[int]:
+        servicer = SegmenterServicer(pipeline, ServerConfig(inflight_per_stream=2))
+        context = Written()
+        await asyncio.wait_for(servicer.Segment(sent(2), context), 10)  # type: ignore[arg-type]
+        return [m.index for m in context.messages]
+
+    assert asyncio.run(scenario()) == [0, 1]
+
+
+def test_the_heap_is_trimmed_when_the_last_open_stream_ends(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(server_module, "trim_heap", lambda: trims.append(1))
+
+    async def scenario() -> None:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        done = asyncio.Event()
+        first = asyncio.create_task(servicer.Segment(frames_then_wait(1, done), Written()))  # type: ignore[arg-type]
+        await until(lambda: servicer.active_streams == 1)
+        await servicer.Segment(sent(1), Written())  # type: ignore[arg-type]
+        assert trims == []  # another stream is still open
+        done.set()
+        await first
+        assert trims == [1]
+
+    asyncio.run(scenario())
+
+
+def test_releasing_a_call_stops_its_reader(pipeline: Pipeline) -> None:
+    # A client that stops reading its results: the server gives up on it and releases the call,
+    # which must stop reading its frames too.
+    async def scenario() -> None:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        call = SegmentCall(servicer, frames_then_wait(1, asyncio.Event()), Written())  # type: ignore[arg-type]
+        servicer.active_streams += 1
+        call.reader = asyncio.create_task(call._read())
+        await until(lambda: servicer.memory.held > 0)  # its frame read, the next awaited
+        call.release()
+        await asyncio.sleep(0)
+        assert call.reader.cancelled() or call.reader.done()
+        await asyncio.gather(call.reader, return_exceptions=True)
+        assert call.reader.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_the_time_an_answer_waits_to_be_sent_is_measured_on_the_servers_clock(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's and the pipeline's clocks move only as the client takes an answer: 7 ms.
+    now = [1000.0]
+    clock = SimpleNamespace(perf_counter=lambda: now[0], monotonic=lambda: now[0])
+    monkeypatch.setattr(server_module, "time", clock)
+    monkeypatch.setattr(pipeline_module, "time", clock)
+
+    async def scenario() -> None:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        await servicer.Segment(sent(1), Written(now, 0.007))  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    value = pipeline.metrics.registry.get_sample_value
+    assert value("polypstream_stage_seconds_sum", {"stage": "send"}) == pytest.approx(0.007, abs=1e-9)
+    # receipt to the answer being ready took no time on this clock: end to end is the sending
+    assert value("polypstream_stage_seconds_sum", {"stage": "end_to_end"}) == pytest.approx(0.007, abs=1e-9)
