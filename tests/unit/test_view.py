@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from polypstream.frames import Polyp, Result, Status, Timing
 from polypstream.view import BUSY_S, ViewHub
@@ -231,3 +232,88 @@ def test_one_picture_of_a_stream_is_drawn_at_a_time() -> None:
     assert hub.claim_picture("a")  # published: the next one may be drawn
     hub.unclaim("a")  # drawing it failed
     assert hub.claim_picture("a")
+
+
+def test_statistics_are_over_five_seconds_a_frame_exactly_that_old_included() -> None:
+    clock = Clock()
+    hub = ViewHub({}, clock=clock)  # the default window
+    assert hub.snapshot()["window_s"] == 5.0
+    hub.observe("k", "s", result(0, server_ms=10.0), viewable=True)
+    clock.now = 101.0  # exactly one second in: the rate is known
+    assert stream_state(hub, "k")["fps"] == 1.0
+    clock.now = 103.0
+    hub.observe("k", "s", result(1, server_ms=30.0), viewable=True)
+    clock.now = 105.0  # frame 0 is exactly 5 s old: still in
+    assert (stream_state(hub, "k")["fps"], stream_state(hub, "k")["p50_ms"]) == (0.4, 20.0)
+    clock.now = 105.001  # now it is out
+    assert (stream_state(hub, "k")["fps"], stream_state(hub, "k")["p50_ms"]) == (0.2, 30.0)
+
+
+def test_rate_and_latency_are_shown_to_two_decimals() -> None:
+    clock = Clock()
+    hub = ViewHub({}, clock=clock)
+    for i in range(7):
+        hub.observe("k", "s", result(i, server_ms=12.3456), viewable=True)
+    clock.now = 103.0
+    state = stream_state(hub, "k")
+    assert (state["fps"], state["p50_ms"], state["p99_ms"]) == (2.33, 12.35, 12.35)  # 7 frames in 3 s
+
+
+def test_a_stream_id_of_the_longest_shown_length_is_shown_whole() -> None:
+    hub = ViewHub({}, clock=Clock())
+    hub.observe("k", "x" * 64, result(0), viewable=True)
+    hub.observe("j", "y" * 65, result(0), viewable=True)
+    assert stream_state(hub, "k")["name"] == "x" * 64
+    assert stream_state(hub, "j")["name"] == "y" * 64 + "…"
+
+
+def test_a_streams_alert_rule_stays_shown_when_a_result_does_not_say_it() -> None:
+    hub = ViewHub({}, clock=Clock())
+    hub.observe("k", "s", result(0), viewable=True, alerts="2 of 2 frames, held 4, at 25 fps")
+    hub.observe("k", "s", result(1), viewable=True)
+    assert stream_state(hub, "k")["alerts"] == "2 of 2 frames, held 4, at 25 fps"
+
+
+def test_viewers_are_counted_as_they_join_and_leave() -> None:
+    hub = ViewHub({}, clock=Clock())
+    assert hub.viewers == 0
+    first, second = hub.join(), hub.join()
+    assert hub.viewers == 2
+    hub.leave(first)
+    assert hub.viewers == 1
+    hub.leave(second)
+    assert hub.viewers == 0
+
+
+def test_a_viewer_whose_sending_takes_over_a_tenth_of_a_second_gets_no_pictures_drawn() -> None:
+    clock = Clock()
+    hub = ViewHub({}, clock=clock)
+    hub.observe("a", "a", result(0), viewable=True)
+    viewer = hub.join()
+    clock.now = 0.0
+    hub.next_pictures(viewer, 0.0)  # sending from now
+    clock.now = 0.09
+    assert hub.ready()
+    clock.now = BUSY_S  # exactly the limit: stalled
+    assert not hub.ready()
+    clock.now = 0.15
+    assert not hub.ready()
+
+
+def test_a_viewer_waits_for_a_picture_up_to_its_timeout() -> None:
+    hub = ViewHub({})
+    hub.observe("a", "a", result(0), viewable=True)
+    viewer = hub.join()
+    got: list[object] = []
+    waiting = threading.Thread(target=lambda: got.append(hub.next_pictures(viewer, 0.9)))
+    waiting.start()
+    time.sleep(0.2)  # a picture drawn while it waits (under a second)
+    hub.publish("a", 1, b"jpeg", (), ())
+    waiting.join(10)
+    assert [(p.key, p.index) for p in got[0]] == [("a", 1)]  # type: ignore[union-attr]
+    # Nothing drawn: the wait ends empty at its timeout
+    quiet: list[object] = []
+    waiting = threading.Thread(target=lambda: quiet.append(hub.next_pictures(viewer, 0.05)))
+    waiting.start()
+    waiting.join(10)
+    assert not waiting.is_alive() and quiet == [[]]
