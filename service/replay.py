@@ -72,11 +72,12 @@ class Tally:
         self.sent += video.sent
         for status, count in video.answered.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
-        missing = video.sent - sum(video.answered.values())
-        self.errors += missing
+        missing = video.sent - sum(video.answered.values())  # below 0: more answers than frames sent
+        self.errors += max(0, missing)
         if video.error or missing:
             self.failed_videos += 1
-            self.error_messages.append(video.error or f"{video.stream_id}: {missing} frames unanswered")
+            what = f"{missing} frames unanswered" if missing > 0 else f"{-missing} answers more than frames sent"
+            self.error_messages.append(video.error or f"{video.stream_id}: {what}")
         self.latencies_ms.extend(video.latencies_ms)
         for stage in STAGES:
             self.stages_ms[stage].extend(video.stages_ms[stage])
