@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,31 @@ def slow_inference(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Calla
         monkeypatch.setattr(pipeline.runner, "run", slow_run)
 
     return slow_down
+
+
+@pytest.fixture
+def model_held(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Callable[[], None]]:
+    """Start the model on a frame of stream "other" and hold it there: frames submitted meanwhile
+    queue up (and a frame long past its budget is dropped as the freshest is served). Returns
+    what lets the model go on."""
+
+    def hold() -> Callable[[], None]:
+        running, go_on = threading.Event(), threading.Event()
+        real_run = pipeline.runner.run
+
+        def held_up(tensors: list[np.ndarray]) -> np.ndarray:
+            running.set()
+            assert go_on.wait(10)
+            return real_run(tensors)
+
+        monkeypatch.setattr(pipeline.runner, "run", held_up)
+        pipeline.open_stream("other")
+        pipeline.submit(pipeline.make_frame("other", "other", 0, square_image(), time.monotonic()), lambda r: None)
+        assert running.wait(10)
+        monkeypatch.setattr(pipeline.runner, "run", real_run)  # the frames queued meanwhile run as usual
+        return go_on.set
+
+    return hold
 
 
 def square_image(width: int = 96, height: int = 80, box: tuple[int, int, int, int] = (16, 24, 32, 24)) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from polypstream import server as server_module
 from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.config import ServerConfig
-from polypstream.frames import Result, invalid_result
+from polypstream.frames import Result, Status, invalid_result
 from polypstream.pipeline import Pipeline
 from polypstream.server import SegmenterServicer, frame_sizes
 from tests.conftest import blank_image
@@ -51,15 +52,21 @@ def test_frames_are_decoded_on_the_pool_their_weight_calls_for(pipeline: Pipelin
     assert servicer.decode_pool_for(frame, sizes) is getattr(pipeline, pool)
 
 
-def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoded_on: list[str] = []
+@pytest.fixture
+def encoded_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each result is encoded to protobuf on, in order."""
+    threads: list[str] = []
     real = server_module.result_to_proto
 
     def spy(result: Result) -> pb.FrameResult:
-        encoded_on.append(threading.current_thread().name)
+        threads.append(threading.current_thread().name)
         return real(result)
 
     monkeypatch.setattr(server_module, "result_to_proto", spy)
+    return threads
+
+
+def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, encoded_on: list[str]) -> None:
     servicer = SegmenterServicer(pipeline, ServerConfig())
     plain = invalid_result("s", 0, "", 0.0)
     with_pixels = dataclasses.replace(plain, mask=np.ones((48, 64), bool), overlay=np.zeros((48, 64, 3), np.uint8))
@@ -71,3 +78,27 @@ def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, m
     assert message.mask_png and message.overlay_jpeg
     assert encoded_on[0] == threading.current_thread().name  # nothing to encode: no hand-over
     assert encoded_on[1].startswith("polypstream-render")
+
+
+@pytest.mark.parametrize(
+    ("pixels", "encoded_on_worker"), [({}, False), ({"mask": True}, True), ({"overlay": True}, True)]
+)
+def test_an_answer_with_pixels_is_encoded_on_the_worker_that_drew_them(
+    encoded_on: list[str], pixels: dict[str, bool], encoded_on_worker: bool
+) -> None:
+    # So that what waits on the event loop holds no frame-sized pixels, and the loop encodes none.
+    mask = np.ones((4, 4), bool) if pixels.get("mask") else None
+    overlay = np.zeros((4, 4, 3), np.uint8) if pixels.get("overlay") else None
+    result = Result(stream_id="s", index=0, status=Status.OK, mask=mask, overlay=overlay)
+
+    async def scenario() -> pb.FrameResult:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        delivery = server_module._Delivery(asyncio.get_running_loop(), answer)
+        worker = threading.Thread(target=delivery.deliver_threadsafe, args=(result,), name="worker")
+        worker.start()
+        worker.join()
+        return (await answer).message
+
+    message = asyncio.run(scenario())
+    assert encoded_on == (["worker"] if encoded_on_worker else ["MainThread"])
+    assert (message.mask_png != b"", message.overlay_jpeg != b"") == (mask is not None, overlay is not None)

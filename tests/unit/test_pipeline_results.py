@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -308,10 +308,10 @@ def test_an_overlay_asked_for_as_the_pipeline_stops_is_drawn_on_the_batchers_thr
 
 
 def test_a_streams_first_frame_dropped_late_shows_and_ends_nothing(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, model_held: Callable[[], Callable[[], None]]
 ) -> None:
-    # While another stream's frame runs, stream "new" (open, nothing of it looked at yet: no
-    # alert state) has its first frame queued long past its budget, and a fresher one after it.
+    # Stream "new" is open, nothing of it looked at yet (no alert state), when its first frame is
+    # queued long past its budget, and a fresher one after it.
     results: dict[int, Result] = {}
     answered = threading.Condition()
 
@@ -320,23 +320,11 @@ def test_a_streams_first_frame_dropped_late_shows_and_ends_nothing(
             results[result.index] = result
             answered.notify_all()
 
-    running, go_on = threading.Event(), threading.Event()
-    real_run = pipeline.runner.run
-
-    def held_up(tensors: list[np.ndarray]) -> np.ndarray:
-        running.set()
-        assert go_on.wait(10)
-        return real_run(tensors)
-
-    pipeline.open_stream("other")
     pipeline.open_stream("new")
-    monkeypatch.setattr(pipeline.runner, "run", held_up)
-    pipeline.submit(pipeline.make_frame("other", "other", 100, square_image(), time.monotonic()), lambda r: None)
-    assert running.wait(10)
-    monkeypatch.setattr(pipeline.runner, "run", real_run)
+    go_on = model_held()
     pipeline.submit(pipeline.make_frame("new", "new", 0, square_image(), time.monotonic() - 60.0), on_done)
     pipeline.submit(pipeline.make_frame("new", "new", 1, square_image(), time.monotonic()), on_done)
-    go_on.set()
+    go_on()
     with answered:
         assert answered.wait_for(lambda: len(results) == 2, 10)
     assert (results[0].status, results[0].held, results[0].alert_events) == (Status.DROPPED_LATE, (), ())

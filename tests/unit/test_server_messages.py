@@ -4,7 +4,6 @@ decode; frames that arrive as it stops."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -173,35 +172,3 @@ def test_a_frame_refused_by_a_full_queue_is_answered_failed(
     got: list[Result] = []
     servicer_of(pipeline)._submit(pipeline.make_frame("k", "scope", 3, square_image(), 0.0), got.append)
     assert [(r.status, r.error) for r in got] == [(Status.FAILED, "inference queue full (1024 frames)")]
-
-
-@pytest.mark.parametrize(
-    ("pixels", "encoded_on_worker"), [({}, False), ({"mask": True}, True), ({"overlay": True}, True)]
-)
-def test_an_answer_with_pixels_is_encoded_on_the_worker_that_drew_them(
-    monkeypatch: pytest.MonkeyPatch, pixels: dict[str, bool], encoded_on_worker: bool
-) -> None:
-    # So that what waits on the event loop holds no frame-sized pixels, and the loop encodes none.
-    threads: list[str] = []
-    real = server_module.result_to_proto
-
-    def spy(result: Result) -> pb.FrameResult:
-        threads.append(threading.current_thread().name)
-        return real(result)
-
-    monkeypatch.setattr(server_module, "result_to_proto", spy)
-    mask = np.ones((4, 4), bool) if pixels.get("mask") else None
-    overlay = np.zeros((4, 4, 3), np.uint8) if pixels.get("overlay") else None
-    result = Result(stream_id="s", index=0, status=Status.OK, mask=mask, overlay=overlay)
-
-    async def scenario() -> pb.FrameResult:
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        delivery = server_module._Delivery(asyncio.get_running_loop(), answer)
-        worker = threading.Thread(target=delivery.deliver_threadsafe, args=(result,), name="worker")
-        worker.start()
-        worker.join()
-        return (await answer).message
-
-    message = asyncio.run(scenario())
-    assert threads == (["worker"] if encoded_on_worker else ["MainThread"])
-    assert (message.mask_png != b"", message.overlay_jpeg != b"") == (mask is not None, overlay is not None)
