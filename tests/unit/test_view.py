@@ -269,6 +269,8 @@ def test_a_stream_id_of_the_longest_shown_length_is_shown_whole() -> None:
     hub = ViewHub({}, clock=Clock())
     hub.observe("k", "x" * 64, result(0), viewable=True)
     hub.observe("j", "y" * 65, result(0), viewable=True)
+    hub.observe("i", "scope-1", result(0), viewable=True)
+    assert stream_state(hub, "i")["name"] == "scope-1"
     assert stream_state(hub, "k")["name"] == "x" * 64
     assert stream_state(hub, "j")["name"] == "y" * 64 + "…"
 
