@@ -16,7 +16,7 @@ from polypstream._proto.polypstream.v1 import segmenter_pb2 as pb
 from polypstream.config import ServerConfig
 from polypstream.frames import Result, Status, invalid_result
 from polypstream.pipeline import Pipeline
-from polypstream.server import SegmenterServicer, frame_sizes
+from polypstream.server import SegmenterServicer, frame_sizes, heavy
 from tests.conftest import blank_image
 
 
@@ -69,15 +69,27 @@ def encoded_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_masks_and_overlays_are_encoded_on_the_render_pool(pipeline: Pipeline, encoded_on: list[str]) -> None:
     servicer = SegmenterServicer(pipeline, ServerConfig())
     plain = invalid_result("s", 0, "", 0.0)
-    with_pixels = dataclasses.replace(plain, mask=np.ones((48, 64), bool), overlay=np.zeros((48, 64, 3), np.uint8))
+    mask, overlay = np.ones((48, 64), bool), np.zeros((48, 64, 3), np.uint8)
+    with_pixels = [
+        dataclasses.replace(plain, mask=mask, overlay=overlay),
+        dataclasses.replace(plain, mask=mask),
+        dataclasses.replace(plain, overlay=overlay),
+    ]
 
-    async def both() -> tuple[pb.FrameResult, pb.FrameResult]:
-        return await servicer._to_proto(plain), await servicer._to_proto(with_pixels)
+    async def each() -> list[pb.FrameResult]:
+        return [await servicer._to_proto(result) for result in [plain, *with_pixels]]
 
-    _, message = asyncio.run(both())
-    assert message.mask_png and message.overlay_jpeg
+    _, both, only_mask, only_overlay = asyncio.run(each())
+    assert both.mask_png and both.overlay_jpeg and only_mask.mask_png and only_overlay.overlay_jpeg
     assert encoded_on[0] == threading.current_thread().name  # nothing to encode: no hand-over
-    assert encoded_on[1].startswith("polypstream-render")
+    assert all(thread.startswith("polypstream-render") for thread in encoded_on[1:]) and len(encoded_on) == 4
+
+
+def test_a_frame_is_heavy_by_the_pixels_it_decodes_to() -> None:
+    assert heavy(((1920, 1080), (1920, 1080)))  # in full: over 1280×720
+    assert not heavy(((3840, 2160), (960, 540)))  # a 4K JPEG decoded at a quarter: light
+    assert not heavy(((1280, 720), (1280, 720)))  # 720p itself is not over
+    assert not heavy(None)  # unreadable header: refused before decoding
 
 
 @pytest.mark.parametrize(

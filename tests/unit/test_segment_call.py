@@ -335,3 +335,15 @@ def test_the_time_an_answer_waits_to_be_sent_is_measured_on_the_servers_clock(
     assert value("polypstream_stage_seconds_sum", {"stage": "send"}) == pytest.approx(0.007, abs=1e-9)
     # receipt to the answer being ready took no time on this clock: end to end is the sending
     assert value("polypstream_stage_seconds_sum", {"stage": "end_to_end"}) == pytest.approx(0.007, abs=1e-9)
+
+
+def test_a_call_released_twice_gives_its_slot_back_once(pipeline: Pipeline) -> None:
+    async def scenario() -> int:
+        servicer = SegmenterServicer(pipeline, ServerConfig())
+        servicer.active_streams = 2  # this call and another
+        call = SegmentCall(servicer, sent(0), Written())  # type: ignore[arg-type]
+        call.release()
+        call.release()  # a cancellation during its clean-up, then the clean-up's own
+        return servicer.active_streams
+
+    assert asyncio.run(scenario()) == 1

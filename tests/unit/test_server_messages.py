@@ -21,7 +21,8 @@ from polypstream.config import ServerConfig
 from polypstream.frames import AlertEvent, FrameOptions, Polyp, Result, Status, Timing
 from polypstream.pipeline import Pipeline
 from polypstream.server import MAX_ID_CHARS, InOrder, SegmenterServicer, _cut, decode_size, result_to_proto
-from tests.conftest import square_image
+from polypstream.view import ViewHub
+from tests.conftest import blank_image, square_image
 
 
 def test_a_result_becomes_its_message_field_by_field() -> None:
@@ -172,3 +173,24 @@ def test_a_frame_refused_by_a_full_queue_is_answered_failed(
     got: list[Result] = []
     servicer_of(pipeline)._submit(pipeline.make_frame("k", "scope", 3, square_image(), 0.0), got.append)
     assert [(r.status, r.error) for r in got] == [(Status.FAILED, "inference queue full (1024 frames)")]
+
+
+@pytest.mark.parametrize(
+    ("options", "viewer", "decoded"),
+    [
+        ({}, False, (240, 135)),  # enough for the tiny model's 64²: 1/8 scale
+        ({"allow_view": True}, False, (240, 135)),  # viewable, but no live view: the model's size
+        ({"allow_view": True}, True, (960, 540)),  # a viewer ready: the view's 640×360 covered, 1/2
+        ({"return_overlay": True}, False, (1920, 1080)),  # the overlay is drawn on the frame itself
+    ],
+)
+def test_a_jpeg_is_decoded_as_large_as_its_uses_need(
+    pipeline: Pipeline, options: dict[str, bool], viewer: bool, decoded: tuple[int, int]
+) -> None:
+    if viewer:
+        pipeline.view = ViewHub({})
+        pipeline.view.join()
+    message = pb.Frame(stream_id="s", index=0, encoded=blank_image(1920, 1080), options=pb.FrameOptions(**options))
+    frame = servicer_of(pipeline)._decode(message, "k", 0.0)
+    assert (frame.image.shape[1], frame.image.shape[0]) == decoded
+    assert (frame.width, frame.height) == (1920, 1080)  # results are reported in the frame's pixels

@@ -23,3 +23,8 @@ def test_a_stream_id_change_is_refused() -> None:
     rules.check("scope-a", 0)
     assert rules.check("scope-b", 1) == "stream_id changed from 'scope-a' to 'scope-b' inside one stream"
     assert rules.check("scope-a", 1) == ""
+
+
+def test_a_stream_id_of_the_longest_allowed_length_is_fine() -> None:
+    assert StreamRules().check("a" * 256, 0) == ""
+    assert StreamRules().check("a" * 257, 0) == "stream_id is 257 characters long; at most 256 are allowed"
