@@ -74,6 +74,7 @@ def test_a_result_without_pixels_carries_none() -> None:
 
 
 def test_client_text_is_echoed_whole_up_to_the_limit_and_cut_past_it() -> None:
+    assert _cut("scope-1") == "scope-1"
     assert _cut("a" * MAX_ID_CHARS) == "a" * MAX_ID_CHARS
     assert _cut("a" * (MAX_ID_CHARS + 1)) == "a" * MAX_ID_CHARS + "…"
     assert _cut("abcdef", 3) == "abc…"
