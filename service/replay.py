@@ -76,7 +76,7 @@ class Tally:
         self.errors += max(0, missing)
         if video.error or missing:
             self.failed_videos += 1
-            what = f"{missing} frames unanswered" if missing > 0 else f"{-missing} answers more than frames sent"
+            what = f"{missing} frames unanswered" if missing > 0 else f"answers outnumber the frames sent by {-missing}"
             self.error_messages.append(video.error or f"{video.stream_id}: {what}")
         self.latencies_ms.extend(video.latencies_ms)
         for stage in STAGES:

@@ -74,7 +74,7 @@ def test_more_answers_than_frames_sent_are_not_accounted_for() -> None:
     tally.add(outcome("f", 3, {"OK": 2}, [1.0] * 2), "s")
     report = tally.report(1.0, interrupted=False, videos_found=2, streams=1, servers=["s"], metadata_csv=False)
     assert report["accounting"] == {"sent": 6, "answered": 6, "ok": 6, "errors": 1, "all_accounted": False}
-    assert report["error_messages"] == ["e: 1 answers more than frames sent", "f: 1 frames unanswered"]
+    assert report["error_messages"] == ["e: answers outnumber the frames sent by 1", "f: 1 frames unanswered"]
     assert report["failed_videos"] == 2
 
 
