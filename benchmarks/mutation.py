@@ -35,6 +35,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -328,11 +329,13 @@ def recheck(report_path: Path, modules: list[str], unit_only: bool, timeout_s: f
                     stale += 1
                     path.write_text(original)
                     continue
-                run = subprocess.run(
-                    test_command(copy, tests), shell=True, cwd=copy, capture_output=True, timeout=timeout_s
-                )
+                try:
+                    command = shlex.split(test_command(copy, tests))  # no shell: a timeout kills pytest itself
+                    failed = subprocess.run(command, cwd=copy, capture_output=True, timeout=timeout_s).returncode != 0
+                except subprocess.TimeoutExpired:
+                    failed = True  # the tests hang on the mutant: caught, as in a run
                 path.write_text(original)
-                if run.returncode != 0:
+                if failed:
                     killed += 1
                 else:
                     left.append(f"  {survivor['line']} {survivor['function']} {survivor['operator'].split('/')[-1]}")
