@@ -15,10 +15,10 @@ that workers never see each other's mutants.
 What is mutated: every function of batcher, scores, evaluate, runner, sources, gpu, alerts,
 video_eval, security, stats, memory, wire, pipeline and view; the server's frame path (reading,
 checking, decoding, handing over and answering frames, not its start-up); the live view's
-sign-in and routes (ui); the
-regions, score floor and tracker of postprocess (not the overlay's colours and label
-placement); the JPEG/PNG header checks, decoding and `Reopening` of capture (its video and
-network sources are tested by integration tests, too slow to run for every mutant). Each
+sign-in and routes (ui); the regions, score floor and tracker of postprocess (not the overlay's
+colours and label placement); the JPEG/PNG header checks, decoding and `Reopening` of capture
+(its video and network sources are tested by integration tests, too slow to run for every
+mutant). Each
 module's mutants run against its tests (`TESTS`: unit tests, and integration tests for security,
 ui and server), stopping at the first failure. Operators: all of cosmic-ray's core set except
 replacing an arithmetic operator with `**`, `<<`, `>>`, `^` or `%` (on this code's floats and

@@ -5,6 +5,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -16,6 +18,8 @@ from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline
 from polypstream.runner import Runner
 from tests.tiny_model import build_tiny_model
+
+T = TypeVar("T")
 
 DATA = Path(__file__).parent / "data"
 KVASIR_FIXTURES = DATA / "kvasir"
@@ -62,6 +66,42 @@ def slow_inference(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Calla
         monkeypatch.setattr(pipeline.runner, "run", slow_run)
 
     return slow_down
+
+
+class FakeClock:
+    """The service's clocks (`time.perf_counter` and `time.monotonic` of the modules it is
+    installed on), moved only by the test: so every time a stage reports is exact. The two run
+    on different epochs, so a time taken across both would show."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._lock = threading.Lock()
+
+    def perf_counter(self) -> float:
+        return 1000.0 + self.t
+
+    def monotonic(self) -> float:
+        return 7000.0 + self.t
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.t += seconds
+
+    def install(self, monkeypatch: pytest.MonkeyPatch, *modules: ModuleType) -> None:
+        """Make this the clock of each module's `time`."""
+        for module in modules:
+            monkeypatch.setattr(
+                module, "time", SimpleNamespace(perf_counter=self.perf_counter, monotonic=self.monotonic)
+            )
+
+    def taking(self, seconds: float, work: Callable[..., T]) -> Callable[..., T]:
+        """`work`, taking `seconds` on this clock each time it is called."""
+
+        def timed(*args: object, **kwargs: object) -> T:
+            self.advance(seconds)
+            return work(*args, **kwargs)
+
+        return timed
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -23,27 +22,8 @@ from polypstream.metrics import Metrics
 from polypstream.pipeline import Pipeline, _scaled
 from polypstream.runner import Runner
 from polypstream.view import ViewHub
-from tests.conftest import square_image
+from tests.conftest import FakeClock, square_image
 from tests.tiny_model import build_tiny_model
-
-
-class FakeClock:
-    """The pipeline's clocks, moved only by the test: perf_counter and monotonic on different
-    epochs (a stage timed across the two would show it)."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._lock = threading.Lock()
-
-    def perf_counter(self) -> float:
-        return 1000.0 + self.t
-
-    def monotonic(self) -> float:
-        return 7000.0 + self.t
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.t += seconds
 
 
 @pytest.fixture
@@ -51,21 +31,11 @@ def clocked(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
     """Each stage takes a known time: preprocessing 3 ms, the model 10 ms, finding a frame's
     regions 2 ms, drawing an overlay 5 ms."""
     clock = FakeClock()
-    monkeypatch.setattr(
-        pipeline_module, "time", SimpleNamespace(perf_counter=clock.perf_counter, monotonic=clock.monotonic)
-    )
-
-    def taking(seconds: float, real):  # type: ignore[no-untyped-def]
-        def timed(*args: object, **kwargs: object) -> object:
-            clock.advance(seconds)
-            return real(*args, **kwargs)
-
-        return timed
-
-    monkeypatch.setattr(pipeline.runner, "preprocess", taking(0.003, pipeline.runner.preprocess))
-    monkeypatch.setattr(pipeline.runner, "run", taking(0.010, pipeline.runner.run))
-    monkeypatch.setattr(pipeline_module, "locate_polyps", taking(0.002, pipeline_module.locate_polyps))
-    monkeypatch.setattr(pipeline_module, "draw_overlay", taking(0.005, pipeline_module.draw_overlay))
+    clock.install(monkeypatch, pipeline_module)
+    monkeypatch.setattr(pipeline.runner, "preprocess", clock.taking(0.003, pipeline.runner.preprocess))
+    monkeypatch.setattr(pipeline.runner, "run", clock.taking(0.010, pipeline.runner.run))
+    monkeypatch.setattr(pipeline_module, "locate_polyps", clock.taking(0.002, pipeline_module.locate_polyps))
+    monkeypatch.setattr(pipeline_module, "draw_overlay", clock.taking(0.005, pipeline_module.draw_overlay))
     yield clock
 
 

@@ -8,7 +8,6 @@ import gc
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from polypstream.config import ServerConfig
 from polypstream.frames import Frame, FrameOptions, Result
 from polypstream.pipeline import Pipeline
 from polypstream.server import InOrder, SegmentCall, SegmenterServicer
-from tests.conftest import square_image
+from tests.conftest import FakeClock, square_image
 
 
 class NeverWritten:
@@ -245,13 +244,13 @@ def test_draining_ends_a_read_waiting_for_a_frame_but_not_a_cancellation_of_the_
 class Written:
     """A ServicerContext whose writes go through, each taking `write_s` on the server's clock."""
 
-    def __init__(self, clock: list[float] | None = None, write_s: float = 0.0) -> None:
+    def __init__(self, clock: FakeClock | None = None, write_s: float = 0.0) -> None:
         self.messages: list[pb.FrameResult] = []
         self.clock, self.write_s = clock, write_s
 
     async def write(self, message: pb.FrameResult) -> None:
         if self.clock is not None:
-            self.clock[0] += self.write_s
+            self.clock.advance(self.write_s)
         self.messages.append(message)
 
     async def abort(self, code: Any, details: str) -> None:
@@ -321,14 +320,12 @@ def test_the_time_an_answer_waits_to_be_sent_is_measured_on_the_servers_clock(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The server's and the pipeline's clocks move only as the client takes an answer: 7 ms.
-    now = [1000.0]
-    clock = SimpleNamespace(perf_counter=lambda: now[0], monotonic=lambda: now[0])
-    monkeypatch.setattr(server_module, "time", clock)
-    monkeypatch.setattr(pipeline_module, "time", clock)
+    clock = FakeClock()
+    clock.install(monkeypatch, server_module, pipeline_module)
 
     async def scenario() -> None:
         servicer = SegmenterServicer(pipeline, ServerConfig())
-        await servicer.Segment(sent(1), Written(now, 0.007))  # type: ignore[arg-type]
+        await servicer.Segment(sent(1), Written(clock, 0.007))  # type: ignore[arg-type]
 
     asyncio.run(scenario())
     value = pipeline.metrics.registry.get_sample_value

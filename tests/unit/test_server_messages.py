@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -22,7 +21,7 @@ from polypstream.frames import AlertEvent, FrameOptions, Polyp, Result, Status, 
 from polypstream.pipeline import Pipeline
 from polypstream.server import MAX_ID_CHARS, InOrder, SegmenterServicer, _cut, decode_size, result_to_proto
 from polypstream.view import ViewHub
-from tests.conftest import blank_image, square_image
+from tests.conftest import FakeClock, blank_image, square_image
 
 
 def test_a_result_becomes_its_message_field_by_field() -> None:
@@ -96,22 +95,10 @@ def test_a_frames_decode_time_is_reading_its_image_and_preparing_the_models_inpu
 ) -> None:
     # The server's and the pipeline's clocks, moved only by the work: reading the JPEG takes
     # 2 ms, preparing the model's input 3 ms.
-    now = [1000.0]
-    clock = SimpleNamespace(perf_counter=lambda: now[0], monotonic=lambda: now[0] + 5000.0)
-    monkeypatch.setattr(server_module, "time", clock)
-    monkeypatch.setattr(pipeline_module, "time", clock)
-    real_decode, real_preprocess = server_module.decode_frame_image, pipeline.runner.preprocess
-
-    def decode(*args: object, **kwargs: object) -> object:
-        now[0] += 0.002
-        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
-
-    def preprocess(image: np.ndarray) -> np.ndarray:
-        now[0] += 0.003
-        return real_preprocess(image)
-
-    monkeypatch.setattr(server_module, "decode_frame_image", decode)
-    monkeypatch.setattr(pipeline.runner, "preprocess", preprocess)
+    clock = FakeClock()
+    clock.install(monkeypatch, server_module, pipeline_module)
+    monkeypatch.setattr(server_module, "decode_frame_image", clock.taking(0.002, server_module.decode_frame_image))
+    monkeypatch.setattr(pipeline.runner, "preprocess", clock.taking(0.003, pipeline.runner.preprocess))
     frame = servicer_of(pipeline)._decode(encode_frame(square_image(), "s", 7, FrameOptions()), "k", 42.0)
     assert (frame.index, frame.received_at, frame.width, frame.height) == (7, 42.0, 96, 80)
     assert frame.decode_s == pytest.approx(0.005, abs=1e-12)
